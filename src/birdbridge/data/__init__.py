@@ -1,0 +1,1 @@
+"""Datasets and audio/image I/O. Every loader yields :class:`~birdbridge.data.records.Collection`."""
