@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable
 
+from ..errors import SkipLog
 from ..taxonomy import Species, species_index
 
 
@@ -40,6 +41,9 @@ class Collection:
     audio: list[AudioItem] = field(default_factory=list)
     images: list[ImageItem] = field(default_factory=list)
     root: str = ""
+    # Rows a loader could not use (unknown species, missing fields), so none vanish silently.
+    skips: SkipLog = field(default_factory=SkipLog)
+    meta: dict = field(default_factory=dict)  # loader facts: source file, dataset info, ...
 
     def __post_init__(self) -> None:
         self._index = species_index(self.species)
@@ -65,6 +69,8 @@ class Collection:
             audio=[a for a in self.audio if a.species_id in keep],
             images=[i for i in self.images if i.species_id in keep],
             root=self.root,
+            skips=self.skips,
+            meta=dict(self.meta),
         )
 
     def resolve(self, path: str) -> Path:

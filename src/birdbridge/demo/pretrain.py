@@ -1,0 +1,116 @@
+"""Pretraining the stand-ins for BioCLIP-2 and BioLingual on the synthetic world.
+
+Real users start from published weights; here none can be downloaded, so the demo
+trains a tiny open_clip CLIP on synthetic image-text pairs (the teacher's role:
+photos and names in one space) and a tiny ``ClapModel`` on audio-caption pairs (the
+student's role: sounds and captions in one space). Both are then saved and loaded
+back through the real loaders. No audio-image pair is ever formed.
+"""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..data.records import Collection
+from ..data.synthetic import SyntheticWorld
+from ..distill.loss import DistillContrastiveLoss
+from ..taxonomy import PROMPT_TYPES, prompt_body, templates
+from ..encoders import tiny
+
+Progress = Callable[[int, int, float], None]
+
+
+def _caption(sp, rng: random.Random, openai_templates) -> str:
+    body = prompt_body(sp, rng.choice(PROMPT_TYPES))
+    if rng.random() < 0.7:
+        return f"a photo of {body}."
+    return rng.choice(openai_templates)(body)
+
+
+def train_teacher(collection: Collection, out_dir: str | Path, *, steps: int = 400, seed: int = 0,
+                  progress: Progress | None = None) -> Path:
+    """Contrastive image-text training of a tiny open_clip CLIP; saved as a ``local-dir:``."""
+    from PIL import Image
+
+    model, cfg = tiny.build_tiny_open_clip(seed)
+    size = cfg["model_cfg"]["vision_cfg"]["image_size"]
+    mean = torch.tensor(tiny.OPENAI_MEAN).view(1, 3, 1, 1)
+    std = torch.tensor(tiny.OPENAI_STD).view(1, 3, 1, 1)
+    import open_clip
+
+    tokenizer = open_clip.get_tokenizer("ViT-B-32", context_length=cfg["model_cfg"]["text_cfg"]["context_length"])
+    by_species: dict[int, list[torch.Tensor]] = {}
+    for it in collection.image_split("train"):
+        img = Image.open(collection.resolve(it.path)).convert("RGB").resize((size, size), Image.BICUBIC)
+        x = torch.from_numpy(np.asarray(img, np.float32) / 255.0).permute(2, 0, 1)
+        by_species.setdefault(collection.label_index(it.species_id), []).append(x)
+    labels_all = sorted(by_species)
+    rng = random.Random(seed)
+    gen = torch.Generator().manual_seed(seed)
+    openai = templates("openai")
+    loss_fn = DistillContrastiveLoss("multi")
+    opt = torch.optim.AdamW(model.parameters(), lr=2e-3, weight_decay=0.05)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=2e-3, total_steps=steps, pct_start=0.1)
+    model.train()
+    for step in range(steps):
+        labels = labels_all * 2  # two views per species, so each species has a positive
+        imgs = torch.stack([rng.choice(by_species[l]) for l in labels])
+        if torch.rand((), generator=gen) < 0.5:
+            imgs = imgs.flip(-1)
+        imgs = (imgs - mean) / std
+        caps = [_caption(collection.species[l], rng, openai) for l in labels]
+        img_emb = F.normalize(model.encode_image(imgs), dim=-1)
+        txt_emb = F.normalize(model.encode_text(tokenizer(caps)), dim=-1)
+        loss = loss_fn(img_emb, txt_emb, torch.tensor(labels), model.logit_scale.exp().clamp(max=100))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        sched.step()
+        if progress:
+            progress(step + 1, steps, loss.item())
+    return tiny.save_open_clip(model.eval(), cfg, out_dir)
+
+
+def pretrain_clap(collection: Collection, world: SyntheticWorld, out_dir: str | Path, *, steps: int = 400,
+                  seed: int = 0, lr: float = 5e-3, progress: Progress | None = None) -> Path:
+    """Audio-caption contrastive pretraining of a tiny ``ClapModel``; saved with ``save_pretrained``."""
+    from ..data.audio import load_audio
+    from ..encoders.frontend import ClapFrontend
+
+    corpus = [c for sp in world.species for c in world.captions(sp.id)]
+    model, proc = tiny.build_tiny_clap(corpus, Path(out_dir).with_name(Path(out_dir).name + "-tokenizer"), seed=seed,
+                                       sampling_rate=world.sample_rate)
+    frontend = ClapFrontend.from_feature_extractor(proc.feature_extractor)
+    by_species: dict[int, list[np.ndarray]] = {}
+    for it in collection.audio_split("train"):
+        wave = load_audio(collection.resolve(it.path), world.sample_rate)
+        by_species.setdefault(collection.label_index(it.species_id), []).append(wave)
+    labels_all = sorted(by_species)
+    rng = random.Random(seed)
+    gen = torch.Generator().manual_seed(seed)
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.05)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.1)
+    model.train()
+    loss_fn = DistillContrastiveLoss("multi")
+    for step in range(steps):
+        labels = labels_all * 2
+        waves = [torch.from_numpy(rng.choice(by_species[l])) for l in labels]
+        feats = frontend(waves, crop="random", generator=gen)
+        caps = [rng.choice(world.captions(collection.species[l].id)) for l in labels]
+        tok = proc.tokenizer(caps, padding=True, return_tensors="pt")
+        a = model.get_audio_features(input_features=feats).pooler_output
+        t = model.get_text_features(**tok).pooler_output
+        loss = loss_fn(a, t, torch.tensor(labels), model.logit_scale_a.exp().clamp(max=100))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        sched.step()
+        if progress:
+            progress(step + 1, steps, loss.item())
+    return tiny.save_clap(model.eval(), proc, out_dir)

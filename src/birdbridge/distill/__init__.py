@@ -1,0 +1,9 @@
+"""Distillation of the audio encoder onto frozen BioCLIP-2 species text embeddings.
+
+Submodules:
+
+- ``loss``: contrastive (multi-positive / deduplicated InfoNCE, distributed like
+  open_clip's ``ClipLoss``) and species-softmax objectives, plus the learnable
+  ``LogitScale`` temperature holder.
+- ``text_cache``: the per-species teacher text embeddings, computed once and cached.
+"""

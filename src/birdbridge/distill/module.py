@@ -1,0 +1,135 @@
+"""The LightningModule that distils the student onto cached teacher text embeddings.
+
+Only the student (CLAP audio tower + audio projection), the new head and the
+temperature are parameters here; the teacher is not part of the module at all, its
+text embeddings are non-persistent buffers read from the cache.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+
+import lightning as L
+import torch
+
+from ..encoders.student import AudioStudent
+from ..errors import SkipLog
+from ..taxonomy import resolve_prompt_types
+from .loss import LogitScale, build_loss
+
+
+class DistillModule(L.LightningModule):
+    def __init__(
+        self,
+        student: AudioStudent,
+        text_embeddings: dict[str, torch.Tensor],
+        *,
+        prompt_type: str = "mixed",
+        loss: str = "infonce",
+        positives: str = "multi",
+        lr_encoder: float = 1e-5,
+        lr_head: float = 1e-3,
+        weight_decay: float = 0.01,
+        warmup_steps: int = 100,
+        total_steps: int = 1000,
+        freeze_encoder: bool = False,
+        init_temperature: float = 0.07,
+        learn_temperature: bool = True,
+        seed: int = 0,
+    ):
+        super().__init__()
+        self.student = student
+        self.prompt_types = list(resolve_prompt_types(prompt_type))
+        missing = [p for p in self.prompt_types if p not in text_embeddings]
+        if missing:
+            raise ValueError(f"text embeddings missing for prompt types {missing}")
+        # [n_types, n_species, D]; non-persistent: the cache, not the checkpoint, owns them
+        table = torch.stack([text_embeddings[p].float() for p in self.prompt_types])
+        self.register_buffer("text_table", table, persistent=False)
+        self.logit_scale = LogitScale(init_temperature, learnable=learn_temperature)
+        self.loss_name = loss
+        self.loss_fn = build_loss("species_softmax") if loss == "species_softmax" else build_loss("infonce", positives=positives)
+        self.lr_encoder, self.lr_head, self.weight_decay = lr_encoder, lr_head, weight_decay
+        self.warmup_steps, self.total_steps = warmup_steps, max(1, total_steps)
+        self.freeze_encoder = freeze_encoder
+        self.seed = seed
+        self.skips = SkipLog()
+        if freeze_encoder:
+            self.student.audio_model.requires_grad_(False)
+            self.student.audio_projection.requires_grad_(False)
+
+    def setup(self, stage: str) -> None:
+        # DDP: gather features across ranks with gradients, so the contrastive batch is
+        # the global batch and gradients equal the single-process computation.
+        if self.trainer is not None and self.trainer.world_size > 1 and self.loss_name == "infonce":
+            self.loss_fn.gather_with_grad = True
+            self.loss_fn.local_loss = True
+            self.loss_fn.rank = self.trainer.global_rank
+            self.loss_fn.world_size = self.trainer.world_size
+
+    def _targets(self, labels: torch.Tensor) -> torch.Tensor:
+        """One prompt type per example, drawn from a generator seeded by the step.
+
+        Seeded by (seed, global step, rank) so a resumed run draws what the uninterrupted
+        run drew."""
+        n_types = self.text_table.shape[0]
+        if n_types == 1:
+            return self.text_table[0, labels]
+        rank = self.trainer.global_rank if self._trainer is not None else 0
+        rng = random.Random(f"{self.seed}-{self.global_step}-{rank}")
+        types = torch.tensor([rng.randrange(n_types) for _ in range(len(labels))], device=labels.device)
+        return self.text_table[types, labels]
+
+    def training_step(self, batch, batch_idx):
+        for s in batch["skipped"]:
+            self.skips.add(s.path, s.reason, s.detail)
+        if batch["waves"] is None:
+            return None  # every clip in this batch was bad; Lightning skips the step
+        waves, labels = batch["waves"], batch["labels"]
+        audio = self.student(waves, crop="start")  # the dataset already cropped
+        scale = self.logit_scale()
+        if self.loss_name == "species_softmax":
+            table = self.text_table[self.global_step % self.text_table.shape[0]]
+            loss = self.loss_fn(audio, labels, scale, species_text=table)
+        else:
+            loss = self.loss_fn(audio, self._targets(labels), labels, scale)
+        self.log("train/loss", loss, prog_bar=True, batch_size=len(labels))
+        self.log("train/logit_scale", scale.detach(), batch_size=len(labels))
+        return loss
+
+    def on_train_batch_end(self, outputs, batch, batch_idx) -> None:
+        self.logit_scale.clamp_()
+
+    @torch.no_grad()
+    def validation_step(self, batch, batch_idx):
+        for s in batch["skipped"]:
+            self.skips.add(s.path, s.reason, s.detail)
+        if batch["waves"] is None:
+            return
+        audio = self.student(batch["waves"], crop="start")
+        logits = audio @ self.text_table.mean(0).T
+        acc = (logits.argmax(1) == batch["labels"]).float().mean()
+        self.log("val/zero_shot_top1", acc, prog_bar=True, batch_size=len(batch["labels"]))
+
+    def configure_optimizers(self):
+        head = list(self.student.head.parameters())
+        enc = [p for n, p in self.student.named_parameters() if not n.startswith("head.") and p.requires_grad]
+        groups = [
+            {"params": [p for p in head if p.ndim >= 2], "lr": self.lr_head, "weight_decay": self.weight_decay},
+            {"params": [p for p in head if p.ndim < 2] + [p for p in self.logit_scale.parameters() if p.requires_grad], "lr": self.lr_head, "weight_decay": 0.0},
+        ]
+        if enc and not self.freeze_encoder:
+            groups.append({"params": [p for p in enc if p.ndim >= 2], "lr": self.lr_encoder, "weight_decay": self.weight_decay})
+            groups.append({"params": [p for p in enc if p.ndim < 2], "lr": self.lr_encoder, "weight_decay": 0.0})
+        groups = [g for g in groups if g["params"]]
+        opt = torch.optim.AdamW(groups)
+        warm, total = self.warmup_steps, self.total_steps
+
+        def schedule(step: int) -> float:  # linear warm-up, then cosine to 0
+            if step < warm:
+                return (step + 1) / max(1, warm)
+            return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warm) / max(1, total - warm))))
+
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, schedule)
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}

@@ -1,0 +1,65 @@
+"""Loading HF CLAP models (BioLingual and any other ``ClapModel``) by id or directory."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..errors import ModelNotAvailableError
+from . import hub
+
+DEFAULT_STUDENT = "davidrrobinson/BioLingual"
+KNOWN_STUDENTS = {
+    "davidrrobinson/BioLingual": "BioLingual: CLAP (HTSAT-tiny audio, RoBERTa text, 512-d), bioacoustic captions",
+    "laion/clap-htsat-unfused": "LAION CLAP, HTSAT-tiny, unfused (general audio)",
+    "laion/clap-htsat-fused": "LAION CLAP, HTSAT-tiny, fused (refused: needs 4-channel fusion features)",
+}
+
+
+def _resolve(model_id: str) -> str:
+    kind, ref = hub.split_model_id(model_id)
+    if kind == "local":
+        if not (Path(ref) / "config.json").exists():
+            raise ModelNotAvailableError(f"CLAP model {model_id!r}: no config.json in directory {ref}")
+        return ref
+    if hub.is_offline() and not hub.is_cached(ref, "config.json"):
+        raise hub.not_available(model_id, ref)
+    return ref
+
+
+def load_clap(model_id: str = DEFAULT_STUDENT):
+    """Return ``(ClapModel, ClapFeatureExtractor)``; refuse fused models and fusion extractors.
+
+    BioLingual is a non-fused HTSAT. ``ClapFeatureExtractor()``'s own default truncation is
+    ``fusion`` (4-channel features, htk mel): pairing that with a non-fused model would give
+    features of the wrong meaning, so the pairing is checked here, at load time.
+    """
+    from transformers import ClapFeatureExtractor, ClapModel
+
+    ref = _resolve(model_id)
+    try:
+        model = ClapModel.from_pretrained(ref)
+        fe = ClapFeatureExtractor.from_pretrained(ref)
+    except OSError as err:
+        if Path(ref).exists():
+            raise ModelNotAvailableError(f"CLAP model {model_id!r} could not be loaded from {ref}: {err}") from err
+        raise hub.not_available(model_id, ref, err) from err
+    check_pairing(model.config.audio_config, fe, model_id)
+    return model.eval(), fe
+
+
+def check_pairing(audio_config, fe, model_id: str = "") -> None:
+    if getattr(audio_config, "enable_fusion", False):
+        raise ModelNotAvailableError(
+            f"{model_id or 'this CLAP model'} is a fused CLAP (enable_fusion=True); birdbridge embeds "
+            "non-fused HTSAT models (like BioLingual) only, since fusion needs 4-channel features"
+        )
+    if fe.truncation != "rand_trunc":
+        raise ModelNotAvailableError(
+            f"{model_id or 'this CLAP model'}: its feature extractor uses truncation={fe.truncation!r}, "
+            "but a non-fused model needs 'rand_trunc' (single-channel slaney mel features)"
+        )
+    if fe.feature_size != audio_config.num_mel_bins:
+        raise ModelNotAvailableError(
+            f"{model_id}: feature extractor has {fe.feature_size} mel bins but the audio model expects "
+            f"{audio_config.num_mel_bins}"
+        )

@@ -1,0 +1,145 @@
+"""The frozen image-text teacher (BioCLIP-2 by default), loaded through open_clip.
+
+The teacher defines the space audio is distilled into: its text tower embeds species
+prompts (once, into the text-embedding cache) and its image tower embeds the photo
+gallery. It is never trained, so it is loaded in eval mode with gradients off.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..errors import BadInputError, ModelNotAvailableError
+from ..taxonomy import Species, prompts
+from . import hub
+
+DEFAULT_TEACHER = "hf-hub:imageomics/bioclip-2"
+KNOWN_TEACHERS = {
+    "hf-hub:imageomics/bioclip-2": "BioCLIP-2 (ViT-L/14, 768-d), trained on TreeOfLife-200M",
+    "hf-hub:imageomics/bioclip": "BioCLIP (ViT-B/16, 512-d), trained on TreeOfLife-10M",
+}
+# BioCLIP's authors (pybioclip's TreeOfLife classifier) resize photos to 224x224
+# without cropping, so a bird near the frame edge is not cut away; open_clip's default
+# (resize shortest side + centre crop) is right for models trained that way.
+SQUASH_RESIZE_MODELS = ("imageomics/bioclip", "imageomics/bioclip-2")
+
+
+def _resize_mode_for(model_id: str) -> str | None:
+    kind, ref = hub.split_model_id(model_id)
+    if kind == "hub" and ref in SQUASH_RESIZE_MODELS:
+        return "squash"
+    if kind == "local":
+        cfg = Path(ref) / "open_clip_config.json"
+        if cfg.exists():
+            pre = json.loads(cfg.read_text()).get("preprocess_cfg", {})
+            return pre.get("resize_mode")
+    return None
+
+
+class Teacher:
+    """A frozen open_clip model: ``encode_text`` and ``encode_images`` return unit rows."""
+
+    def __init__(self, model, preprocess, tokenizer, model_id: str, device: str | torch.device = "cpu"):
+        self.model = model.eval().requires_grad_(False).to(device)
+        self.preprocess = preprocess
+        self.tokenizer = tokenizer
+        self.model_id = model_id
+        self.device = torch.device(device)
+        self.text_calls = 0  # counted so tests can prove the cache skips the text tower
+
+    @classmethod
+    def load(cls, model_id: str = DEFAULT_TEACHER, device: str = "cpu") -> "Teacher":
+        import open_clip
+
+        kind, ref = hub.split_model_id(model_id)
+        if kind == "local":
+            model_id = f"{hub.LOCAL_DIR_PREFIX}{ref}"
+            if not (Path(ref) / "open_clip_config.json").exists():
+                raise ModelNotAvailableError(
+                    f"teacher {model_id!r}: no open_clip_config.json in {ref} (an open_clip local-dir "
+                    f"needs open_clip_config.json and open_clip_model.safetensors)"
+                )
+        elif kind == "hub":
+            model_id = f"{hub.HF_HUB_PREFIX}{ref}"
+            if hub.is_offline() and not hub.is_cached(ref, "open_clip_config.json"):
+                raise hub.not_available(model_id, ref)
+        try:
+            # require_pretrained: open_clip otherwise only *warns* when a download fails
+            # and hands back random weights, which would silently poison every number.
+            model, _, preprocess = open_clip.create_model_and_transforms(
+                model_id, require_pretrained=True, image_resize_mode=_resize_mode_for(model_id)
+            )
+            tokenizer = open_clip.get_tokenizer(model_id)
+        except (OSError, RuntimeError, ValueError) as err:
+            if kind == "local":
+                raise ModelNotAvailableError(f"teacher {model_id!r} could not be loaded: {err}") from err
+            raise hub.not_available(model_id, ref if kind == "hub" else None, err) from err
+        return cls(model, preprocess, tokenizer, model_id, device)
+
+    @property
+    def dim(self) -> int:
+        proj = getattr(self.model, "text_projection", None)
+        if proj is not None:
+            return proj.shape[1] if isinstance(proj, torch.Tensor) else proj.out_features
+        return int(self.model.visual.output_dim)
+
+    def fingerprint(self) -> str:
+        """Identifies the weights: the id plus a hash of local weight files (they can change in place)."""
+        h = hashlib.sha256(self.model_id.encode())
+        kind, ref = hub.split_model_id(self.model_id)
+        if kind == "local":
+            for f in sorted(Path(ref).glob("*.safetensors")) + sorted(Path(ref).glob("*.bin")):
+                h.update(f.read_bytes() if f.stat().st_size < 256 * 2**20 else f"{f.stat().st_size}:{f.stat().st_mtime_ns}".encode())
+        return h.hexdigest()[:16]
+
+    @torch.no_grad()
+    def encode_text(self, texts: Sequence[str], batch_size: int = 256) -> torch.Tensor:
+        self.text_calls += 1
+        out = []
+        for i in range(0, len(texts), batch_size):
+            tokens = self.tokenizer(list(texts[i : i + batch_size])).to(self.device)
+            out.append(F.normalize(self.model.encode_text(tokens).float(), dim=-1))
+        return torch.cat(out).cpu()
+
+    @torch.no_grad()
+    def encode_image_tensors(self, pixels: torch.Tensor) -> torch.Tensor:
+        return F.normalize(self.model.encode_image(pixels.to(self.device)).float(), dim=-1).cpu()
+
+    def encode_images(self, images: Iterable, batch_size: int = 64) -> torch.Tensor:
+        """Embed PIL images (already decoded, RGB) with the teacher's own preprocessing."""
+        batch, out = [], []
+        for img in images:
+            batch.append(self.preprocess(img))
+            if len(batch) == batch_size:
+                out.append(self.encode_image_tensors(torch.stack(batch)))
+                batch = []
+        if batch:
+            out.append(self.encode_image_tensors(torch.stack(batch)))
+        if not out:
+            raise BadInputError("no_images", detail="nothing to embed")
+        return torch.cat(out)
+
+    @torch.no_grad()
+    def embed_species(self, species: Sequence[Species], prompt_type: str, template_set: str = "single") -> torch.Tensor:
+        """One row per species: each template embedded and normalised, averaged, renormalised
+        (the TreeOfLife recipe; with one template it is just that template's embedding)."""
+        per_species = [prompts(sp, prompt_type, template_set) for sp in species]
+        n_t = len(per_species[0])
+        flat = [p for ps in per_species for p in ps]
+        emb = self.encode_text(flat).view(len(species), n_t, -1)
+        return F.normalize(emb.mean(dim=1), dim=-1)
+
+
+def load_teacher(model_id: str = DEFAULT_TEACHER, device: str = "cpu") -> Teacher:
+    return Teacher.load(model_id, device)
+
+
+def as_numpy(t: torch.Tensor) -> np.ndarray:
+    return t.detach().cpu().numpy().astype(np.float32)

@@ -1,0 +1,1 @@
+"""Embedding stores, FAISS indexes and search."""
