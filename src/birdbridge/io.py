@@ -20,6 +20,7 @@ def atomic_dir(target: str | Path) -> Iterator[Path]:
     """
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
+    recover_dir(target)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
     try:
         yield tmp
@@ -33,6 +34,24 @@ def atomic_dir(target: str | Path) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def recover_dir(target: str | Path) -> bool:
+    """Put back the previous directory a writer killed between its two renames left aside.
+
+    :func:`atomic_dir` renames the old directory to ``.NAME.old-PID`` and then the new one
+    into place; a SIGKILL between the two leaves no ``NAME`` at all. The aside copy is whole,
+    so it is renamed back (the newest one, if several). Returns True when it restored one.
+    """
+    target = Path(target)
+    if target.exists():
+        return False
+    aside = sorted(target.parent.glob(f".{target.name}.old-*"), key=lambda p: p.stat().st_mtime)
+    if not aside:
+        return False
+    with contextlib.suppress(FileNotFoundError, OSError):  # another process may have restored it first
+        os.replace(aside[-1], target)
+    return target.exists()
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:

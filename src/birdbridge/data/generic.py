@@ -286,7 +286,14 @@ LOADERS: dict[str, Callable[..., Collection]] = {
     "soundscape": _soundscape,
     "csv": lambda path, **opts: load_csv(path, **opts),
     "folder": lambda path, **opts: load_folder(path, **opts),
+    "synthetic": lambda path, **opts: _synthetic(path, **opts),
 }
+
+
+def _synthetic(path, **opts):
+    from .synthetic import load_world
+
+    return load_world(path, **opts)
 
 
 def register_loader(kind: str, fn: Callable[..., Collection]) -> None:

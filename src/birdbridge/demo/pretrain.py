@@ -33,6 +33,25 @@ def _caption(sp, rng: random.Random, openai_templates) -> str:
     return rng.choice(openai_templates)(body)
 
 
+def _contrastive_loop(model, labels_all: list[int], step_loss, *, steps: int, lr: float, progress: Progress | None) -> None:
+    """CLIP-style training: each step sees every species twice (so each has a positive);
+    ``step_loss(labels)`` returns the two unit embeddings and the log logit scale."""
+    loss_fn = DistillContrastiveLoss("multi")
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.05)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.1)
+    model.train()
+    for step in range(steps):
+        labels = labels_all * 2
+        x, y, log_scale = step_loss(labels)
+        loss = loss_fn(x, y, torch.tensor(labels), log_scale.exp().clamp(max=100))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        sched.step()
+        if progress:
+            progress(step + 1, steps, loss.item())
+
+
 def train_teacher(collection: Collection, out_dir: str | Path, *, steps: int = 400, seed: int = 0,
                   progress: Progress | None = None) -> Path:
     """Contrastive image-text training of a tiny open_clip CLIP; saved as a ``local-dir:``."""
@@ -54,26 +73,17 @@ def train_teacher(collection: Collection, out_dir: str | Path, *, steps: int = 4
     rng = random.Random(seed)
     gen = torch.Generator().manual_seed(seed)
     openai = templates("openai")
-    loss_fn = DistillContrastiveLoss("multi")
-    opt = torch.optim.AdamW(model.parameters(), lr=2e-3, weight_decay=0.05)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=2e-3, total_steps=steps, pct_start=0.1)
-    model.train()
-    for step in range(steps):
-        labels = labels_all * 2  # two views per species, so each species has a positive
+
+    def step_loss(labels: list[int]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         imgs = torch.stack([rng.choice(by_species[l]) for l in labels])
         if torch.rand((), generator=gen) < 0.5:
             imgs = imgs.flip(-1)
-        imgs = (imgs - mean) / std
         caps = [_caption(collection.species[l], rng, openai) for l in labels]
-        img_emb = F.normalize(model.encode_image(imgs), dim=-1)
+        img_emb = F.normalize(model.encode_image((imgs - mean) / std), dim=-1)
         txt_emb = F.normalize(model.encode_text(tokenizer(caps)), dim=-1)
-        loss = loss_fn(img_emb, txt_emb, torch.tensor(labels), model.logit_scale.exp().clamp(max=100))
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        sched.step()
-        if progress:
-            progress(step + 1, steps, loss.item())
+        return img_emb, txt_emb, model.logit_scale
+
+    _contrastive_loop(model, labels_all, step_loss, steps=steps, lr=2e-3, progress=progress)
     return tiny.save_open_clip(model.eval(), cfg, out_dir)
 
 
@@ -94,23 +104,14 @@ def pretrain_clap(collection: Collection, world: SyntheticWorld, out_dir: str | 
     labels_all = sorted(by_species)
     rng = random.Random(seed)
     gen = torch.Generator().manual_seed(seed)
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.05)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.1)
-    model.train()
-    loss_fn = DistillContrastiveLoss("multi")
-    for step in range(steps):
-        labels = labels_all * 2
-        waves = [torch.from_numpy(rng.choice(by_species[l])) for l in labels]
-        feats = frontend(waves, crop="random", generator=gen)
+
+    def step_loss(labels: list[int]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        feats = frontend([torch.from_numpy(rng.choice(by_species[l])) for l in labels], crop="random", generator=gen)
         caps = [rng.choice(world.captions(collection.species[l].id)) for l in labels]
         tok = proc.tokenizer(caps, padding=True, return_tensors="pt")
         a = model.get_audio_features(input_features=feats).pooler_output
         t = model.get_text_features(**tok).pooler_output
-        loss = loss_fn(a, t, torch.tensor(labels), model.logit_scale_a.exp().clamp(max=100))
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        sched.step()
-        if progress:
-            progress(step + 1, steps, loss.item())
+        return a, t, model.logit_scale_a
+
+    _contrastive_loop(model, labels_all, step_loss, steps=steps, lr=lr, progress=progress)
     return tiny.save_clap(model.eval(), proc, out_dir)

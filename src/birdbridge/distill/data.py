@@ -82,10 +82,17 @@ class AudioClipDataset(Dataset):
 
 
 def collate_clips(batch):
+    """Stack good clips; bad ones become skip records.
+
+    The batch keeps its size: skipped slots are refilled by repeating good clips. Under
+    DDP every rank must contribute equally sized tensors to the loss's all-gather, and a
+    repeated clip only adds a positive pair of its own species, which the multi-positive
+    loss handles (the skip itself is still counted and reported)."""
     good = [b for b in batch if not isinstance(b, SkippedItem)]
     skipped = [b for b in batch if isinstance(b, SkippedItem)]
     if not good:
         return {"waves": None, "labels": None, "skipped": skipped}
+    good = [good[i % len(good)] for i in range(len(batch))]
     waves = torch.stack([w for w, _ in good])
     labels = torch.tensor([l for _, l in good], dtype=torch.long)
     return {"waves": waves, "labels": labels, "skipped": skipped}

@@ -68,6 +68,9 @@ class DistillModule(L.LightningModule):
             self.loss_fn.rank = self.trainer.global_rank
             self.loss_fn.world_size = self.trainer.world_size
 
+    def _distributed(self) -> bool:
+        return self._trainer is not None and self.trainer.world_size > 1
+
     def _targets(self, labels: torch.Tensor) -> torch.Tensor:
         """One prompt type per example, drawn from a generator seeded by the step.
 
@@ -94,7 +97,8 @@ class DistillModule(L.LightningModule):
             loss = self.loss_fn(audio, labels, scale, species_text=table)
         else:
             loss = self.loss_fn(audio, self._targets(labels), labels, scale)
-        self.log("train/loss", loss, prog_bar=True, batch_size=len(labels))
+        # sync_dist: under DDP the logged loss is the mean over ranks, not rank 0's share
+        self.log("train/loss", loss, prog_bar=True, batch_size=len(labels), sync_dist=self._distributed())
         self.log("train/logit_scale", scale.detach(), batch_size=len(labels))
         return loss
 
@@ -110,7 +114,7 @@ class DistillModule(L.LightningModule):
         audio = self.student(batch["waves"], crop="start")
         logits = audio @ self.text_table.mean(0).T
         acc = (logits.argmax(1) == batch["labels"]).float().mean()
-        self.log("val/zero_shot_top1", acc, prog_bar=True, batch_size=len(batch["labels"]))
+        self.log("val/zero_shot_top1", acc, prog_bar=True, batch_size=len(batch["labels"]), sync_dist=self._distributed())
 
     def configure_optimizers(self):
         head = list(self.student.head.parameters())
@@ -125,6 +129,9 @@ class DistillModule(L.LightningModule):
         groups = [g for g in groups if g["params"]]
         opt = torch.optim.AdamW(groups)
         warm, total = self.warmup_steps, self.total_steps
+        if self._trainer is not None:
+            # per-rank steps: under DDP the DistributedSampler splits each epoch across ranks
+            total = max(1, int(min(self.trainer.estimated_stepping_batches, 10**9)))
 
         def schedule(step: int) -> float:  # linear warm-up, then cosine to 0
             if step < warm:

@@ -95,6 +95,25 @@ def species_text_embeddings(cfg: TrainConfig, collection: Collection) -> dict[st
                           lambda: load_teacher(cfg.teacher))
 
 
+def _good_batch_counter():
+    """A callback counting training batches with at least one usable clip.
+
+    Lightning advances ``global_step`` even for batches whose ``training_step`` returned
+    None (all clips bad), so the step count cannot tell a run that trained from one that
+    saw only bad files.
+    """
+    from lightning.pytorch.callbacks import Callback
+
+    class GoodBatchCounter(Callback):
+        n = 0
+
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            if batch["waves"] is not None:
+                self.n += 1
+
+    return GoodBatchCounter()
+
+
 def distill(collection: Collection, cfg: TrainConfig, out_dir: str | Path, *, resume: bool = False) -> DistilledModel:
     """Train the student + head on ``collection``'s train split and save ``out_dir/model``."""
     import lightning as L
@@ -132,12 +151,13 @@ def distill(collection: Collection, cfg: TrainConfig, out_dir: str | Path, *, re
         learn_temperature=cfg.learn_temperature, seed=cfg.seed,
     )
     module.on_train_epoch_start = lambda: ds.set_epoch(module.current_epoch)  # fresh crops each epoch
+    good_batches = _good_batch_counter()
     ckpt = ModelCheckpoint(dirpath=out_dir / "checkpoints", save_last=True, every_n_train_steps=max(1, steps_per_epoch // 2),
                            save_top_k=0)
     trainer = L.Trainer(
         max_epochs=cfg.max_epochs, accelerator=cfg.accelerator, devices=cfg.devices, num_nodes=cfg.num_nodes,
         strategy=cfg.strategy, precision=_precision(cfg), logger=CSVLogger(out_dir, name="logs"),
-        callbacks=[ckpt], enable_progress_bar=cfg.progress, enable_model_summary=False,
+        callbacks=[ckpt, good_batches], enable_progress_bar=cfg.progress, enable_model_summary=False,
         log_every_n_steps=min(cfg.log_every_n_steps, steps_per_epoch), deterministic="warn",
         num_sanity_val_steps=0,
     )
@@ -154,7 +174,13 @@ def distill(collection: Collection, cfg: TrainConfig, out_dir: str | Path, *, re
     }
     model = DistilledModel.from_student(module.student.cpu(), meta).eval()
     if trainer.global_rank == 0:
-        model.save_pretrained(out_dir / "model")
         atomic_write_json(out_dir / "skipped.json", {"n_skipped": len(module.skips), "counts": module.skips.counts(),
                                                      "skipped": module.skips.to_list()})
+    resumed = resume and last.exists()
+    if good_batches.n == 0 and not resumed:
+        # every batch held only bad clips: an untrained model must not look like a result
+        raise BadInputError("no_training_audio", detail=f"no training step ran; {module.skips.summary()} "
+                                                        f"(listed in {out_dir / 'skipped.json'})")
+    if trainer.global_rank == 0:
+        model.save_pretrained(out_dir / "model")
     return model

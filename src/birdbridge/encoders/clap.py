@@ -18,6 +18,8 @@ KNOWN_STUDENTS = {
 def _resolve(model_id: str) -> str:
     kind, ref = hub.split_model_id(model_id)
     if kind == "local":
+        if not Path(ref).is_dir():
+            raise ModelNotAvailableError(f"CLAP model {model_id!r}: no such directory {ref}")
         if not (Path(ref) / "config.json").exists():
             raise ModelNotAvailableError(f"CLAP model {model_id!r}: no config.json in directory {ref}")
         return ref
@@ -33,18 +35,35 @@ def load_clap(model_id: str = DEFAULT_STUDENT):
     ``fusion`` (4-channel features, htk mel): pairing that with a non-fused model would give
     features of the wrong meaning, so the pairing is checked here, at load time.
     """
-    from transformers import ClapFeatureExtractor, ClapModel
+    from transformers import ClapConfig, ClapFeatureExtractor, ClapModel
 
     ref = _resolve(model_id)
     try:
-        model = ClapModel.from_pretrained(ref)
+        # Config and extractor first: a fused model is refused before its weights load.
+        config = ClapConfig.from_pretrained(ref)
         fe = ClapFeatureExtractor.from_pretrained(ref)
-    except OSError as err:
+        check_pairing(config.audio_config, fe, model_id)
+        model = ClapModel.from_pretrained(ref, config=config)
+    except (OSError, ValueError) as err:
+        if isinstance(err, ModelNotAvailableError):
+            raise
         if Path(ref).exists():
             raise ModelNotAvailableError(f"CLAP model {model_id!r} could not be loaded from {ref}: {err}") from err
         raise hub.not_available(model_id, ref, err) from err
-    check_pairing(model.config.audio_config, fe, model_id)
     return model.eval(), fe
+
+
+def load_clap_text(model_id: str = DEFAULT_STUDENT):
+    """Return ``(ClapModel, tokenizer)`` for embedding captions in the CLAP's own space."""
+    from transformers import AutoTokenizer
+
+    model, _ = load_clap(model_id)
+    ref = _resolve(model_id)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(ref)
+    except (OSError, ValueError) as err:
+        raise ModelNotAvailableError(f"CLAP model {model_id!r}: its tokenizer could not be loaded from {ref}: {err}") from err
+    return model, tokenizer
 
 
 def check_pairing(audio_config, fe, model_id: str = "") -> None:

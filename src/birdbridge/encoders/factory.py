@@ -38,6 +38,9 @@ class StudentEmbedder:
         self.window_samples = model.window_samples
         self.device = device
         self.dim = model.audio_projection.linear2.out_features if clap_space else model.dim
+        # Written into embedding sidecars: which student/teacher a distilled space came from.
+        meta = getattr(model, "meta", {}) if not clap_space else {}
+        self.provenance = {k: meta[k] for k in ("student_id", "teacher_id", "prompt_recipe") if meta.get(k) is not None}
 
     @torch.no_grad()
     def embed_windows(self, waves: list[np.ndarray]) -> np.ndarray:
@@ -69,7 +72,7 @@ def load_audio_embedder(model_id: str, device: str = "cpu") -> AudioEmbedder:
         return BirdNetEmbedder()
     kind, ref = hub.split_model_id(model_id)
     if kind == "local" and is_distilled_checkpoint(ref):
-        return StudentEmbedder(DistilledModel.from_pretrained(ref), model_id)
+        return StudentEmbedder(DistilledModel.from_pretrained(ref), model_id, device=device)
     if kind == "hub" and hub.is_cached(ref, "config.json"):
         import json
 
@@ -77,7 +80,7 @@ def load_audio_embedder(model_id: str, device: str = "cpu") -> AudioEmbedder:
 
         cfg = json.loads(open(try_to_load_from_cache(ref, "config.json")).read())
         if cfg.get("model_type") == "birdbridge-distilled-audio":
-            return StudentEmbedder(DistilledModel.from_pretrained(ref), model_id)
+            return StudentEmbedder(DistilledModel.from_pretrained(ref), model_id, device=device)
     from .clap import load_clap
     from .heads import HeadSpec
 

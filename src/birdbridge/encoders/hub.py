@@ -37,6 +37,10 @@ def split_model_id(model_id: str) -> tuple[str, str]:
         return "hub", model_id[len(HF_HUB_PREFIX):]
     if Path(model_id).expanduser().exists():
         return "local", str(Path(model_id).expanduser())
+    if model_id.startswith(("/", "./", "../", "~")) or model_id.count("/") > 1:
+        # A path that does not exist (a hub id is exactly "org/name"): let the local
+        # loader say "no such directory" instead of suggesting `hf download out/run/model`.
+        return "local", str(Path(model_id).expanduser())
     if "/" in model_id:
         return "hub", model_id
     return "builtin", model_id

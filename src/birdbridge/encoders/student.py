@@ -167,6 +167,9 @@ def _resolve_checkpoint(model_id: str) -> Path:
     kind, ref = hub.split_model_id(model_id)
     if kind == "local":
         p = Path(ref)
+        from ..io import recover_dir
+
+        recover_dir(p)  # a save killed between its two renames left the previous checkpoint aside
         if not (p / CONFIG_NAME).is_file() or not (p / WEIGHTS_NAME).is_file():
             raise ModelNotAvailableError(f"{model_id}: expected {CONFIG_NAME} and {WEIGHTS_NAME} in {p}")
         return p

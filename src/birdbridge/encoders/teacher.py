@@ -66,6 +66,12 @@ class Teacher:
                     f"teacher {model_id!r}: no open_clip_config.json in {ref} (an open_clip local-dir "
                     f"needs open_clip_config.json and open_clip_model.safetensors)"
                 )
+            # open_clip only logs a warning for a local-dir without weights; say so plainly.
+            if not any(next(Path(ref).glob(pat), None) for pat in ("*.safetensors", "*.bin", "*.pth")):
+                raise ModelNotAvailableError(
+                    f"teacher {model_id!r}: {ref} has open_clip_config.json but no weights "
+                    f"(open_clip_model.safetensors); refusing to use random weights"
+                )
         elif kind == "hub":
             model_id = f"{hub.HF_HUB_PREFIX}{ref}"
             if hub.is_offline() and not hub.is_cached(ref, "open_clip_config.json"):

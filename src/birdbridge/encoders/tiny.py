@@ -34,8 +34,12 @@ def tiny_audio_config(projection_dim: int = 32) -> dict:
 def tiny_feature_extractor(sampling_rate: int = 16000, max_length_s: int = 1):
     from transformers import ClapFeatureExtractor
 
+    # 10 ms hop and the next power of two >= 1.6 hops as FFT: 160/256 at 16 kHz, and at
+    # 48 kHz the real CLAP's 480/1024, so 1 s stays 101 frames (fits spec_size 64 * 2).
+    hop = sampling_rate // 100
+    n_fft = 1 << (int(1.6 * hop) - 1).bit_length()
     return ClapFeatureExtractor(
-        feature_size=32, sampling_rate=sampling_rate, hop_length=160, fft_window_size=256,
+        feature_size=32, sampling_rate=sampling_rate, hop_length=hop, fft_window_size=n_fft,
         max_length_s=max_length_s, truncation="rand_trunc", padding="repeatpad",
         frequency_min=50, frequency_max=sampling_rate // 2,
     )

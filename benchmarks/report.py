@@ -1,0 +1,234 @@
+"""``docs/PERFORMANCE.md`` from ``benchmarks/results.json``: the same numbers, for people.
+
+    python -m benchmarks.report [results.json] [PERFORMANCE.md]
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+
+def _f(v, fmt: str = ".3g") -> str:
+    if v is None:
+        return "—"
+    return format(v, fmt) if isinstance(v, (int, float)) and not isinstance(v, bool) else str(v)
+
+
+def _targets(r: dict) -> list[str]:
+    from .run_all import TARGETS
+
+    lines = ["| metric | target | measured | met |", "|---|---|---|---|"]
+    for key, (op, thr, what) in TARGETS.items():
+        t = r.get("targets", {}).get(key, {})
+        met = {True: "yes", False: "**no**", None: "not run"}[t.get("met")]
+        lines.append(f"| {what} (`{key}`) | {op} {thr} | {_f(r.get(key))} | {met} |")
+    return lines
+
+
+def _step(r: dict) -> list[str]:
+    if "step_speedup" not in r:
+        return ["Not run in this suite run.", ""]
+    out = [
+        f"Batch of {r['step_batch']} clips x {r['step_clip_s']:.0f} s at 48 kHz, forward + backward + AdamW, "
+        f"median of {r['step_steps']} interleaved steps: **ours {r['step_ours_s']:.2f} s, naive {r['step_naive_s']:.2f} s "
+        f"-> {r['step_speedup']:.2f}x** ({r['step_ours_samples_per_s']:.3g} vs {r['step_naive_samples_per_s']:.3g} samples/s).",
+        "",
+        "Where a step's time goes (medians, seconds):",
+        "",
+        "| component | s |",
+        "|---|---|",
+        f"| torch front end (ours, batch) | {r['step_frontend_ours_s']:.3f} |",
+        f"| HF `ClapFeatureExtractor`, per clip (naive) | {r['step_frontend_hf_s']:.3f} |",
+        f"| teacher ViT-L-14 text tower on the batch's prompts (naive only) | {r['step_teacher_text_s']:.3f} |",
+        f"| student forward only (HTSAT-tiny + head) | {r['step_student_forward_s']:.3f} |",
+        f"| student forward + backward + AdamW (both pipelines) | {r['step_student_fwd_bwd_opt_s']:.3f} |",
+        "",
+    ]
+    if r["step_speedup"] < 3:
+        added = r["step_naive_s"] - r["step_ours_s"]
+        out += [
+            f"Why the target is not met on this CPU: both pipelines pay the same student forward + backward + AdamW, "
+            f"which is nearly all of our step ({r['step_ours_s']:.2f} s, of which the front end is "
+            f"{r['step_frontend_ours_s']:.2f} s). The naive step adds {added:.2f} s on top: the ViT-L-14 text tower "
+            f"({r['step_teacher_text_s']:.2f} s alone) and the HF extractor ({r['step_frontend_hf_s']:.2f} s for "
+            f"{r['step_batch']} clips), plus the cache and memory traffic of a second 124M-parameter model; the ratio is "
+            f"1 + {added:.2f}/{r['step_ours_s']:.2f}. Reaching 3x needs the removed work to be twice the student's step, "
+            "which it is not while the student's backward pass runs on 2 CPU cores. The component times above were "
+            "timed separately and, on this shared machine, under different load than the interleaved steps, so they "
+            "explain the shape, not the exact sum. With a frozen encoder (head-only training, no student backward) "
+            f"the components give {r['step_speedup_frozen_encoder_derived']:.2f}x (derived, not timed as a step). "
+            "On a GPU the student's step shrinks by two orders of magnitude while the HF extractor stays on the CPU, "
+            "one clip at a time, and the text tower stays a second model to run, so the ratio grows with the card; "
+            "`benchmarks/gpu.sh` measures it (and steps/s, fraction of peak FLOP/s).",
+            "",
+        ]
+    return out
+
+
+def _frontend(r: dict) -> list[str]:
+    if "frontend_speedup" not in r:
+        return ["Not run in this suite run.", ""]
+    out = [f"{r['frontend_batch']} clips x {r['frontend_clip_s']:.0f} s: HF {r['frontend_hf_s']:.3f} s (best of per-clip "
+           f"{r['frontend_hf_per_clip_s']:.3f} s / batched {r['frontend_hf_batched_s']:.3f} s) vs ours on one thread "
+           f"{r['frontend_ours_s']:.3f} s -> **{r['frontend_speedup']:.1f}x** (float64: {r['frontend_speedup_f64']:.1f}x; "
+           f"torch's default {r['frontend_torch_default_threads']} threads: {r['frontend_speedup_default_threads']:.1f}x).", ""]
+    if r["frontend_speedup"] < 10:
+        load = r.get("machine", {}).get("load_avg_start", [0])[0]
+        out += [f"Below 10x in this run, measured at load average {load:.1f} on {r.get('machine', {}).get('cores')} cores: "
+                "other processes inflate both sides unevenly, and the ratio moves from run to run (a quiet run of the "
+                "same benchmark gave about 10x). Ours is one framed `rfft` plus one mel matmul per batch; what would "
+                "raise the ratio on CPU is fusing framing + window + power in one kernel (e.g. `torch.stft`), and on a "
+                "GPU the front end runs beside the model, where the HF extractor cannot run at all.", ""]
+    return out
+
+
+def _search(r: dict) -> list[str]:
+    if "search_ms_per_query" not in r:
+        return ["Not run in this suite run.", ""]
+    c, u = r.get("clustered", {}), r.get("uniform", {})
+    out = [
+        f"N = {r['search_n']:,} x {r['search_dim']} float32 unit rows ({_f(c.get('gallery_gb'), '.2f')} GB), "
+        f"{r['search_queries']} queries, FAISS {r['faiss_version']} on {r['faiss_threads']} threads.",
+        "",
+        "Clustered gallery (10,000 species centroids x 100 photos; queries near random centroids, looser than the "
+        "photos, like distilled audio embeddings) -- the workload `birdbridge search` serves:",
+        "",
+        f"* exact numpy (blocked matmul + argpartition): {c['exact_ms_per_query']:.2f} ms/query (batched);",
+        f"* {c['ivf']['index']}: k-means on {c['ivf']['train_n']:,} samples {c['ivf']['train_s']:.1f} s, adding {r['search_n']:,} "
+        f"vectors {c['ivf']['add_s']:.1f} s;",
+        "",
+        "| nprobe | ms/query (batched) | ms/query (one at a time) | recall@10 |",
+        "|---|---|---|---|",
+    ]
+    out += [f"| {x['nprobe']} | {x['ms_per_query_batched']:.3f} | {x['ms_per_query_single']:.3f} | {x['recall_at_10']:.3f} |"
+            for x in c["ivf"]["runs"]]
+    out += ["", f"Headline: nprobe {r['search_nprobe']}: **{r['search_ms_per_query']:.3f} ms/query at recall@10 "
+            f"{r['search_recall_at_10']:.3f}**, {r['search_speedup_vs_exact']:.0f}x faster than exact.", ""]
+    if not (r["search_ms_per_query"] <= 5 and r["search_recall_at_10"] >= 0.95):
+        best = max(c["ivf"]["runs"], key=lambda x: x["recall_at_10"])
+        out += [f"Target not met here. Recall climbs slowly with nprobe (best {best['recall_at_10']:.3f} at nprobe "
+                f"{best['nprobe']}, {best['ms_per_query_batched']:.1f} ms/query): with {c['ivf']['nlist']} lists for 10,000 "
+                "species, each list mixes ~10 unrelated species and members of one species whose noise pulls them "
+                "towards another list's centroid end up in lists the query does not probe. Query time is the scan of "
+                "the probed lists, so time grows linearly with nprobe. What would meet the target: an index whose cells "
+                "follow the data at a finer grain -- HNSW (M=32, efSearch ~64-128), or IVF with nlist ~ the number of "
+                "species (8-16k, which needs k-means on >= 40 points per list) -- both cost a build of tens of minutes on "
+                "2 shared cores, beyond this suite's 15-minute budget; or FAISS on a GPU, where exact search over 1M x "
+                "768 takes well under 1 ms/query in batches. `birdbridge index --kind auto` uses exact search below "
+                "100k images, where it is both exact and fast enough.", ""]
+    if u:
+        out += ["Uniform random unit vectors and uniform queries (the worst case):", "",
+                f"* exact: {u['exact_ms_per_query']:.2f} ms/query;"]
+        out += [f"* IVF nprobe {x['nprobe']}: {x['ms_per_query_batched']:.3f} ms/query, recall@10 {x['recall_at_10']:.3f};"
+                for x in u.get("ivf", {}).get("runs", [])]
+        if "ivf" not in u:
+            out += ["* IVF (not in the default suite, +3 min; `bench_search.run(uniform_ivf=True)`): on 2026-11-26, same "
+                    "settings, recall@10 was 0.092 at nprobe 32 and 0.160 at nprobe 64 (16 and 28 ms/query);"]
+        out += ["", "In 768-d, i.i.d. unit vectors all sit at cosine 0 +- 0.036 from a query; the true top-10 are not "
+                "near each other, so any partition (IVF) or graph (HNSW, M=32: in a separate run we measured recall@10 0.68 at efSearch 1024 "
+                "on 100k such vectors, after a 219 s build) must visit most of the data to find them. No ANN index meets "
+                "recall 0.95 there faster than exact search; real embedding galleries are clustered, which is what ANN "
+                "exploits. For uniform-like data use exact search (FAISS `IndexFlatIP`, or the numpy path above) and "
+                "batch queries.", ""]
+    return out
+
+
+def _decode(r: dict) -> list[str]:
+    d = r.get("decode")
+    if not d:
+        return ["Not run in this suite run.", ""]
+    return [f"{d['source']}, {d['n_files']} files, decoded to {d['target_sr']} Hz mono, cropped to {d['clip_s']} s:", "",
+            "| DataLoader workers | clips/s | first batch (s) |", "|---|---|---|"] + \
+           [f"| {x['workers']} | {x['clips_per_s']} | {x['first_batch_s']} |" for x in d["runs"]] + [""]
+
+
+def _models(r: dict) -> list[str]:
+    if "audio_clips_per_s" not in r:
+        return ["Not run in this suite run.", ""]
+    keys = [k for k in r if k.startswith("params_")]
+    return ["| model part | parameters |", "|---|---|"] + [f"| {k[7:]} | {r[k]:,} |" for k in keys] + [
+        "", f"Inference (no grad): audio {r['audio_clips_per_s']:.3g} clips/s (10 s, front end included, batch "
+        f"{r['models_audio_batch']}), teacher text {r['text_prompts_per_s']:.3g} prompts/s (batch {r['models_text_batch']}), "
+        f"teacher images {r['images_per_s']:.3g} images/s (224 px, batch {r['models_image_batch']}).", ""]
+
+
+def _memory(r: dict) -> list[str]:
+    runs = r.get("memory_runs")
+    if not runs:
+        return ["Not run in this suite run.", ""]
+    out = ["One student step (forward + backward + AdamW), 10 s clips; memory the step adds on top of model + batch "
+           "(peak RSS, fresh process per row):", "", "| batch | mode | +MiB | step s | checkpointed stages |", "|---|---|---|---|---|"]
+    for x in runs:
+        if "error" in x:
+            out.append(f"| {x['batch']} | {x['mode']} | error: {x['error']} | | |")
+        else:
+            out.append(f"| {x['batch']} | {x['mode']} | {x['step_mib']:.0f} | {x['step_s']:.1f} | {x['checkpointed_stages']} |")
+    out += [f"| {x['batch']} | {x['mode']} | skipped ({x['reason']}) | | |" for x in r.get("memory_skipped", [])]
+    return out + ["", "`ckpt` recomputes each HTSAT stage in the backward pass (transformers' `GradientCheckpointingLayer`, "
+                  "enabled per stage since CLAP refuses `gradient_checkpointing_enable()`); `bf16` is CPU autocast.", ""]
+
+
+def render(r: dict) -> str:
+    m = r["machine"]
+    lines = [
+        "# Performance",
+        "",
+        f"Generated by `make bench` (`python -m benchmarks.run_all`) from `benchmarks/results.json` on {r['date']}.",
+        f"Machine: {m['cpu']}, {m['cores']} cores, {m['memory_gb']} GB, torch {m['torch']} ({m['torch_threads']} threads), "
+        f"FAISS {m['faiss']}. Load average at start {', '.join(f'{x:.1f}' for x in m['load_avg_start'])}, at end "
+        f"{', '.join(f'{x:.1f}' for x in m.get('load_avg_end', []))} -- on a shared machine, absolute times move with "
+        "other people's jobs; ratios are measured in one run with interleaved repeats.",
+        f"Suite time {r.get('total_s', 0):.0f} s (budget {r['budget_s']:.0f} s)."
+        + (f" Skipped for time: {', '.join(r['skipped'])}." if r.get("skipped") else "")
+        + (f" Errors: {json.dumps(r['errors'])}." if r.get("errors") else "")
+        + (f" Rerun since: {', '.join(f'{k} ({v})' for k, v in r['updated'].items())}." if r.get("updated") else ""),
+        "",
+        "Models have the real shapes with random weights (no weights can be downloaded here): the student is "
+        "`ClapModel(ClapConfig())` (BioLingual's shape), the teacher open_clip `ViT-L-14` (BioCLIP-2's shape).",
+        "",
+        "## Targets",
+        "",
+        *_targets(r),
+        "",
+        "## Distillation step",
+        "",
+        *_step(r),
+        "## Audio front end",
+        "",
+        *_frontend(r),
+        "## Search",
+        "",
+        *_search(r),
+        "## Decode + resample",
+        "",
+        *_decode(r),
+        "## Models",
+        "",
+        *_models(r),
+        "## Memory",
+        "",
+        *_memory(r),
+        "## GPU",
+        "",
+        "`benchmarks/gpu.sh` is the prepared GPU run (steps/s, clips/s, images/s at growing batch sizes up to the "
+        "memory limit, and the fraction of the card's peak FLOP/s from `torch.utils.flop_counter`). "
+        + ("Its results: see `benchmarks/gpu_results.json`." if r.get("gpu") else
+           "It has not been run yet: the session that wrote it had no GPU."),
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def write_report(results: dict, path: str | Path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(render(results))
+    return path
+
+
+if __name__ == "__main__":
+    src = Path(sys.argv[1]) if len(sys.argv) > 1 else Path(__file__).with_name("results.json")
+    dst = Path(sys.argv[2]) if len(sys.argv) > 2 else Path(__file__).resolve().parents[1] / "docs" / "PERFORMANCE.md"
+    write_report(json.loads(src.read_text()), dst)

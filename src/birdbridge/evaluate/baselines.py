@@ -1,0 +1,158 @@
+"""The paper's baselines: other ways to put CLAP audio into the teacher's space.
+
+All three return teacher-space unit rows, so they are scored by the same protocols as
+the distilled model:
+
+* ``random_projection`` — the same student with its head left at initialisation
+  (:func:`random_projection_student`, the seed distillation starts from): what the
+  architecture gives before any training.
+* ``text_mapping`` — a linear map from the student's own CLAP *text* space to the
+  teacher's text space, fitted by ridge least squares on species prompts only, then
+  applied to CLAP *audio* embeddings. It bets that CLAP's audio and text spaces are
+  aligned well enough for a text-fitted map to carry audio too.
+* ``zero_shot_combination`` — CLAP's own zero-shot posterior over species prompts
+  (softmax with CLAP's logit scale) weights the teacher's species text embeddings.
+  No training at all; it is only as good as CLAP's zero-shot classification.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from ..taxonomy import PROMPT_TYPES, Species, prompts
+
+
+def unit_rows(x: np.ndarray) -> np.ndarray:
+    x = np.asarray(x, dtype=np.float64)
+    return (x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)).astype(np.float32)
+
+
+# --------------------------------------------------------------------------- text mapping
+@dataclass
+class LinearMap:
+    """``y = x @ weight + bias``; :meth:`apply` also renormalises (embeddings are unit rows)."""
+
+    weight: np.ndarray  # [d_in, d_out]
+    bias: np.ndarray  # [d_out]
+    alpha: float = 0.0
+    n_pairs: int = 0
+
+    def raw(self, x: np.ndarray) -> np.ndarray:
+        return np.asarray(x, np.float64) @ self.weight + self.bias
+
+    def apply(self, x: np.ndarray) -> np.ndarray:
+        return unit_rows(self.raw(x))
+
+
+def fit_ridge(x: np.ndarray, y: np.ndarray, alpha: float = 1e-2) -> LinearMap:
+    """Ridge regression with an unpenalised intercept: ``argmin |XcW - Yc|² + alpha|W|²``.
+
+    Closed form on centred data, solved in float64; ``alpha = 0`` is ordinary least
+    squares (via ``lstsq``, so an underdetermined fit still returns the minimum-norm map).
+    """
+    x = np.asarray(x, np.float64)
+    y = np.asarray(y, np.float64)
+    if x.ndim != 2 or y.ndim != 2 or len(x) != len(y):
+        raise ValueError(f"x and y must be 2-D with the same number of rows, got {x.shape} and {y.shape}")
+    if len(x) < 2:
+        raise ValueError("need at least two pairs to fit a map")
+    if alpha < 0:
+        raise ValueError(f"alpha must be >= 0, got {alpha}")
+    mx, my = x.mean(axis=0), y.mean(axis=0)
+    xc, yc = x - mx, y - my
+    if alpha == 0:
+        w = np.linalg.lstsq(xc, yc, rcond=None)[0]
+    else:
+        w = np.linalg.solve(xc.T @ xc + alpha * np.eye(x.shape[1]), xc.T @ yc)
+    return LinearMap(w, my - mx @ w, float(alpha), len(x))
+
+
+def species_prompt_strings(species: Sequence[Species], template_set: str = "single",
+                           prompt_types: Sequence[str] = PROMPT_TYPES) -> list[str]:
+    """Every prompt string of every species (all prompt types × templates), de-duplicated."""
+    seen: dict[str, None] = {}
+    for sp in species:
+        for pt in prompt_types:
+            for p in prompts(sp, pt, template_set):
+                seen.setdefault(p, None)
+    return list(seen)
+
+
+def fit_text_mapping(clap_text_encoder, teacher, species: Sequence[Species], *, template_set: str = "single",
+                     prompt_types: Sequence[str] = PROMPT_TYPES, alpha: float = 1e-2) -> LinearMap:
+    """Fit CLAP text space → teacher text space on the species' prompt strings.
+
+    ``clap_text_encoder``: a ``(ClapModel, tokenizer)`` pair (see :func:`load_clap_text`);
+    ``teacher``: a :class:`~birdbridge.encoders.teacher.Teacher`.
+    """
+    from ..retrieval.embed import embed_texts
+
+    texts = species_prompt_strings(species, template_set, prompt_types)
+    x = embed_texts(clap_text_encoder, texts).vectors
+    y = embed_texts(teacher, texts).vectors
+    return fit_ridge(x, y, alpha)
+
+
+# --------------------------------------------------------------------------- zero-shot combination
+def softmax(logits: np.ndarray) -> np.ndarray:
+    z = np.asarray(logits, np.float64)
+    z = z - z.max(axis=1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def zero_shot_combination(clap_audio: np.ndarray, clap_species_text: np.ndarray, teacher_species_text: np.ndarray,
+                          logit_scale: float) -> np.ndarray:
+    """``normalise(softmax(scale · audio @ clap_textᵀ) @ teacher_text)``: [N, D_teacher] unit rows."""
+    a, ct, tt = (np.asarray(v, np.float64) for v in (clap_audio, clap_species_text, teacher_species_text))
+    if ct.shape[0] != tt.shape[0]:
+        raise ValueError(f"{ct.shape[0]} CLAP species texts but {tt.shape[0]} teacher species texts")
+    if a.shape[1] != ct.shape[1]:
+        raise ValueError(f"CLAP audio dim {a.shape[1]} != CLAP text dim {ct.shape[1]}")
+    posterior = softmax(logit_scale * (unit_rows(a).astype(np.float64) @ unit_rows(ct).T.astype(np.float64)))
+    return unit_rows(posterior @ tt)
+
+
+# --------------------------------------------------------------------------- the student's own CLAP
+def load_clap_text(student: str | Path):
+    """The student's CLAP text tower as a ``(ClapModel, tokenizer)`` encoder for ``embed_texts``."""
+    from ..encoders.clap import load_clap_text as _load
+
+    return _load(str(student))
+
+
+def clap_logit_scale(clap) -> float:
+    """CLAP's audio→text logit scale (``exp(logit_scale_a)``, capped at 100 as in training)."""
+    import torch
+
+    with torch.no_grad():
+        return float(min(100.0, clap.logit_scale_a.exp().item()))
+
+
+def clap_species_text(clap_text_encoder, species: Sequence[Species], templates: Sequence[str],
+                      prompt_types: Sequence[str]) -> np.ndarray:
+    """One CLAP text embedding per species: every (template, prompt type) string embedded,
+    normalised, averaged, renormalised (the same recipe the teacher's prompts use)."""
+    from ..retrieval.embed import embed_texts
+    from ..taxonomy import prompt_body
+
+    if not templates or not prompt_types:
+        raise ValueError("need at least one CLAP template and one prompt type")
+    texts = [[t.format(prompt_body(sp, pt)) for t in templates for pt in prompt_types] for sp in species]
+    flat = [s for row in texts for s in row]
+    emb = embed_texts(clap_text_encoder, flat).vectors.reshape(len(species), len(texts[0]), -1)
+    return unit_rows(emb.mean(axis=1))
+
+
+def random_projection_student(train_cfg, teacher_dim: int):
+    """The untrained student: CLAP audio tower + a head initialised exactly as distillation's."""
+    import torch
+
+    from ..distill.train import build_student
+
+    torch.manual_seed(train_cfg.seed)  # distill() seeds the same way right before build_student
+    return build_student(train_cfg, teacher_dim).eval()

@@ -1,0 +1,67 @@
+"""Shared fixtures: tiny replicas of the real architectures, and one demo run per session.
+
+Nothing here downloads anything: models are built and saved at test time and loaded
+back through the same code paths real checkpoints use.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    if not SHARED_DATA.is_dir():
+        pytest.skip(f"real test data not found at {SHARED_DATA} (../shared/data beside the repo)")
+    return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def phoebe(shared_data) -> Path:
+    p = shared_data / "phoebe"
+    if not (p / "recordings.csv").is_file():
+        pytest.skip(f"phoebe recordings not found at {p}")
+    return p
+
+
+@pytest.fixture(scope="session")
+def tiny_clap_dir(tmp_path_factory) -> Path:
+    """A random-init tiny ``ClapModel`` + processor saved with ``save_pretrained``."""
+    from birdbridge.encoders import tiny
+
+    d = tmp_path_factory.mktemp("tiny_clap")
+    corpus = ["the song of a Red Barred Warbler", "a recording of Setophaga coronata", "bird calling"]
+    model, proc = tiny.build_tiny_clap(corpus, d / "tok", seed=0)
+    return tiny.save_clap(model.eval(), proc, d / "clap")
+
+
+@pytest.fixture(scope="session")
+def tiny_open_clip_dir(tmp_path_factory) -> Path:
+    """A random-init tiny open_clip ViT CLIP in the ``local-dir:`` layout."""
+    from birdbridge.encoders import tiny
+
+    model, cfg = tiny.build_tiny_open_clip(seed=0)
+    return tiny.save_open_clip(model.eval(), cfg, tmp_path_factory.mktemp("tiny_open_clip"))
+
+
+@pytest.fixture(scope="session")
+def demo_run(tmp_path_factory):
+    """The full offline demo (world, teacher, student, distillation, evaluation), run once.
+
+    Returns ``(out_dir, results)``; tests reuse its trained models and files.
+    """
+    from rich.console import Console
+
+    from birdbridge.demo.run import run_demo
+
+    out = tmp_path_factory.mktemp("demo")
+    results = run_demo(out, seed=0, console=Console(quiet=True))
+    return out, results

@@ -1,0 +1,182 @@
+"""Crash and resume: `birdbridge train --resume` after a SIGKILL finishes and matches an unbroken run.
+
+What determinism holds (CPU, one process, same thread count, ``num_workers: 0``):
+
+* crops are drawn from ``(seed, epoch, item index)`` (distill/data.py) and prompt types from
+  ``(seed, global step, rank)`` (distill/module.py), so neither depends on where a run
+  restarted;
+* the shuffle order is not: it comes from the DataLoader's ``torch.Generator``, whose
+  state is not in the checkpoint, so a resumed run re-creates it from the seed and draws
+  epoch 0's permutation again for whatever epoch it resumes in;
+* Lightning restores the optimiser, scheduler and the epoch/step counters from
+  ``last.ckpt``, but restarts the interrupted epoch's (stateless) dataloader from its first
+  batch and runs only as many batches as the epoch had left.
+
+So a resumed run takes exactly as many optimiser steps as an unbroken one, from the
+restored state, but not over the same batches, even when killed on an epoch boundary
+(measured: max |embedding difference| 0.07-0.11, min cosine 0.96-0.98 between the two
+runs' final models on the test clips). Exact equality would need an epoch-seeded sampler
+that also skips the batches an interrupted epoch already consumed (Lightning calls
+``sampler.set_epoch``; a stateful loader could carry the offset).
+
+The test therefore asserts what does hold: the checkpoint a SIGKILL leaves loads; the
+resumed run continues from it (its logged steps start at the checkpoint's step, not 0),
+ends at the same global step as the unbroken run, writes the final model, lists the bad
+clip in skipped.json, and its model agrees with the unbroken run's (zero-shot accuracy
+within 0.25, every test-clip embedding at cosine > 0.8).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from birdbridge.data.synthetic import SyntheticWorld, load_world
+
+BIN = Path(sys.executable).with_name("birdbridge")
+STEPS_PER_EPOCH = 4  # 8 species x 4 train clips / batch 8
+EPOCHS = 3
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("resume_world")
+    SyntheticWorld(1, n_orders=1, n_families=2, n_genera=2, n_species=2).write(
+        root, audio_per_species={"train": 4, "test": 2}, images_per_species={})
+    # a bad clip in the training split: its skip must survive the crash
+    (root / "audio" / "broken.wav").write_bytes(b"RIFF\x00\x00\x00\x00WAVEjunk")
+    lines = (root / "world.csv").read_text().splitlines()
+    first = next(ln for ln in lines[1:] if ",train" in ln)
+    lines.append(first.replace(first.split(",")[0], "audio/broken.wav", 1))
+    (root / "world.csv").write_text("\n".join(lines) + "\n")
+    return root
+
+
+def _config(tmp: Path, world: Path, clap: Path, teacher: Path, cache: Path) -> Path:
+    cfg = {"data": {"kind": "csv", "path": str(world / "world.csv")},
+           "train": {"student": str(clap), "teacher": str(teacher), "cache_dir": str(cache), "batch_size": 8,
+                     "max_epochs": EPOCHS, "num_workers": 0, "progress": False, "accelerator": "cpu", "devices": 1,
+                     "warmup_steps": 0, "lr_encoder": 1e-3, "lr_head": 1e-2, "seed": 3, "prompt_type": "mixed",
+                     "val_split": "none", "log_every_n_steps": 1}}
+    path = tmp / "train.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def _env() -> dict:
+    # same thread count in every run: float reductions are then reproducible on CPU
+    return {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1",
+            "TRANSFORMERS_OFFLINE": "1", "PYTHONHASHSEED": "0"}
+
+
+def _train(config: Path, out: Path, *extra: str) -> subprocess.CompletedProcess:
+    return subprocess.run([str(BIN), "train", str(config), "--out", str(out), *extra], env=_env(),
+                          capture_output=True, text=True, timeout=300)
+
+
+def _ckpt_step(out: Path) -> tuple[int, int]:
+    ck = torch.load(out / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    return int(ck["global_step"]), int(ck["epoch"])
+
+
+def _embed(model_dir: Path, clips: list[Path]) -> np.ndarray:
+    from birdbridge.encoders.factory import load_audio_embedder
+    from birdbridge.retrieval.embed import embed_audio
+
+    return embed_audio(load_audio_embedder(str(model_dir)), clips).vectors
+
+
+def _zero_shot_accuracy(vectors: np.ndarray, labels: list[str], text: dict[str, np.ndarray]) -> float:
+    names = sorted(text)
+    mat = np.stack([text[n] for n in names])
+    pred = [names[i] for i in (vectors @ mat.T).argmax(1)]
+    return float(np.mean([p == t for p, t in zip(pred, labels)]))
+
+
+@pytest.fixture(scope="module")
+def runs(world, tiny_clap_dir, tiny_open_clip_dir, tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("resume_runs")
+    config = _config(tmp, world, tiny_clap_dir, tiny_open_clip_dir, tmp / "cache")
+    ref = _train(config, tmp / "ref")  # also fills the text cache, so every run starts alike
+    assert ref.returncode == 0, ref.stderr[-2000:]
+    assert "Traceback" not in ref.stderr
+    assert _ckpt_step(tmp / "ref")[0] == STEPS_PER_EPOCH * EPOCHS
+    coll = load_world(world)
+    test = coll.audio_split("test")
+    clips = [Path(coll.resolve(a.path)) for a in test]
+    from birdbridge.distill.train import TrainConfig, species_text_embeddings
+
+    cfg = TrainConfig.from_dict({"teacher": str(tiny_open_clip_dir), "cache_dir": str(tmp / "cache"),
+                                 "prompt_type": "taxonomic"})
+    mat = species_text_embeddings(cfg, coll)["taxonomic"].numpy()  # [S, D], rows in coll.species order
+    text = dict(zip([s.id for s in coll.species], mat))
+    return {"tmp": tmp, "config": config, "clips": clips, "labels": [a.species_id for a in test], "text": text,
+            "ref": _embed(tmp / "ref" / "model", clips)}
+
+
+def _kill_at_step(config: Path, out: Path, want_step: int) -> int:
+    """Start a run, freeze it (SIGSTOP) at each new checkpoint, SIGKILL it at the first one >= ``want_step``."""
+    proc = subprocess.Popen([str(BIN), "train", str(config), "--out", str(out)], env=_env(),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    last = out / "checkpoints" / "last.ckpt"
+    seen_mtime, deadline = None, time.time() + 240
+    try:
+        while proc.poll() is None and time.time() < deadline:
+            if last.exists() and last.stat().st_mtime_ns != seen_mtime:
+                proc.send_signal(signal.SIGSTOP)  # frozen: the checkpoint cannot change under us
+                seen_mtime = last.stat().st_mtime_ns
+                step = _ckpt_step(out)[0]
+                if step >= want_step:
+                    proc.send_signal(signal.SIGKILL)
+                    proc.wait(timeout=30)
+                    return step
+                proc.send_signal(signal.SIGCONT)
+            time.sleep(0.01)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    pytest.fail(f"the run ended (rc {proc.returncode}) before reaching a checkpoint at step {want_step}")
+
+
+@pytest.mark.parametrize("kill_step", [2, STEPS_PER_EPOCH], ids=["mid_epoch", "epoch_boundary"])
+def test_killed_training_resumes_and_finishes(runs, kill_step):
+    config, ref_step = runs["config"], STEPS_PER_EPOCH * EPOCHS
+    out = runs["tmp"] / f"crash-{kill_step}"
+    killed_step = _kill_at_step(config, out, kill_step)
+    assert killed_step == kill_step
+    assert not (out / "model").exists(), "killed before the final model was written"
+
+    res = _train(config, out, "--resume")
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert "Traceback" not in res.stderr
+    step, _ = _ckpt_step(out)
+    assert step == ref_step, f"resumed run ended at step {step}, the unbroken one at {ref_step}"
+    import csv
+    import json
+
+    # the resumed run logged only steps after the checkpoint: it continued, it did not restart
+    newest = max((out / "logs").glob("version_*/metrics.csv"), key=lambda f: int(f.parent.name.split("_")[1]))
+    logged = sorted({int(r["step"]) for r in csv.DictReader(newest.open()) if r.get("step")})
+    assert logged and min(logged) >= killed_step - 1 and max(logged) >= ref_step - 1, logged[:5]
+    # the bad clip is skipped (and listed) by the resumed run too
+    skipped = json.loads((out / "skipped.json").read_text())
+    assert any(s["input"].endswith("broken.wav") for s in skipped["skipped"])
+
+    a, b = runs["ref"], _embed(out / "model", runs["clips"])
+    acc_ref = _zero_shot_accuracy(a, runs["labels"], runs["text"])
+    acc_res = _zero_shot_accuracy(b, runs["labels"], runs["text"])
+    cos = (a * b).sum(1)
+    print(f"killed at step {killed_step}; zero-shot acc ref {acc_ref:.3f} resumed {acc_res:.3f}; "
+          f"max |emb diff| {np.abs(a - b).max():.2e}; min cosine {cos.min():.4f}")
+    assert abs(acc_ref - acc_res) <= 0.25
+    assert cos.min() > 0.8, f"resumed model's embeddings drifted from the unbroken run's (min cosine {cos.min():.3f})"
