@@ -61,14 +61,10 @@ def assert_parity(fe, clips, ours32: torch.Tensor | None = None, ours64: torch.T
 
 # ---------------------------------------------------------------- real recordings
 def _decode_48k(path: Path) -> np.ndarray:
-    """Private minimal decoder (birdbridge.data.audio is written elsewhere)."""
-    sf = pytest.importorskip("soundfile")
-    soxr = pytest.importorskip("soxr")
-    x, sr = sf.read(str(path), dtype="float32", always_2d=True)
-    x = x.mean(axis=1)
-    if sr != 48000:
-        x = soxr.resample(x, sr, 48000)
-    return np.ascontiguousarray(x, dtype=np.float32)
+    """Mono float32 at 48 kHz through the project's own decoder (soundfile + soxr)."""
+    from birdbridge.data.audio import load_audio
+
+    return load_audio(path, 48000)
 
 
 @pytest.fixture(scope="module")
