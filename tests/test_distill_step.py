@@ -85,3 +85,25 @@ def test_bad_clip_is_skipped_and_counted(small_world, tiny_clap_dir, tiny_open_c
     # the batch keeps its size (equal shapes across DDP ranks) by repeating good clips
     assert batch["waves"].shape == (3, 16000)
     assert batch["labels"][0] == batch["labels"][2]
+
+
+def test_epoch_shuffle_sampler_is_a_function_of_seed_and_epoch_and_resumes():
+    from birdbridge.distill.data import EpochShuffleSampler
+
+    s = EpochShuffleSampler(10, seed=3, batch_size=2)
+    e0, e1 = list(s), None
+    s.set_epoch(1)
+    e1 = list(s)
+    assert [e for e, _ in e0] == [0] * 10 and [e for e, _ in e1] == [1] * 10
+    assert sorted(i for _, i in e0) == list(range(10)) and [i for _, i in e0] != [i for _, i in e1]
+    fresh = EpochShuffleSampler(10, seed=3, batch_size=2)
+    fresh.set_epoch(1)
+    assert list(fresh) == e1  # no hidden generator state carried across epochs
+    fresh.resume(1, batches_done=3)
+    fresh.set_epoch(1)  # Lightning re-announces the epoch a resume lands in: the skip survives
+    assert list(fresh) == e1[6:]
+    assert list(fresh) == e1  # the skip applies to one iteration only
+    # two ranks: equal shares that together cover the (wrap-padded) epoch
+    ranks = [EpochShuffleSampler(11, seed=3, batch_size=2, rank=r, world_size=2) for r in (0, 1)]
+    shares = [[i for _, i in r] for r in ranks]
+    assert len(shares[0]) == len(shares[1]) == 6 and set(shares[0] + shares[1]) == set(range(11))

@@ -7,12 +7,13 @@ run's :class:`~birdbridge.errors.SkipLog`, which is written next to the checkpoi
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Iterator, Sequence
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, Sampler
 
 from ..data.audio import crop_or_pad, load_audio
 from ..data.records import AudioItem, Collection
@@ -30,7 +31,10 @@ class AudioClipDataset(Dataset):
     """``(wave[n_samples], label)``; random crops are drawn from ``(seed, epoch, index)``.
 
     Seeding per item (not per worker) makes a crop independent of worker count and of
-    where a resumed run restarts, so runs are reproducible from the config.
+    where a resumed run restarts, so runs are reproducible from the config. The key may
+    be an index (the epoch is then ``set_epoch``'s) or an ``(epoch, index)`` pair from
+    :class:`EpochShuffleSampler`: the epoch then travels with the index into worker
+    processes, which copied the dataset before any ``set_epoch`` could reach them.
     """
 
     def __init__(
@@ -70,15 +74,62 @@ class AudioClipDataset(Dataset):
             self._cache[i] = wave
         return wave
 
-    def __getitem__(self, i: int):
+    def __getitem__(self, key: int | tuple[int, int]):
+        epoch, i = key if isinstance(key, tuple) else (self.epoch, key)
         try:
             wave = self._decode(i)
         except BadInputError as err:
             return SkippedItem(self.items[i].path, err.reason, err.detail)
-        rng = np.random.default_rng([self.seed, self.epoch, i])
+        rng = np.random.default_rng([self.seed, epoch, i])
         # short clips are tiled like CLAP's "repeatpad" so the model sees song, not silence
         wave = crop_or_pad(wave, self.n_samples, self.crop, rng, pad="repeat")
         return torch.from_numpy(wave), self.labels[i]
+
+
+class EpochShuffleSampler(Sampler):
+    """This rank's share of a seeded per-epoch shuffle, as ``(epoch, index)`` keys; resumable mid-epoch.
+
+    Epoch ``e``'s order is a permutation drawn from ``(seed, e)`` alone -- not from a
+    generator whose state runs on across epochs -- so a resumed run recomputes exactly the
+    order the unbroken run used. Under DDP the permutation is padded by wrapping (as
+    ``DistributedSampler`` does) and dealt round-robin, so every rank yields
+    ``ceil(n / world)`` keys. :meth:`resume` makes the next iteration start after the
+    batches an interrupted epoch already trained on, so no clip is seen twice and none is
+    missed.
+    """
+
+    def __init__(self, n: int, *, seed: int, batch_size: int, rank: int = 0, world_size: int = 1, shuffle: bool = True):
+        if n < 1 or batch_size < 1 or world_size < 1 or not 0 <= rank < world_size:
+            raise ValueError(f"bad sampler arguments n={n} batch_size={batch_size} rank={rank} world_size={world_size}")
+        self.n, self.seed, self.batch_size, self.shuffle = n, seed, batch_size, shuffle
+        self.rank, self.world_size = rank, world_size
+        self.epoch = 0
+        self._skip_batches = 0
+
+    def __len__(self) -> int:
+        return math.ceil(self.n / self.world_size)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Called by Lightning before each epoch (and again for the epoch a resume lands in)."""
+        if epoch != self.epoch:
+            self.epoch, self._skip_batches = epoch, 0
+
+    def resume(self, epoch: int, batches_done: int) -> None:
+        """The next iteration is epoch ``epoch`` without its first ``batches_done`` batches."""
+        self.epoch, self._skip_batches = epoch, max(0, batches_done)
+
+    def order(self, epoch: int) -> np.ndarray:
+        """This rank's indices for ``epoch``, in the order they are trained on."""
+        idx = np.random.default_rng([self.seed, epoch]).permutation(self.n) if self.shuffle else np.arange(self.n)
+        total = len(self) * self.world_size
+        idx = np.resize(idx, total)  # wrap-around padding, like DistributedSampler(drop_last=False)
+        return idx[self.rank :: self.world_size]
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        epoch, skip = self.epoch, self._skip_batches * self.batch_size
+        self._skip_batches = 0  # a skip applies to one iteration only
+        for i in self.order(epoch)[skip:]:
+            yield epoch, int(i)
 
 
 def collate_clips(batch):

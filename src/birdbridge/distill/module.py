@@ -19,6 +19,30 @@ from ..taxonomy import resolve_prompt_types
 from .loss import LogitScale, build_loss
 
 
+def rng_states() -> dict:
+    """Global RNG states (python, numpy, torch CPU and CUDA) for a checkpoint."""
+    import numpy as np
+
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    # plain lists and tensors only: Lightning loads checkpoints with torch's weights_only default
+    states = {"python": random.getstate(), "numpy": [kind, keys.tolist(), pos, has_gauss, gauss],
+              "torch": torch.get_rng_state()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        states["cuda"] = torch.cuda.get_rng_state_all()
+    return states
+
+
+def set_rng_states(states: dict) -> None:
+    import numpy as np
+
+    random.setstate(states["python"])
+    kind, keys, pos, has_gauss, gauss = states["numpy"]
+    np.random.set_state((kind, np.asarray(keys, dtype=np.uint32), pos, has_gauss, gauss))
+    torch.set_rng_state(states["torch"])
+    if "cuda" in states and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(states["cuda"])
+
+
 class DistillModule(L.LightningModule):
     def __init__(
         self,
@@ -102,8 +126,27 @@ class DistillModule(L.LightningModule):
         self.log("train/logit_scale", scale.detach(), batch_size=len(labels))
         return loss
 
-    def on_train_batch_end(self, outputs, batch, batch_idx) -> None:
+    def optimizer_step(self, *args, **kwargs) -> None:
+        super().optimizer_step(*args, **kwargs)
+        # Clamp right after the update, not in on_train_batch_end: checkpoint callbacks
+        # run before the module's batch-end hook, so a clamp there would leave an
+        # unclamped scale in a checkpoint that the unbroken run never trained with.
         self.logit_scale.clamp_()
+
+    # ---------------------------------------------------------------- exact resume
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        # Lightning does not checkpoint RNG states; dropout in the student draws from them
+        checkpoint["birdbridge_rng"] = rng_states()
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        self._pending_rng = checkpoint.get("birdbridge_rng")
+
+    def on_train_batch_start(self, batch, batch_idx) -> None:
+        # Restored here, not at load time, so nothing between loading and the first
+        # resumed step (model setup, loader start-up) consumes the restored stream.
+        if getattr(self, "_pending_rng", None) is not None:
+            set_rng_states(self._pending_rng)
+            self._pending_rng = None
 
     @torch.no_grad()
     def validation_step(self, batch, batch_idx):
@@ -130,7 +173,7 @@ class DistillModule(L.LightningModule):
         opt = torch.optim.AdamW(groups)
         warm, total = self.warmup_steps, self.total_steps
         if self._trainer is not None:
-            # per-rank steps: under DDP the DistributedSampler splits each epoch across ranks
+            # per-rank steps: under DDP the sampler deals each epoch out across ranks
             total = max(1, int(min(self.trainer.estimated_stepping_batches, 10**9)))
 
         def schedule(step: int) -> float:  # linear warm-up, then cosine to 0

@@ -119,9 +119,7 @@ def distill(collection: Collection, cfg: TrainConfig, out_dir: str | Path, *, re
     import lightning as L
     from lightning.pytorch.callbacks import ModelCheckpoint
     from lightning.pytorch.loggers import CSVLogger
-    from torch.utils.data import DataLoader
-
-    from .data import AudioClipDataset, collate_clips
+    from .datamodule import DistillData
     from .module import DistillModule
 
     out_dir = Path(out_dir)
@@ -133,16 +131,11 @@ def distill(collection: Collection, cfg: TrainConfig, out_dir: str | Path, *, re
     train_items = collection.audio_split(cfg.train_split)
     if not train_items:
         raise BadInputError("no_training_audio", detail=f"split {cfg.train_split!r} of {collection.name} is empty")
-    ds = AudioClipDataset(collection, train_items, student.sample_rate, student.window_samples,
-                          crop="random", seed=cfg.seed, cache_decoded=cfg.cache_decoded_audio)
-    dl = DataLoader(ds, batch_size=min(cfg.batch_size, len(ds)), shuffle=True, num_workers=cfg.num_workers,
-                    collate_fn=collate_clips, drop_last=len(ds) >= cfg.batch_size, generator=torch.Generator().manual_seed(cfg.seed))
-    val_items = collection.audio_split(cfg.val_split)
-    val_dl = None
-    if val_items:
-        vds = AudioClipDataset(collection, val_items, student.sample_rate, student.window_samples, crop="center", seed=cfg.seed)
-        val_dl = DataLoader(vds, batch_size=cfg.batch_size, num_workers=cfg.num_workers, collate_fn=collate_clips)
-    steps_per_epoch = max(1, len(dl))
+    data = DistillData(collection, train_items, collection.audio_split(cfg.val_split), sample_rate=student.sample_rate,
+                       n_samples=student.window_samples, batch_size=cfg.batch_size, num_workers=cfg.num_workers,
+                       seed=cfg.seed, cache_decoded=cfg.cache_decoded_audio)
+    # one-process count; under DDP the module reads per-rank steps from the trainer
+    steps_per_epoch = data.steps_per_epoch()
     module = DistillModule(
         student, text, prompt_type=cfg.prompt_type, loss=cfg.loss, positives=cfg.positives,
         lr_encoder=cfg.lr_encoder, lr_head=cfg.lr_head, weight_decay=cfg.weight_decay,
@@ -150,7 +143,6 @@ def distill(collection: Collection, cfg: TrainConfig, out_dir: str | Path, *, re
         freeze_encoder=cfg.freeze_encoder, init_temperature=cfg.init_temperature,
         learn_temperature=cfg.learn_temperature, seed=cfg.seed,
     )
-    module.on_train_epoch_start = lambda: ds.set_epoch(module.current_epoch)  # fresh crops each epoch
     good_batches = _good_batch_counter()
     ckpt = ModelCheckpoint(dirpath=out_dir / "checkpoints", save_last=True, every_n_train_steps=max(1, steps_per_epoch // 2),
                            save_top_k=0)
@@ -159,13 +151,17 @@ def distill(collection: Collection, cfg: TrainConfig, out_dir: str | Path, *, re
         strategy=cfg.strategy, precision=_precision(cfg), logger=CSVLogger(out_dir, name="logs"),
         callbacks=[ckpt, good_batches], enable_progress_bar=cfg.progress, enable_model_summary=False,
         log_every_n_steps=min(cfg.log_every_n_steps, steps_per_epoch), deterministic="warn",
-        num_sanity_val_steps=0,
+        num_sanity_val_steps=0, limit_val_batches=1.0 if data.val_ds is not None else 0,
+        use_distributed_sampler=False,  # DistillData's sampler shards each epoch itself
     )
     last = out_dir / "checkpoints" / "last.ckpt"
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", ".*does not have many workers.*")
         warnings.filterwarnings("ignore", ".*deterministic.*")
-        trainer.fit(module, dl, val_dl, ckpt_path=str(last) if resume and last.exists() else None)
+        # DistillData resumes mid-epoch through its own checkpoint state, which this
+        # Lightning check (it looks for a stateful DataLoader) does not see
+        warnings.filterwarnings("ignore", ".*dataloader is not resumable.*")
+        trainer.fit(module, datamodule=data, ckpt_path=str(last) if resume and last.exists() else None)
     meta = {
         "student_id": cfg.student,
         "teacher_id": cfg.teacher,
