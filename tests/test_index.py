@@ -10,6 +10,7 @@ import pytest
 
 from birdbridge.errors import ConfigError
 from birdbridge.retrieval import index as index_mod
+from birdbridge.retrieval import index_build as build_mod
 from birdbridge.retrieval.index import ImageIndex, build_faiss, choose_kind, records_from_collection, records_from_source
 
 
@@ -119,14 +120,14 @@ def test_manifest_is_the_commit_point(tmp_path, teacher, test_records, monkeypat
     ImageIndex.build(root, teacher, test_records[:40])
     reader = ImageIndex.open(root)  # a reader holding the old index while a writer works
 
-    real_write = index_mod.atomic_write_json
+    real_write = build_mod.atomic_write_json
 
     def crash_on_manifest(path, obj):
         if Path(path).name == "index.json" and obj["count"] > 40:
             raise OSError("disk full (simulated) while committing")
         return real_write(path, obj)
 
-    monkeypatch.setattr(index_mod, "atomic_write_json", crash_on_manifest)
+    monkeypatch.setattr(build_mod, "atomic_write_json", crash_on_manifest)
     with pytest.raises(OSError, match="simulated"):
         ImageIndex.build(root, teacher, test_records[40:], add=True)
     assert (root / "shards" / "shard-00001.npy").is_file(), "the new shard's data was written..."
@@ -135,7 +136,7 @@ def test_manifest_is_the_commit_point(tmp_path, teacher, test_records, monkeypat
     assert seen.search(seen.vectors_for([7]), 1)[1][0, 0] == 7
     assert len(seen.metadata(range(seen.count))) == 40
 
-    monkeypatch.setattr(index_mod, "atomic_write_json", real_write)
+    monkeypatch.setattr(build_mod, "atomic_write_json", real_write)
     done = ImageIndex.build(root, teacher, test_records[40:], add=True)
     assert done.count == len(test_records)
     # the old reader still answers consistently from the files it opened

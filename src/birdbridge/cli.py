@@ -267,6 +267,7 @@ def index_cmd(
     """Embed a photo collection with the teacher and store it as a searchable index."""
     import time
 
+    from .distributed import rank_device, rank_world
     from .encoders.teacher import Teacher
     from .retrieval.index import ImageIndex, choose_kind, records_from_source
 
@@ -277,10 +278,20 @@ def index_cmd(
         from .errors import ConfigError
 
         raise ConfigError(f"no images found in {images}")
-    model = Teacher.load(teacher, device=_device(device))
+    # under torchrun/srun each rank embeds a block of every round of shards; rank 0 alone writes the index
+    rank, world = rank_world()
+    model = Teacher.load(teacher, device=rank_device(_device(device)))
     before = ImageIndex.open(out).count if (out / "index.json").is_file() else 0
-    index = _run_with_progress("embedding images", len(records), lambda cb: ImageIndex.build(
-        out, model, records, kind=kind, add=add, shard_size=shard_size, batch_size=batch_size, progress=cb))
+
+    def build(cb):
+        return ImageIndex.build(out, model, records, kind=kind, add=add, shard_size=shard_size, batch_size=batch_size,
+                                progress=cb, rank=rank, world=world)
+
+    if rank != 0:
+        build(None)
+        console.print(f"rank {rank}/{world}: embedded its part of {out}; rank 0 writes the index", markup=False)
+        return
+    index = _run_with_progress("embedding images" + (f" ({world} ranks)" if world > 1 else ""), len(records), build)
     m = index.manifest
     console.print(f"index {out}: {index.count} images ({index.count - before} new), {index.dim}-d, {index.kind}, "
                   f"{m['n_skipped']} skipped {m['skip_counts'] or ''} in {time.time() - t0:.1f} s", markup=False)

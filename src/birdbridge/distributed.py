@@ -18,6 +18,7 @@ mistaken for this one's; rank 0 removes all parts and markers after merging.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -25,7 +26,7 @@ import time
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, Iterator, Sequence
 
 import numpy as np
 
@@ -220,6 +221,22 @@ class _Sync:
             dist.destroy_process_group()
 
 
+@contextlib.contextmanager
+def shared_group(rank: int, world: int, timeout_s: float = 24 * 3600.0) -> Iterator[None]:
+    """One gloo process group for several :func:`run_sharded` calls in a row.
+
+    Under a launcher rendezvous (``MASTER_ADDR``/``MASTER_PORT``) every :func:`run_sharded`
+    call would otherwise create and destroy its own group; inside this block they share
+    one. A no-op with one process, with file barriers, or when a group already exists.
+    """
+    sync = _Sync.start(Path("."), rank, world, "", timeout_s) if world > 1 else None
+    try:
+        yield
+    finally:
+        if sync is not None:
+            sync.close()
+
+
 def _clean(out: Path, world: int) -> None:
     for r in range(world):
         part = part_path(out, r)
@@ -237,6 +254,7 @@ def run_sharded(
     world: int | None = None,
     key: str = "",
     timeout_s: float = 24 * 3600.0,
+    save: bool = True,
 ):
     """Run ``fn`` (inputs -> :class:`Embeddings`) on this rank's block; rank 0 merges into ``out``.
 
@@ -244,7 +262,9 @@ def run_sharded(
     :class:`Embeddings` on rank 0 and ``None`` on other ranks. ``key`` should name what
     ``fn`` computes (model id, options), so that parts from a different job are never
     merged. A rank whose ``fn`` raises reports the error; rank 0 then raises
-    :class:`ShardError` instead of writing a partial ``out``.
+    :class:`ShardError` instead of writing a partial ``out``. With ``save=False`` nothing
+    is written to ``out`` (it only names the parts): rank 0 returns the merge for the
+    caller to store (``birdbridge index`` commits it as index shards).
     """
     out = Path(out)
     if rank is None or world is None:
@@ -252,13 +272,17 @@ def run_sharded(
     inputs = list(inputs)
     if world == 1:
         emb = fn(inputs)
-        emb.save(out)
+        if save:
+            emb.save(out)
         return emb
     out.parent.mkdir(parents=True, exist_ok=True)
     sync = _Sync.start(out, rank, world, job_token(inputs, world, key), timeout_s)
     try:
         if sync.use_dist and rank == 0:
             _clean(out, world)  # stale parts of an earlier crashed run go before anyone writes
+        elif not sync.use_dist:
+            for kind in ("done", "failed"):  # this rank's own markers of an earlier, failed try of this job
+                _marker(out, rank, kind).unlink(missing_ok=True)
         sync.barrier()
         block = shard_indices(len(inputs), rank, world)
         try:
@@ -275,7 +299,8 @@ def run_sharded(
         sync.wait_for_all()
         merged = merge_embeddings([load_embeddings(part_path(out, r)) for r in range(world)])
         merged.meta.pop("shard", None)
-        merged.save(out)  # each file is written atomically
+        if save:
+            merged.save(out)  # each file is written atomically
         _clean(out, world)
         sync.barrier()
         return merged

@@ -12,6 +12,7 @@ files are never rewritten, and the manifest is replaced *last*. A reader only lo
 what the manifest lists, so it sees either the old or the new index, never half of one;
 an interrupted build leaves its completed shards committed and a re-run embeds only what
 is missing. Image ids are row numbers and never change once committed (``add`` appends).
+Writing (and sharding a build over several processes) lives in :mod:`.index_build`.
 
 Index kinds: exact ``IndexFlatIP`` up to :data:`EXACT_MAX` vectors (brute force over
 100k × 768 floats is ~10 ms per query, exact is affordable and has no tuning), and HNSW
@@ -23,22 +24,15 @@ drifts. IVF (``faiss-ivf``) is kept as an override for very large, memory-tight 
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
-import io
 import json
 import math
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator, Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 
-from .. import __version__
-from ..errors import ConfigError, SkipLog
-from ..distill.text_cache import teacher_fingerprint
-from ..io import atomic_write_bytes, atomic_write_json
+from ..errors import ConfigError
 
 MANIFEST = "index.json"
 FORMAT_VERSION = 1
@@ -117,15 +111,6 @@ def records_from_source(source: str | Path, dataset: str | None = None, splits: 
     return loose + nested
 
 
-def _row(rec: ImageRecord, id_: int) -> dict:
-    r = {"id": id_, "path": rec.path, "species_id": rec.species_id, "scientific_name": rec.scientific_name,
-         "common_name": rec.common_name, "author": rec.author, "license": rec.license, "source": rec.source,
-         "dataset": rec.dataset, "split": rec.split}
-    for k in ("kingdom", "phylum", "class", "order", "family", "genus", "epithet"):
-        r[k] = str(rec.ranks.get(k, "") or "")
-    return {c: r[c] for c in META_COLUMNS}
-
-
 # --------------------------------------------------------------------------- FAISS
 
 
@@ -172,26 +157,6 @@ def _tune(index, kind: str) -> None:
 
 
 # --------------------------------------------------------------------------- the index
-
-
-def _npy_bytes(a: np.ndarray) -> bytes:
-    buf = io.BytesIO()
-    np.save(buf, np.ascontiguousarray(a, dtype=np.float32))
-    return buf.getvalue()
-
-
-def _parquet_bytes(rows: list[dict]) -> bytes:
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    schema = pa.schema([(c, pa.int64() if c == "id" else pa.string()) for c in META_COLUMNS])
-    sink = pa.BufferOutputStream()
-    pq.write_table(pa.Table.from_pylist(rows, schema=schema), sink)
-    return sink.getvalue().to_pybytes()
-
-
-def _teacher_id(teacher) -> str:
-    return teacher if isinstance(teacher, str) else teacher.model_id
 
 
 class ImageIndex:
@@ -306,186 +271,30 @@ class ImageIndex:
 
     @classmethod
     def build(cls, root: str | Path, teacher, records: Sequence[ImageRecord | str | Path], *, kind: str = "auto",
-              add: bool = False, shard_size: int = 1024, batch_size: int = 64, progress: Progress | None = None) -> "ImageIndex":
+              add: bool = False, shard_size: int = 1024, batch_size: int = 64, progress: Progress | None = None,
+              rank: int = 0, world: int = 1, timeout_s: float = 24 * 3600.0) -> "ImageIndex | None":
         """Embed ``records`` with ``teacher``'s image tower into ``root`` and return the opened index.
 
         Resumes an interrupted build (shards already committed are not re-embedded). On a
         completed index, new images need ``add=True``; paths already indexed are skipped.
         ``teacher`` is a :class:`~birdbridge.encoders.teacher.Teacher` or a model id.
+
+        Sharded over processes: ``world`` processes call this with the same arguments and
+        their ``rank`` (e.g. ``*birdbridge.distributed.rank_world()``); each embeds a part and
+        rank 0 writes the same index one process would (see :mod:`.index_build`). Only rank 0
+        returns the index; other ranks return ``None``.
         """
+        from .index_build import build_index
+
         root = Path(root)
-        with _writer_lock(root):
-            _IndexWriter(root, teacher, kind, add, shard_size, batch_size, progress).run(
-                [r if isinstance(r, ImageRecord) else ImageRecord(str(Path(r).resolve())) for r in records])
-        return cls.open(root)
+        records = [r if isinstance(r, ImageRecord) else ImageRecord(str(Path(r).resolve())) for r in records]
+        build_index(root, teacher, records, kind=kind, add=add, shard_size=shard_size, batch_size=batch_size,
+                    progress=progress, rank=rank, world=world, timeout_s=timeout_s)
+        return cls.open(root) if rank == 0 else None
 
     def add(self, teacher, records: Sequence[ImageRecord | str | Path], **kwargs) -> "ImageIndex":
         """Append ``records`` (paths already indexed are skipped); returns the re-opened index."""
         return ImageIndex.build(self.root, teacher, records, add=True, **{"kind": self.manifest.get("kind_requested", "auto"), **kwargs})
-
-
-@contextlib.contextmanager
-def _writer_lock(root: Path) -> Iterator[None]:
-    root.mkdir(parents=True, exist_ok=True)
-    with open(root / ".lock", "w") as fh:
-        try:
-            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise ConfigError(f"{root}: another process is writing this index") from None
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
-
-
-class _IndexWriter:
-    def __init__(self, root: Path, teacher, kind: str, add: bool, shard_size: int, batch_size: int, progress):
-        if shard_size < 1 or batch_size < 1:
-            raise ConfigError("shard_size and batch_size must be positive")
-        choose_kind(kind, 0)  # validates the name early
-        self.root, self.kind_requested, self.add = root, kind, add
-        self.shard_size, self.batch_size, self.progress = shard_size, batch_size, progress
-        self._teacher_arg = teacher
-        self._teacher = None if isinstance(teacher, str) else teacher
-
-    @property
-    def teacher(self):
-        if self._teacher is None:  # loaded only when something must be embedded
-            from ..encoders.teacher import Teacher
-
-            self._teacher = Teacher.load(self._teacher_arg)
-        return self._teacher
-
-    def _load_manifest(self) -> dict | None:
-        p = self.root / MANIFEST
-        return json.loads(p.read_text()) if p.is_file() else None
-
-    def run(self, records: list[ImageRecord]) -> None:
-        m = self._load_manifest()
-        tid = _teacher_id(self._teacher_arg)
-        if m is None:
-            m = {"format_version": FORMAT_VERSION, "birdbridge": __version__, "teacher_id": tid,
-                 "teacher_fingerprint": teacher_fingerprint(tid), "dim": None, "count": 0,
-                 "kind": None, "kind_requested": self.kind_requested, "state": "building", "shards": [],
-                 "faiss_file": None, "faiss_count": 0, "skipped": [], "n_skipped": 0, "skip_counts": {},
-                 "created": time.strftime("%Y-%m-%dT%H:%M:%S"), "updated": None}
-        else:
-            if _norm_model_id(m["teacher_id"]) != _norm_model_id(tid):
-                raise ConfigError(f"{self.root} was built with teacher {m['teacher_id']!r}, not {tid!r}; "
-                                  "use a new index directory for another teacher")
-            if m.get("teacher_fingerprint") and m["teacher_fingerprint"] != teacher_fingerprint(tid):
-                # Same id, other weights (a local teacher retrained in place): old and new
-                # vectors would live in different spaces.
-                raise ConfigError(f"the weights of teacher {tid!r} changed since {self.root} was built; "
-                                  "rebuild the index in a new directory")
-            if m.get("state") == "complete" and not self.add:
-                # inputs skipped last time count as known: re-running the same build is not an --add
-                known = {r["path"] for r in _all_rows(self.root, m)} | {s["input"] for s in m.get("skipped", [])}
-                if any(r.path not in known for r in records):
-                    raise ConfigError(f"{self.root} already holds a complete index of {m['count']} images; "
-                                      "pass --add (add=True) to append new images, or use a new directory")
-            m["kind_requested"] = self.kind_requested
-        known = {r["path"] for r in _all_rows(self.root, m)}
-        seen: set[str] = set()
-        todo = []
-        for r in records:
-            if r.path not in known and r.path not in seen:
-                seen.add(r.path)
-                todo.append(r)
-        self.n_already = len(records) - len(todo)
-        retried = {r.path for r in todo}
-        # Earlier skips are retried (the file may have been fixed) and replaced by this run's outcome.
-        m["skipped"] = [s for s in m.get("skipped", []) if s["input"] not in retried]
-        if self.progress and self.n_already:
-            self.progress(self.n_already)
-        m["state"] = "building"
-        for start in range(0, len(todo), self.shard_size):
-            self._commit_shard(m, todo[start : start + self.shard_size])
-        self._finalize(m)
-
-    def _commit_shard(self, m: dict, chunk: list[ImageRecord]) -> None:
-        from .embed import embed_images
-
-        emb = embed_images(self.teacher, [r.path for r in chunk], batch_size=self.batch_size, progress=self.progress)
-        by_path = {r.path: r for r in chunk}
-        skips = SkipLog()
-        skips.skips.extend(emb.skips.skips)
-        if m["dim"] is None:
-            m["dim"] = int(self.teacher.dim)
-        if len(emb.vectors):
-            if emb.vectors.shape[1] != m["dim"]:
-                raise ConfigError(f"teacher gives {emb.vectors.shape[1]}-d vectors but the index holds {m['dim']}-d")
-            rows = [_row(by_path[row["input"]], m["count"] + i) for i, row in enumerate(emb.rows)]
-            n = len(m["shards"])
-            name = f"shards/shard-{n:05d}"
-            # A shard name is used once: a re-run after a crash writes the same name again,
-            # which only replaces an orphan the manifest never listed.
-            atomic_write_bytes(self.root / f"{name}.npy", _npy_bytes(emb.vectors))
-            atomic_write_bytes(self.root / f"{name}.parquet", _parquet_bytes(rows))
-            m["shards"].append({"vectors": f"{name}.npy", "metadata": f"{name}.parquet", "count": len(rows),
-                                "first_id": m["count"]})
-            m["count"] += len(rows)
-        m["skipped"].extend(skips.to_list())
-        self._write_manifest(m)
-
-    def _finalize(self, m: dict) -> None:
-        import faiss
-
-        if m["dim"] is None:
-            if not self.add and m["count"] == 0 and not m["skipped"]:
-                raise ConfigError("no images to index")
-            m["dim"] = int(self.teacher.dim)
-        kind = choose_kind(self.kind_requested, m["count"])
-        if m["faiss_file"] and m["faiss_count"] == m["count"] and kind == m["kind"] and (self.root / m["faiss_file"]).is_file():
-            m["state"] = "complete"
-            self._write_manifest(m)
-            return
-        vectors = np.asarray(np.concatenate([np.load(self.root / s["vectors"]) for s in m["shards"]])
-                             if m["shards"] else np.zeros((0, m["dim"]), np.float32), np.float32)
-        index = None
-        old = self.root / m["faiss_file"] if m["faiss_file"] else None
-        if kind == m["kind"] and kind != "faiss-ivf" and old is not None and old.is_file():
-            # Flat and HNSW take new vectors incrementally; IVF is rebuilt so its lists fit the data.
-            index = faiss.read_index(str(old))
-            if index.ntotal <= m["count"]:
-                index.add(np.ascontiguousarray(vectors[index.ntotal :]))
-            else:
-                index = None
-        if index is None:
-            index = build_faiss(kind, vectors)
-        name = f"faiss-{m['count']}-{kind.removeprefix('faiss-')}.index"
-        atomic_write_bytes(self.root / name, faiss.serialize_index(index).tobytes())
-        previous = m["faiss_file"]
-        m.update(kind=kind, faiss_file=name, faiss_count=int(index.ntotal), state="complete")
-        self._write_manifest(m)
-        # Drop index files no manifest refers to any more (keep the previous one for readers
-        # that read the old manifest a moment ago).
-        for f in self.root.glob("faiss-*.index"):
-            if f.name not in (name, previous):
-                f.unlink(missing_ok=True)
-
-    def _write_manifest(self, m: dict) -> None:
-        m["n_skipped"] = len(m["skipped"])
-        m["skip_counts"] = _count(m["skipped"])
-        m["updated"] = time.strftime("%Y-%m-%dT%H:%M:%S")
-        m["birdbridge"] = __version__
-        atomic_write_json(self.root / MANIFEST, m)  # the commit point
-
-
-def _count(skipped: list[dict]) -> dict[str, int]:
-    out: dict[str, int] = {}
-    for s in skipped:
-        out[s["reason"]] = out.get(s["reason"], 0) + 1
-    return out
-
-
-def _all_rows(root: Path, m: dict) -> list[dict]:
-    import pyarrow.parquet as pq
-
-    rows = []
-    for s in m["shards"]:
-        rows.extend(pq.read_table(root / s["metadata"], columns=["path"]).to_pylist())
-    return rows
 
 
 def _norm_model_id(model_id: str | None) -> str:
