@@ -9,7 +9,8 @@ call per clip, and one call with the list) and credited with the faster.
 The headline ``frontend_speedup`` is both sides at the machine's default threading (what
 a user gets: torch's intra-op threads, numpy's BLAS threads). ``..._one_thread`` pins both
 to one thread (torch.set_num_threads + threadpoolctl for numpy's BLAS). Repeats are
-interleaved (HF, ours, HF, ...) so load from other processes hits both sides alike;
+interleaved (HF, ours, HF, ...) so load from other processes hits both sides alike,
+with a pause before each so one case's spinning thread pool does not slow the next;
 medians are reported. Run: ``python benchmarks/bench_frontend.py [out.json]``.
 """
 
@@ -93,6 +94,10 @@ def run(batch: int = 32, seconds: float = 10.0, repeats: int = 5, seed: int = 0)
     times: dict[str, list[float]] = {k: [] for k in cases}
     for _ in range(repeats):
         for name, fn in cases.items():
+            # let the previous case's thread pools go idle first: OpenBLAS threads spin for
+            # a while after numpy's matmul, and whichever torch case ran right after HF
+            # measured up to 2.4x slower for it (pure float32: 0.064 s vs 0.151 s)
+            time.sleep(0.3)
             times[name].append(_time(fn))
     med = {k: statistics.median(v) for k, v in times.items()}
     hf = min(med["hf_per_clip"], med["hf_batched"])  # credit HF with its faster mode

@@ -97,7 +97,7 @@ def _frontend(r: dict) -> list[str]:
             "samples. A torch profile of the default path on one thread (32 phoebe clips, ~100 ms) puts ~35% in the "
             "real FFTs, ~20% in framing x window, ~14% in the mel matmul and ~7% in squaring: the float32 STFT alone "
             "is at the budget, so no rearrangement of the same work reaches 10x on one or two cores. Pure float32 "
-            "does (see the table) but misses the 1e-4 parity by ~9x near the -100 dB floor, because float32 FFT "
+            f"gets {r['frontend_speedup_pure_f32']:.1f}x here but misses the 1e-4 parity by ~9x near the -100 dB floor, because float32 FFT "
             "rounding leaks ~1e-7 of each frame's amplitude into every bin; the default redoes the frames where that "
             "matters in float64, which is what costs the difference. What would reach both: running the front end "
             "where the model runs -- on a GPU the batch is one kernel launch per step (the HF extractor cannot run "
@@ -148,8 +148,8 @@ def _search(r: dict) -> list[str]:
         out += [f"* IVF nprobe {x['nprobe']}: {x['ms_per_query_batched']:.3f} ms/query, recall@10 {x['recall_at_10']:.3f};"
                 for x in u.get("ivf", {}).get("runs", [])]
         if "ivf" not in u:
-            out += ["* IVF (not in the default suite, +3 min; `bench_search.run(uniform_ivf=True)`): on 2026-11-26, same "
-                    "settings, recall@10 was 0.092 at nprobe 32 and 0.160 at nprobe 64 (16 and 28 ms/query);"]
+            out += ["* IVF (not in the default suite, +3 min; `bench_search.run(uniform_ivf=True)`): on 2026-11-26, with "
+                    "1024 lists, recall@10 was 0.092 at nprobe 32 and 0.160 at nprobe 64 (16 and 28 ms/query);"]
         out += ["", "In 768-d, i.i.d. unit vectors all sit at cosine 0 +- 0.036 from a query; the true top-10 are not "
                 "near each other, so any partition (IVF) or graph (HNSW, M=32: in a separate run we measured recall@10 0.68 at efSearch 1024 "
                 "on 100k such vectors, after a 219 s build) must visit most of the data to find them. No ANN index meets "

@@ -343,8 +343,9 @@ class ClapFrontend(torch.nn.Module):
             out[:, edges] = x[:, idx] * window
         return out
 
-    def _log_mel_chunk(self, x: torch.Tensor) -> torch.Tensor:
-        """``[c, max_samples]`` -> ``[c, frames, n_mels]``.
+    def _mel_power_chunk(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """``[c, max_samples]`` -> (mel power ``[c, frames, n_mels]``, floored; frame energy ``[c, frames]``
+        when the float32 redo check is on, else None).
 
         Written out instead of ``torch.stft`` (which gives the same numbers): windowing
         the frames ourselves straight from the clip and keeping frames-major layout for
@@ -361,14 +362,11 @@ class ClapFrontend(torch.nn.Module):
         mel = torch.matmul(spec.square(), self._mel_pairs.to(x.dtype))  # [c, frames, n_mels]
         # HF: max(mel_floor, mel), then power_to_db clips at min_value; both 1e-10.
         mel = mel.clamp_min(max(_MEL_FLOOR, _DB_MIN_VALUE))
-        if x.dtype == torch.float32 and self.exact_range_db is not None:
-            self._redo_wide_range_frames(x, frames, mel)
-        db = 10.0 * torch.log10(mel)
-        if _DB_REFERENCE != 1.0:
-            db = db - 10.0 * float(np.log10(_DB_REFERENCE))
-        return db
+        check = x.dtype == torch.float32 and self.exact_range_db is not None
+        energy = torch.linalg.vector_norm(frames, dim=-1).square() if check else None  # time-domain, windowed
+        return mel, energy
 
-    def _redo_wide_range_frames(self, x: torch.Tensor, frames: torch.Tensor, mel: torch.Tensor) -> None:
+    def _redo_wide_range_frames(self, x: torch.Tensor, energy: torch.Tensor, mel: torch.Tensor) -> None:
         """Recompute, in float64, the frames whose float32 mel cells are not exact enough.
 
         float32 STFT rounding leaks ~1e-7 of a frame's amplitude into every bin (~1e-14 of
@@ -380,7 +378,8 @@ class ClapFrontend(torch.nn.Module):
         (MP3s: loud low-frequency noise beside an empty top band) 75 dB flags ~12% of
         frames and leaves at most ~0.002 dB error elsewhere (1e-4 relative is 0.01 dB).
         """
-        energy = torch.linalg.vector_norm(frames, dim=-1).square()  # [c, frames], time-domain
+        # once per batch, not per chunk: the redo is a dozen small ops whose fixed cost
+        # dominated when repeated for every two clips
         redo = mel.amin(-1) * self._exact_ratio < energy
         if not bool(redo.any()):
             return
@@ -397,10 +396,15 @@ class ClapFrontend(torch.nn.Module):
         # Training steps may run under autocast; a bf16 mel matmul would cost ~0.02 dB
         # everywhere, so the front end always runs in its own dtype.
         with torch.autocast(device_type=x.device.type, enabled=False):
-            if step >= x.shape[0]:
-                return self._log_mel_chunk(x).unsqueeze(1)
-            chunks = [self._log_mel_chunk(x[i : i + step]) for i in range(0, x.shape[0], step)]
-            return torch.cat(chunks).unsqueeze(1)
+            parts = [self._mel_power_chunk(x[i : i + step]) for i in range(0, x.shape[0], step)]
+            mel = parts[0][0] if len(parts) == 1 else torch.cat([m for m, _ in parts])
+            if parts[0][1] is not None:
+                energy = parts[0][1] if len(parts) == 1 else torch.cat([e for _, e in parts])
+                self._redo_wide_range_frames(x, energy, mel)
+            db = 10.0 * torch.log10(mel)
+            if _DB_REFERENCE != 1.0:
+                db = db - 10.0 * float(np.log10(_DB_REFERENCE))
+            return db.unsqueeze(1)
 
     def forward(
         self,
