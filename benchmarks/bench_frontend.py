@@ -105,7 +105,7 @@ def run(batch: int = 32, seconds: float = 10.0, repeats: int = 5, seed: int = 0)
     # what share of frames the default path redid in float64 on these clips
     fixed = ours.fix_length(tensor, crop="start")
     parts = [ours._mel_power_chunk(fixed[i : i + 2]) for i in range(0, len(fixed), 2)]
-    redo = float(torch.cat([(m.amin(-1) * ours._exact_ratio < e).flatten() for m, e in parts]).float().mean())
+    redo = float(torch.cat([ours.redo_mask(m, e).flatten() for m, e in parts]).float().mean())
     result = {
         "frontend_clips": source,
         "frontend_ours_s": med["ours"],

@@ -108,6 +108,17 @@ def _run_with_progress(label: str, total: int, job):
         return job(lambda n: prog.advance(task, n))
 
 
+def _exit_status(none_ok: bool, n_skipped: int, n_inputs: int, what: str, none_msg: str, strict: bool) -> None:
+    """The exit rule every many-input verb shares: 0 when at least one input succeeded
+    (``--strict``: when none was skipped), else 1 with one line saying why."""
+    if none_ok:
+        console.print(f"[bold red]error:[/] none of the {n_inputs} {what} {none_msg}")
+        raise typer.Exit(1)
+    if strict and n_skipped:
+        console.print(f"[bold red]error:[/] --strict: {n_skipped} of {n_inputs} {what} were skipped")
+        raise typer.Exit(1)
+
+
 def _save_and_report(emb, out: Path, n_inputs: int, what: str, strict: bool) -> None:
     """Write the outputs, say what was skipped and why, and set the exit status.
 
@@ -123,13 +134,8 @@ def _save_and_report(emb, out: Path, n_inputs: int, what: str, strict: bool) -> 
         console.print(f"  skipped {skip.input}: {skip.reason}" + (f" ({skip.detail})" if skip.detail else ""), markup=False)
     if len(emb.skips) > 10:
         console.print(f"  ... and {len(emb.skips) - 10} more (all listed in {path.with_suffix('.json')})")
-    if n_ok == 0:
-        console.print(f"[bold red]error:[/] none of the {n_inputs} {what} could be embedded "
-                      f"(reasons in {path.with_suffix('.json')})")
-        raise typer.Exit(1)
-    if strict and len(emb.skips):
-        console.print(f"[bold red]error:[/] --strict: {len(emb.skips)} of {n_inputs} {what} were skipped")
-        raise typer.Exit(1)
+    _exit_status(n_ok == 0, len(emb.skips), n_inputs, what,
+                 f"could be embedded (reasons in {path.with_suffix('.json')})", strict)
 
 
 @app.command("embed-audio")
@@ -301,13 +307,10 @@ def index_cmd(
     # an input indexed by an earlier, interrupted run counts as done
     asked = {r.path for r in records}
     skipped_now = sum(1 for s in m["skipped"] if s["input"] in asked)
-    if skipped_now and not any(r["path"] in asked for r in index.metadata(range(index.count))):
-        console.print(f"[bold red]error:[/] none of the {len(asked)} images could be indexed "
-                      f"(reasons in {out / 'index.json'})")
-        raise typer.Exit(1)
-    if strict and skipped_now:
-        console.print(f"[bold red]error:[/] --strict: {skipped_now} of {len(records)} images were skipped")
-        raise typer.Exit(1)
+    none_ok = bool(skipped_now) and not any(r["path"] in asked for r in index.metadata(range(index.count)))
+    # "none of N" counts the distinct paths asked for, "--strict: k of N" the records
+    _exit_status(none_ok, skipped_now, len(asked) if none_ok else len(records), "images",
+                 f"could be indexed (reasons in {out / 'index.json'})", strict)
 
 
 @app.command("search")
@@ -372,13 +375,8 @@ def search_cmd(
             if r.species_guess:
                 typer.echo("species guess: " + ", ".join(f"{g['scientific_name']} {g['score']:.2f}" for g in r.species_guess[:3]))
     failed = [r for r in results if not r.ok]
-    if failed and len(failed) == len(results):
-        console.print(f"[bold red]error:[/] none of the {len(results)} recordings could be searched "
-                      f"({', '.join(sorted({r.error for r in failed}))})")
-        raise typer.Exit(1)
-    if strict and failed:
-        console.print(f"[bold red]error:[/] --strict: {len(failed)} of {len(results)} recordings were skipped")
-        raise typer.Exit(1)
+    _exit_status(bool(failed) and len(failed) == len(results), len(failed), len(results), "recordings",
+                 f"could be searched ({', '.join(sorted({r.error for r in failed}))})", strict)
 
 
 @app.command("serve")

@@ -57,11 +57,7 @@ class DistillData(L.LightningDataModule):
         self._resume_state: dict | None = None
 
     def _rank_world(self) -> tuple[int, int]:
-        trainer = self._trainer_or_none()
-        return (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
-
-    def _trainer_or_none(self):
-        return getattr(self, "trainer", None)
+        return (self.trainer.global_rank, self.trainer.world_size) if self.trainer is not None else (0, 1)
 
     def steps_per_epoch(self, world_size: int = 1) -> int:
         per_rank = -(-len(self.train_ds) // world_size)
@@ -70,10 +66,8 @@ class DistillData(L.LightningDataModule):
 
     def train_dataloader(self) -> DataLoader:
         rank, world = self._rank_world()
-        self.sampler = EpochShuffleSampler(len(self.train_ds), seed=self.seed, batch_size=1, rank=rank, world_size=world)
-        per_rank = len(self.sampler)
-        batch = min(self.batch_size, per_rank)
-        self.sampler.batch_size = batch
+        batch = min(self.batch_size, -(-len(self.train_ds) // world))  # never more than a rank's share
+        self.sampler = EpochShuffleSampler(len(self.train_ds), seed=self.seed, batch_size=batch, rank=rank, world_size=world)
         # drop_last keeps every step's contrastive batch (and every rank's gather) full-size
         loader = DataLoader(self.train_ds, batch_size=batch, sampler=self.sampler, drop_last=True,
                             num_workers=self.num_workers, collate_fn=collate_clips)
@@ -93,10 +87,9 @@ class DistillData(L.LightningDataModule):
 
     # ------------------------------------------------------------------ checkpoint state
     def state_dict(self) -> dict:
-        trainer = self._trainer_or_none()
-        if self.sampler is None or trainer is None:
+        if self.sampler is None or self.trainer is None:
             return {}
-        done = int(trainer.fit_loop.epoch_loop.batch_progress.current.processed)
+        done = int(self.trainer.fit_loop.epoch_loop.batch_progress.current.processed)
         return {"epoch": self.sampler.epoch, "batches_done": done, "batches_per_epoch": self._batches_per_epoch,
                 "world_size": self.sampler.world_size, "seed": self.seed}
 

@@ -368,6 +368,10 @@ class ClapFrontend(torch.nn.Module):
         energy = torch.linalg.vector_norm(frames, dim=-1).square() if check else None  # time-domain, windowed
         return mel, energy
 
+    def redo_mask(self, mel: torch.Tensor, energy: torch.Tensor) -> torch.Tensor:
+        """``[..., frames]`` True where a floored mel cell lies more than ``exact_range_db`` below the frame's energy."""
+        return mel.amin(-1) * self._exact_ratio < energy
+
     def _redo_wide_range_frames(self, x: torch.Tensor, energy: torch.Tensor, mel: torch.Tensor) -> None:
         """Recompute, in float64, the frames whose float32 mel cells are not exact enough.
 
@@ -380,7 +384,7 @@ class ClapFrontend(torch.nn.Module):
         (MP3s: loud low-frequency noise beside an empty top band) 75 dB flags 12-16% of
         frames and leaves at most ~0.002 dB error elsewhere (1e-4 relative is 0.01 dB).
         """
-        redo = mel.amin(-1) * self._exact_ratio < energy
+        redo = self.redo_mask(mel, energy)
         if not bool(redo.any()):
             return
         ci, fi = redo.nonzero(as_tuple=True)
