@@ -179,6 +179,41 @@ def test_tiny_config_synthetic(fmin):
     print(f"tiny config fmin={fmin} parity: {errs}")
 
 
+def test_band_blocks_skip_only_zero_weights():
+    """The mel matmul runs as a few dense blocks of the band-shaped bank; exact only if every skipped weight is 0."""
+    dense_macs = None
+    # the last bank has more filters than its 65 FFT bins can feed: some columns are all zero
+    for fe in (ClapFeatureExtractor(truncation="rand_trunc"), tiny_fe(), tiny_fe(feature_size=64, fft_window_size=128)):
+        front = ClapFrontend.from_feature_extractor(fe)
+        pairs, cols, macs = front._mel_pairs, [], 0
+        for m0, m1, r0, r1 in front._bands:
+            cols += range(m0, m1)
+            assert not torch.cat([pairs[:r0, m0:m1], pairs[r1:, m0:m1]]).any()
+            macs += (r1 - r0) * (m1 - m0)
+        assert cols == list(range(front.n_mels)) and len(front._bands) <= 4
+        dense_macs = dense_macs or (pairs.numel(), macs)  # BioLingual's bank, first in the loop
+    assert dense_macs[1] * 4 < dense_macs[0], dense_macs
+
+
+def test_bank_with_empty_filters_and_hop_not_dividing_the_clip():
+    """Zero columns in the bank, and a hop that does not divide max_samples (no flat strided frame view)."""
+    for fe in (tiny_fe(feature_size=64, fft_window_size=128), tiny_fe(hop_length=170)):
+        clips = [synthetic(16000, k, seed=i) for i, k in enumerate(["bursts", "tones", "noise"])]
+        assert_parity(fe, clips)
+
+
+def test_frame_gather_fast_path_matches_general_path():
+    front = ClapFrontend.from_feature_extractor(tiny_fe())
+    n, hop = front.n_fft, front.hop_length
+    x = torch.randn(3, front.max_samples)
+    first, last = front._inner_frames(front.max_samples)
+    ci, fi = torch.tensor([0, 2, 1, 2]), torch.tensor([first, last, 40, 7])
+    fast = front._raw_frames(x, ci, fi)  # contiguous batch, hop divides the clip: one strided view
+    general = front._raw_frames(x.t().contiguous().t(), ci, fi)  # same values, not contiguous
+    assert torch.equal(fast, general)
+    assert torch.equal(fast[1], x[2, last * hop - n // 2 : last * hop + n // 2])
+
+
 @pytest.mark.parametrize("padding", ["repeatpad", "repeat", "pad"])
 def test_short_clips_padding(padding):
     fe = tiny_fe(padding=padding)
