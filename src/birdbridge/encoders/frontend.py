@@ -238,9 +238,9 @@ class ClapFrontend(torch.nn.Module):
         if self.chunk_size is not None:
             return max(1, int(self.chunk_size))
         # On CPU one 10 s clip's frames and spectrum (~4 MB each) stay in cache from the window
-        # multiply to the mel matmul. Per 32 clips on 2 cores: 1 clip per block 72 ms, 2 clips 76 ms,
-        # 4 clips 100 ms (spilling), 256-frame blocks 85 ms (per-op overhead). Accelerators want the
-        # whole batch at once.
+        # multiply to the mel matmul. Per 32 clips on 2 cores (medians of 25 interleaved runs): 1 or 2
+        # clips per block 70-71 ms, 4 clips 85 ms (spilling), 256-frame blocks 85 ms (per-op overhead).
+        # Accelerators want the whole batch at once.
         return 1 if self.window.device.type == "cpu" else batch
 
     def _reflect_index(self, t: int, frame_idx: torch.Tensor) -> torch.Tensor:
