@@ -64,18 +64,21 @@ def test_search_puts_the_singing_species_on_top(model, index, world):
         assert r.hits[0].path and Path(r.hits[0].path).is_file() and r.hits[0].scientific_name
 
 
-def test_long_recording_is_searched_per_window(model, index, clips, tmp_path):
+def test_long_recording_is_searched_per_window(model, index, world, tmp_path):
     # This test is about finding the song inside a long file, not about the model's
     # accuracy (the demo model's R@1 is ~0.86, and background noise alone lands near some
-    # species too): use a clip the model gets right on its own, with a better top score
-    # than the noise gets on its own.
-    sr = sf.info(clips[0][0]).samplerate
+    # species too): of all held-out clips, use the one the model gets right on its own with
+    # the widest lead over what the noise alone scores. (A fixed clip, or the first of a
+    # few, broke whenever retraining moved the demo model.)
+    held_out = [(str(world.resolve(a.path)), a.species_id) for a in world.audio_split("test")]
+    sr = sf.info(held_out[0][0]).samplerate
     rng = np.random.default_rng(0)
     noise = (0.003 * rng.normal(size=sr * 6)).astype(np.float32)
     sf.write(tmp_path / "noise.wav", noise, sr)
     noise_score = search_audio(model, index, [tmp_path / "noise.wav"], k=1)[0].hits[0].score
-    alone = {p: search_audio(model, index, [p], k=1)[0].hits[0] for p, _ in clips}
-    path, species = next((p, sp) for p, sp in clips if alone[p].species_id == sp and alone[p].score > noise_score + 0.05)
+    alone = search_audio(model, index, [p for p, _ in held_out], k=1)
+    best, path, species = max((r.hits[0].score, p, sp) for r, (p, sp) in zip(alone, held_out) if r.hits[0].species_id == sp)
+    assert best > noise_score + 0.05, (best, noise_score)
     clip, _ = sf.read(path, dtype="float32")
     noise = np.resize(noise, len(clip) * 2)
     long = np.concatenate([noise, clip, noise])  # the bird sings in the middle third only
