@@ -108,10 +108,10 @@ def _run_with_progress(label: str, total: int, job):
         return job(lambda n: prog.advance(task, n))
 
 
-def _exit_status(none_ok: bool, n_skipped: int, n_inputs: int, what: str, none_msg: str, strict: bool) -> None:
+def _exit_status(none_done: bool, n_skipped: int, n_inputs: int, what: str, none_msg: str, strict: bool) -> None:
     """The exit rule every many-input verb shares: 0 when at least one input succeeded
     (``--strict``: when none was skipped), else 1 with one line saying why."""
-    if none_ok:
+    if none_done:
         console.print(f"[bold red]error:[/] none of the {n_inputs} {what} {none_msg}")
         raise typer.Exit(1)
     if strict and n_skipped:
@@ -307,9 +307,9 @@ def index_cmd(
     # an input indexed by an earlier, interrupted run counts as done
     asked = {r.path for r in records}
     skipped_now = sum(1 for s in m["skipped"] if s["input"] in asked)
-    none_ok = bool(skipped_now) and not any(r["path"] in asked for r in index.metadata(range(index.count)))
+    none_done = bool(skipped_now) and not any(r["path"] in asked for r in index.metadata(range(index.count)))
     # "none of N" counts the distinct paths asked for, "--strict: k of N" the records
-    _exit_status(none_ok, skipped_now, len(asked) if none_ok else len(records), "images",
+    _exit_status(none_done, skipped_now, len(asked) if none_done else len(records), "images",
                  f"could be indexed (reasons in {out / 'index.json'})", strict)
 
 

@@ -98,10 +98,10 @@ class EpochShuffleSampler(Sampler):
     missed.
     """
 
-    def __init__(self, n: int, *, seed: int, batch_size: int, rank: int = 0, world_size: int = 1, shuffle: bool = True):
+    def __init__(self, n: int, *, seed: int, batch_size: int, rank: int = 0, world_size: int = 1):
         if n < 1 or batch_size < 1 or world_size < 1 or not 0 <= rank < world_size:
             raise ValueError(f"bad sampler arguments n={n} batch_size={batch_size} rank={rank} world_size={world_size}")
-        self.n, self.seed, self.batch_size, self.shuffle = n, seed, batch_size, shuffle
+        self.n, self.seed, self.batch_size = n, seed, batch_size
         self.rank, self.world_size = rank, world_size
         self.epoch = 0
         self._skip_batches = 0
@@ -120,7 +120,7 @@ class EpochShuffleSampler(Sampler):
 
     def order(self, epoch: int) -> np.ndarray:
         """This rank's indices for ``epoch``, in the order they are trained on."""
-        idx = np.random.default_rng([self.seed, epoch]).permutation(self.n) if self.shuffle else np.arange(self.n)
+        idx = np.random.default_rng([self.seed, epoch]).permutation(self.n)
         total = len(self) * self.world_size
         idx = np.resize(idx, total)  # wrap-around padding, like DistributedSampler(drop_last=False)
         return idx[self.rank :: self.world_size]

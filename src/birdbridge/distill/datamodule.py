@@ -59,14 +59,18 @@ class DistillData(L.LightningDataModule):
     def _rank_world(self) -> tuple[int, int]:
         return (self.trainer.global_rank, self.trainer.world_size) if self.trainer is not None else (0, 1)
 
-    def steps_per_epoch(self, world_size: int = 1) -> int:
+    def _rank_batch(self, world_size: int) -> tuple[int, int]:
+        """(clips per rank per epoch, batch size): a batch is never more than a rank's share."""
         per_rank = -(-len(self.train_ds) // world_size)
-        batch = min(self.batch_size, per_rank)
+        return per_rank, min(self.batch_size, per_rank)
+
+    def steps_per_epoch(self, world_size: int = 1) -> int:
+        per_rank, batch = self._rank_batch(world_size)
         return max(1, per_rank // batch)
 
     def train_dataloader(self) -> DataLoader:
         rank, world = self._rank_world()
-        batch = min(self.batch_size, -(-len(self.train_ds) // world))  # never more than a rank's share
+        _, batch = self._rank_batch(world)
         self.sampler = EpochShuffleSampler(len(self.train_ds), seed=self.seed, batch_size=batch, rank=rank, world_size=world)
         # drop_last keeps every step's contrastive batch (and every rank's gather) full-size
         loader = DataLoader(self.train_ds, batch_size=batch, sampler=self.sampler, drop_last=True,

@@ -65,6 +65,7 @@ Crop = Literal["random", "start", "center"]
 _MEL_FLOOR = 1e-10
 _DB_MIN_VALUE = 1e-10
 _DB_REFERENCE = 1.0
+_FLOOR = max(_MEL_FLOOR, _DB_MIN_VALUE)  # HF: max(mel_floor, mel), then power_to_db clips at min_value
 
 # float32 frames with a mel cell more than this many dB below the frame's energy are redone in float64 (see
 # ClapFrontend._redo_wide_range_frames for how it was chosen); None turns the check off (pure float32).
@@ -296,10 +297,8 @@ class ClapFrontend(torch.nn.Module):
             torch.matmul(power[:, r0:r1], pairs[r0:r1, m0:m1], out=flat[:, m0:m1])
         if out is not mel_out:
             mel_out.copy_(out)
-        if energy_out is not None and energy_out.is_contiguous():
-            torch.linalg.vector_norm(frames, dim=-1, out=energy_out)
-        elif energy_out is not None:
-            energy_out.copy_(torch.linalg.vector_norm(frames, dim=-1))
+        if energy_out is not None:
+            torch.linalg.vector_norm(frames, dim=-1, out=energy_out)  # a strided out is fine for a reduction
 
     def mel_power(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         """``[B, max_samples]`` -> (floored mel power ``[B, frames, n_mels]`` in the compute dtype, windowed frame
@@ -332,8 +331,7 @@ class ClapFrontend(torch.nn.Module):
             for i in range(0, b, step):
                 frames = torch.mul(inner[i : i + step], window, out=buffer[: min(step, b - i)])
                 self._power(frames, mel[i : i + step, first : last + 1], energy[i : i + step, first : last + 1] if check else None)
-        # HF: max(mel_floor, mel), then power_to_db clips at min_value; both 1e-10.
-        mel.clamp_min_(max(_MEL_FLOOR, _DB_MIN_VALUE))
+        mel.clamp_min_(_FLOOR)
         if check:
             energy.square_()
         return mel, energy
@@ -380,7 +378,7 @@ class ClapFrontend(torch.nn.Module):
             # exact float32 samples x float64 window; cast first: a mixed-dtype multiply took ~1.4x as long
             frames = self._raw_frames(x, c, f).double().mul_(self.window)
             self._power(frames, exact[: len(c)])
-            mel[c, f] = exact[: len(c)].clamp_min(max(_MEL_FLOOR, _DB_MIN_VALUE)).to(mel.dtype)
+            mel[c, f] = exact[: len(c)].clamp_min(_FLOOR).to(mel.dtype)
 
     def log_mel(self, x: torch.Tensor) -> torch.Tensor:
         """``[B, T]`` fixed-length audio -> ``[B, 1, frames, n_mels]`` dB log-mel."""

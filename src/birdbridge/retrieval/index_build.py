@@ -28,6 +28,7 @@ import fcntl
 import io
 import json
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Iterator
 
@@ -124,18 +125,18 @@ class _IndexWriter:
                 # vectors would live in different spaces.
                 raise ConfigError(f"the weights of teacher {tid!r} changed since {self.root} was built; "
                                   "rebuild the index in a new directory")
-            if m.get("state") == "complete" and not self.add:
-                # inputs skipped last time count as known: re-running the same build is not an --add
-                known = {r["path"] for r in _all_rows(self.root, m)} | {s["input"] for s in m.get("skipped", [])}
-                if any(r.path not in known for r in records):
-                    raise ConfigError(f"{self.root} already holds a complete index of {m['count']} images; "
-                                      "pass --add (add=True) to append new images, or use a new directory")
-            m["kind_requested"] = self.kind_requested
-        known = {r["path"] for r in _all_rows(self.root, m)}
+        indexed = {r["path"] for r in _all_rows(self.root, m)}  # read once: every shard's metadata
+        if m.get("state") == "complete" and not self.add:
+            # inputs skipped last time count as known: re-running the same build is not an --add
+            known = indexed | {s["input"] for s in m.get("skipped", [])}
+            if any(r.path not in known for r in records):
+                raise ConfigError(f"{self.root} already holds a complete index of {m['count']} images; "
+                                  "pass --add (add=True) to append new images, or use a new directory")
+        m["kind_requested"] = self.kind_requested
         seen: set[str] = set()
         todo = []
         for r in records:
-            if r.path not in known and r.path not in seen:
+            if r.path not in indexed and r.path not in seen:
                 seen.add(r.path)
                 todo.append(r)
         self.n_already = len(records) - len(todo)
@@ -188,8 +189,6 @@ class _IndexWriter:
 
     def _commit_shard(self, m: dict, chunk: list[ImageRecord], emb) -> None:
         by_path = {r.path: r for r in chunk}
-        skips = SkipLog()
-        skips.skips.extend(emb.skips.skips)
         if m["dim"] is None:
             m["dim"] = int(self.teacher.dim)
         if len(emb.vectors):
@@ -205,7 +204,7 @@ class _IndexWriter:
             m["shards"].append({"vectors": f"{name}.npy", "metadata": f"{name}.parquet", "count": len(rows),
                                 "first_id": m["count"]})
             m["count"] += len(rows)
-        m["skipped"].extend(skips.to_list())
+        m["skipped"].extend(emb.skips.to_list())
         self._write_manifest(m)
 
     def _finalize(self, m: dict) -> None:
@@ -246,7 +245,7 @@ class _IndexWriter:
 
     def _write_manifest(self, m: dict) -> None:
         m["n_skipped"] = len(m["skipped"])
-        m["skip_counts"] = _count(m["skipped"])
+        m["skip_counts"] = dict(Counter(s["reason"] for s in m["skipped"]))  # as SkipLog.counts()
         m["updated"] = time.strftime("%Y-%m-%dT%H:%M:%S")
         m["birdbridge"] = __version__
         atomic_write_json(self.root / MANIFEST, m)  # the commit point
@@ -257,8 +256,7 @@ def _select(emb, paths: set[str]):
     from .embed import Embeddings
 
     keep = [i for i, row in enumerate(emb.rows) if row["input"] in paths]
-    skips = SkipLog()
-    skips.skips.extend(s for s in emb.skips.skips if s.input in paths)
+    skips = SkipLog([s for s in emb.skips.skips if s.input in paths])
     return Embeddings(emb.vectors[keep], [emb.rows[i] for i in keep], skips, emb.meta)
 
 
@@ -289,13 +287,6 @@ def _parquet_bytes(rows: list[dict]) -> bytes:
 
 def _teacher_id(teacher) -> str:
     return teacher if isinstance(teacher, str) else teacher.model_id
-
-
-def _count(skipped: list[dict]) -> dict[str, int]:
-    out: dict[str, int] = {}
-    for s in skipped:
-        out[s["reason"]] = out.get(s["reason"], 0) + 1
-    return out
 
 
 def _all_rows(root: Path, m: dict) -> list[dict]:
