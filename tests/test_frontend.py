@@ -113,6 +113,23 @@ def test_every_phoebe_recording_default_path(fe48):
     assert len(paths) == 70 and worst <= 1e-4
 
 
+def test_frames_at_risk_follow_the_weighted_criterion(fe48, phoebe_clips):
+    """A frame is redone when a floored mel cell, scaled by (tallest filter's peak / its filter's peak), lies more
+    than exact_range_db below the frame's windowed energy; recomputed here from float64 frames."""
+    front = ClapFrontend.from_feature_extractor(fe48)
+    x = front.fix_length([torch.from_numpy(c) for c in phoebe_clips[:3]], crop="start")
+    mel, at_risk = front.mel_power(x)
+    n, hop = front.n_fft, front.hop_length
+    padded = torch.nn.functional.pad(x.double()[:, None], (n // 2, n // 2), mode="reflect")[:, 0]
+    energy = (padded.unfold(1, n, hop) * front.window).square().sum(-1)
+    peak = torch.as_tensor(np.asarray(fe48.mel_filters_slaney)).amax(0)
+    headroom = lambda scale: (mel.double() * scale).amin(-1) * 10 ** (front.exact_range_db / 10)  # noqa: E731
+    expected = headroom(peak.max() / peak) < energy
+    assert 0.001 < expected.double().mean() < 0.5  # the clips exercise both sides
+    assert (at_risk != expected).double().mean() < 1e-3  # float32 vs float64 energy may flip a borderline frame
+    assert (headroom(1.0) < energy).sum() > expected.sum()  # unweighted would redo more
+
+
 def test_loud_tone_above_the_mel_band_is_caught():
     """Energy above frequency_max never reaches a mel cell but its float32 rounding does."""
     fe = ClapFeatureExtractor(truncation="rand_trunc")  # mel bank stops at 14 kHz
@@ -208,8 +225,8 @@ def test_frame_gather_fast_path_matches_general_path():
     x = torch.randn(3, front.max_samples)
     first, last = front._inner_frames(front.max_samples)
     ci, fi = torch.tensor([0, 2, 1, 2]), torch.tensor([first, last, 40, 7])
-    fast = front._raw_frames(x, ci, fi)  # contiguous batch, hop divides the clip: one strided view
-    general = front._raw_frames(x.t().contiguous().t(), ci, fi)  # same values, not contiguous
+    fast = front._raw_frames(x, ci, fi, out=torch.full((4, n), float("nan")))  # contiguous, hop divides the clip
+    general = front._raw_frames(x.t().contiguous().t(), ci, fi, out=torch.full((4, n), float("nan")))  # not contiguous
     assert torch.equal(fast, general)
     assert torch.equal(fast[1], x[2, last * hop - n // 2 : last * hop + n // 2])
 
