@@ -49,7 +49,7 @@ def _clips(batch: int, n: int, seed: int) -> tuple[list[np.ndarray], str]:
     return [(0.1 * rng.standard_normal(n)).astype(np.float32) for _ in range(batch)], "noise"
 
 
-def run(batch: int = 32, seconds: float = 10.0, repeats: int = 5, seed: int = 0) -> dict:
+def run(batch: int = 32, seconds: float = 10.0, repeats: int = 7, seed: int = 0) -> dict:
     from threadpoolctl import threadpool_limits
     from transformers import ClapFeatureExtractor
     from transformers.utils import logging as hf_logging

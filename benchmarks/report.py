@@ -91,14 +91,15 @@ def _frontend(r: dict) -> list[str]:
     ]
     out += [
         "How the default path gets there: per clip, the frames are windowed straight from an `unfold` view of the "
-        "clip into one reused buffer, FFT'd, squared, and multiplied by the mel bank as 4 dense band blocks (4.6x "
-        "fewer multiply-adds than the dense 298 x 64 bank, which is ~97% zeros). Frames with a mel cell more than "
-        f"{r.get('frontend_exact_range_db', 80):.0f} dB below the frame's energy ({100 * r['frontend_redo_fraction']:.1f}% here) are then redone in float64, "
-        "512 at a time, gathered by one `index_select` from a strided view of the batch: float32 FFT rounding leaks "
-        "~1e-7 of each frame's amplitude into every bin, and only those cells feel it (pure float32 misses the 1e-4 "
-        "parity by ~9x near the -100 dB floor). The threshold's trade-off (frames redone vs worst error) is tabulated "
-        "in `ClapFrontend._redo_wide_range_frames`. The previous version (2-clip chunks, a dense mel matmul, 75 dB, "
-        "advanced-index gathers and a mixed-dtype window multiply) took 0.117 s for the same batch (7.1x).",
+        "clip into one reused buffer, FFT'd, squared in place, and multiplied by the mel bank as 4 dense band blocks "
+        "(4.6x fewer multiply-adds than the dense 298 x 64 bank, which is ~97% zeros); each frame's windowed energy "
+        "and its least mel cell are taken while the clip is in cache. Frames with a mel cell (weighted by its filter's "
+        f"peak) more than {r.get('frontend_exact_range_db', 80):.0f} dB below the frame's energy "
+        f"({100 * r['frontend_redo_fraction']:.1f}% here) are then redone with a float64 FFT, 512 at a time, gathered "
+        "by one `index_select` from a strided view of the batch into reused buffers: float32 FFT rounding leaks ~1e-7 "
+        "of each frame's amplitude into every bin, and only those cells feel it (pure float32 misses the 1e-4 parity "
+        "by ~9x near the -100 dB floor). The threshold's trade-off (frames redone vs worst error) is tabulated in "
+        "`ClapFrontend._redo_wide_range_frames`.",
         "",
     ]
     if r["frontend_speedup"] < 10:

@@ -104,7 +104,7 @@ def test_every_phoebe_recording_default_path(fe48):
     with open(PHOEBE / "recordings.csv", newline="") as f:
         paths = [PHOEBE / r["path"] for r in csv.DictReader(f)]
     front = ClapFrontend.from_feature_extractor(fe48)
-    worst, redone = 0.0, []
+    worst = 0.0
     for i in range(0, len(paths), 10):
         clips = [_decode_48k(p)[: fe48.nb_max_samples] for p in paths[i : i + 10]]
         ours = front([torch.from_numpy(c) for c in clips], crop="start")
