@@ -309,12 +309,11 @@ class ClapFrontend(torch.nn.Module):
         spec = torch.view_as_real(torch.fft.rfft(frames, dim=-1)).flatten(-2)
         # squared in place: the spectrum is ours to overwrite, and a fresh power tensor cost ~7% of a call;
         # BLAS reads the strided rows directly
-        band = spec[..., 2 * self._bin_lo : 2 * self._bin_hi]
-        if band.dtype == weights[0][-1].dtype:
-            power = band.square_().flatten(0, -2)
-        else:  # the redo's float64 spectra, summed in float32 (a mixed-dtype square(out=) measured 3x slower)
-            power = torch.empty(band.shape, dtype=weights[0][-1].dtype, device=band.device).copy_(band).square_()
-            power = power.flatten(0, -2)
+        band, sum_dtype = spec[..., 2 * self._bin_lo : 2 * self._bin_hi], weights[0][-1].dtype
+        if band.dtype != sum_dtype:  # the redo's float64 spectra, summed in float32 (cast, then square: 3x faster
+            # than a mixed-dtype square(out=))
+            band = torch.empty(band.shape, dtype=sum_dtype, device=band.device).copy_(band)
+        power = band.square_().flatten(0, -2)
         # matmul(out=) needs a 2-D out; a block of several clips is a non-contiguous slice of the batch's mel
         out = mel_out if mel_out.is_contiguous() else torch.empty_like(mel_out)
         flat = out.view(-1, self.n_mels)
@@ -348,9 +347,10 @@ class ClapFrontend(torch.nn.Module):
         edges = [f for f in range(n_frames) if not first <= f <= last]
         if edges:
             frames = x[:, self._reflect_index(t, torch.tensor(edges, device=x.device))] * window  # [b, e, n]
-            parts = [x.new_empty(b, len(edges), self.n_mels)] + [x.new_empty(b, len(edges)) for _ in range(2 * check)]
-            self._power(frames, weights, parts[0], tuple(parts[1:]) if check else None)
-            for whole, part in zip((mel, energy, headroom), parts):
+            edge_mel = x.new_empty(b, len(edges), self.n_mels)
+            edge_checks = (x.new_empty(b, len(edges)), x.new_empty(b, len(edges))) if check else None
+            self._power(frames, weights, edge_mel, edge_checks)
+            for whole, part in zip((mel, energy, headroom), (edge_mel, *(edge_checks or ()))):
                 whole[:, edges] = part
         if last >= first:
             inner = x[:, first * hop - h : last * hop - h + n].unfold(1, n, hop)  # a view: [b, k, n]
@@ -404,7 +404,8 @@ class ClapFrontend(torch.nn.Module):
         block = _REDO_BLOCK if x.device.type == "cpu" else len(ci)
         # Buffers reused by every block: fresh ones cost a page fault per 4 kB.
         size = min(block, len(ci))
-        raw, frames64, exact = x.new_empty(size, self.n_fft), x.new_empty(size, self.n_fft, dtype=torch.float64), x.new_empty(size, self.n_mels)
+        raw, exact = x.new_empty(size, self.n_fft), x.new_empty(size, self.n_mels)
+        frames64 = x.new_empty(size, self.n_fft, dtype=torch.float64)
         n_frames, flat_mel = mel.shape[1], mel.view(-1, self.n_mels)  # mel_power's fresh, contiguous output
         # Only the STFT needs float64: its rounding is what leaks into the quiet bins. Squares and mel sums add
         # non-negative terms, which float32 keeps to ~1e-7 relative (4e-7 dB).
