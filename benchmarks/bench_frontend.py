@@ -42,14 +42,15 @@ def _time(fn, device: str = "cpu") -> float:
 
 
 PHOEBE = Path(__file__).resolve().parents[2] / "shared" / "data" / "phoebe"
+NPZ_INT_SCALE = 2**23  # clips exported as 24-bit integers (benchmarks.frontend_parity export)
 
 
 def _clips(batch: int, n: int, seed: int, npz: str | None = None) -> tuple[list[np.ndarray], str]:
     import csv
 
-    if npz is not None:  # clips decoded at 48 kHz elsewhere, in order (np.savez of 1-D float32 arrays)
+    if npz is not None:  # clips decoded at 48 kHz elsewhere, in order (frontend_parity export: 24-bit ints)
         with np.load(npz) as z:
-            clips = [z[k] for k in z.files][:batch]
+            clips = [z[k] / NPZ_INT_SCALE if np.issubdtype(z[k].dtype, np.integer) else z[k] for k in z.files[:batch]]
         if len(clips) == batch:
             return [np.resize(c, n).astype(np.float32) for c in clips], "phoebe"
     if (PHOEBE / "recordings.csv").is_file():

@@ -5,7 +5,7 @@ For growing batch sizes until the card runs out of memory (or the time budget en
 * student training steps/s and clips/s (10 s clips at 48 kHz, torch front end on the GPU,
   forward + backward + AdamW, bf16 autocast), with the achieved fraction of the card's peak
   dense bf16 FLOP/s -- FLOPs per step counted once with ``torch.utils.flop_counter``;
-* student inference clips/s, teacher (ViT-L-14) images/s;
+* student inference clips/s, teacher (ViT-L-14) images/s and prompts/s;
 * the distillation-step ratio of ``bench_step`` on this card: ours vs naive (HF extractor per
   clip on the CPU + teacher text tower on the GPU every step).
 
@@ -66,7 +66,7 @@ def run(device: str = "cuda", budget_s: float = 420, batches=(8, 16, 32, 64, 128
     opt = torch.optim.AdamW([*student.parameters(), *scale.parameters()], lr=1e-5)
     table = torch.nn.functional.normalize(torch.randn(1000, 768, device=device), dim=-1)
     amp = dict(device_type="cuda" if device.startswith("cuda") else "cpu", dtype=torch.bfloat16)
-    out: dict = {"device": name, "peak_bf16_flops": peak_flops(name), "train": [], "infer": [], "images": []}
+    out: dict = {"device": name, "peak_bf16_flops": peak_flops(name), "train": [], "infer": [], "images": [], "texts": []}
 
     def train_step(waves, labels):
         opt.zero_grad(set_to_none=True)
@@ -102,12 +102,15 @@ def run(device: str = "cuda", budget_s: float = 420, batches=(8, 16, 32, 64, 128
                 torch.cuda.empty_cache()
 
     student.eval()
+    # build() keeps only the teacher's text tower (all the naive step needs); images need the whole model
+    import open_clip
+
+    visual = open_clip.create_model("ViT-L-14", pretrained=None).visual.eval().requires_grad_(False).to(device)
     for key, make, fn in (
         ("infer", lambda b: torch.randn(b, 480_000, device=device) * 0.1, lambda x: student(x)),
-        ("images", lambda b: torch.randn(b, 3, 224, 224, device=device), lambda x: teacher.encode_image(x)),
+        ("images", lambda b: torch.randn(b, 3, 224, 224, device=device), lambda x: visual(x)),
+        ("texts", lambda b: tokenizer(prompts_for(list(range(b)))).to(device), lambda x: teacher.encode_text(x)),
     ):
-        if key == "images" and getattr(teacher, "visual", None) is None:
-            continue
         for b in batches:
             if time.perf_counter() - t_start > budget_s * 0.85:
                 break

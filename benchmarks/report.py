@@ -241,13 +241,60 @@ def render(r: dict) -> str:
         *_memory(r),
         "## GPU",
         "",
-        "`benchmarks/gpu.sh` is the prepared GPU run (steps/s, clips/s, images/s at growing batch sizes up to the "
-        "memory limit, and the fraction of the card's peak FLOP/s from `torch.utils.flop_counter`). "
-        + ("Its results: see `benchmarks/gpu_results.json`." if r.get("gpu") else
-           "It has not been run yet: the session that wrote it had no GPU."),
-        "",
+        *_gpu(Path(__file__).resolve().parent),
     ]
     return "\n".join(lines)
+
+
+def _gpu(here: Path) -> list[str]:
+    """The last ``benchmarks/gpu.sh`` run, from the JSON files it left in ``benchmarks/`` (not re-run by make bench)."""
+
+    def load(name: str) -> dict | None:
+        return json.loads((here / name).read_text()) if (here / name).is_file() else None
+
+    g, f, p = load("gpu_results.json"), load("frontend_gpu.json"), load("frontend_gpu_parity.json")
+    out = [
+        "`benchmarks/gpu.sh` is the prepared GPU run: steps/s, clips/s, images/s and prompts/s at growing batch sizes "
+        "up to the memory limit, the fraction of the card's peak FLOP/s from `torch.utils.flop_counter`, and, given "
+        "`CLIPS_NPZ`, the front end on the card and its parity. `make bench` does not run it (no GPU here)."
+    ]
+    if not (g or f or p):
+        return out + ["It has not been run yet.", ""]
+    out[0] += f" Last run on one {(g or f or p).get('device') or (f or {}).get('frontend_device')} (files `benchmarks/gpu_results.json`, `frontend_gpu.json`, `frontend_gpu_parity.json`):"
+    out.append("")
+    if f:
+        out += [
+            f"* **Front end**, {f['frontend_batch']} phoebe clips x {f['frontend_clip_s']:.0f} s: ours "
+            f"{1e3 * f['frontend_ours_s']:.1f} ms with the batch on the card (**{f['frontend_speedup']:.0f}x** HF's CPU "
+            f"extractor, {f['frontend_hf_s']:.2f} s on that machine's CPU), {1e3 * f['frontend_ours_from_host_s']:.1f} ms "
+            f"from host memory ({f['frontend_speedup_from_host']:.0f}x); pure float32 {1e3 * f['frontend_ours_pure_f32_s']:.1f} ms, "
+            f"float64 {1e3 * f['frontend_ours_f64_s']:.1f} ms. Parity on the card, whole batch: default "
+            f"{f['frontend_parity_default']:.1e}, pure float32 {f['frontend_parity_pure_f32']:.1e}, float64 {f['frontend_parity_f64']:.1e}.",
+        ]
+    if p:
+        first, tiled = p["first_10s"], p["tiled_10s"]
+        worst = {k: max(first["max_rel_err"][k], tiled["max_rel_err"][k]) for k in first["max_rel_err"]}
+        out += [
+            f"* **Parity on the card, all {p['recordings']} phoebe recordings** (first 10 s and tiled, one clip per call; "
+            "max rel. error by redo threshold, frames redone first / tiled): "
+            + "; ".join(
+                f"{float(k):.0f} dB {worst[k]:.1e} ({100 * first['frames_redone'][k]:.1f} / {100 * tiled['frames_redone'][k]:.1f}%)"
+                for k in first["frames_redone"]
+            )
+            + f"; pure float32 {worst['None']:.1e}; float64 {worst['f64']:.1e}.",
+        ]
+    if g:
+        best = lambda key: max(g.get(key) or [{}], key=lambda e: e.get("items_per_s", e.get("clips_per_s", 0)))  # noqa: E731
+        train = best("train")
+        out += [
+            f"* **Student training** (bf16 autocast, front end on the card): up to {train.get('clips_per_s', 0):.0f} clips/s "
+            f"at batch {train.get('batch')} ({100 * (train.get('fraction_of_peak') or 0):.1f}% of peak bf16 FLOP/s); "
+            f"inference up to {best('infer').get('items_per_s', 0):.0f} clips/s; teacher ViT-L-14 up to "
+            f"{best('images').get('items_per_s', 0):.0f} images/s and {best('texts').get('items_per_s', 0):.0f} prompts/s.",
+            f"* **Distillation step**, batch {g.get('step_batch')}: ours {g.get('step_ours_s', 0):.3f} s vs naive "
+            f"{g.get('step_naive_s', 0):.3f} s -> **{g.get('step_speedup', 0):.1f}x**.",
+        ]
+    return out + [""]
 
 
 def write_report(results: dict, path: str | Path) -> Path:
