@@ -284,7 +284,9 @@ def _gpu(here: Path) -> list[str]:
             + f"; pure float32 {worst['None']:.1e}; float64 {worst['f64']:.1e}.",
         ]
     if g:
-        best = lambda key: max(g.get(key) or [{}], key=lambda e: e.get("items_per_s", e.get("clips_per_s", 0)))  # noqa: E731
+        def best(key: str) -> dict:  # the batch size with the highest throughput
+            return max(g.get(key) or [{}], key=lambda e: e.get("items_per_s", e.get("clips_per_s", 0)))
+
         train = best("train")
         out += [
             f"* **Student training** (bf16 autocast, front end on the card): up to {train.get('clips_per_s', 0):.0f} clips/s "
