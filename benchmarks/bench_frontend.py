@@ -45,12 +45,24 @@ PHOEBE = Path(__file__).resolve().parents[2] / "shared" / "data" / "phoebe"
 NPZ_INT_SCALE = 2**23  # clips exported as 24-bit integers (benchmarks.frontend_parity export)
 
 
+def load_npz(npz: str | Path) -> list[np.ndarray]:
+    """Clips decoded at 48 kHz elsewhere, in order, as float32 (``frontend_parity export`` stores 24-bit ints)."""
+    with np.load(npz) as z:
+        arrays = [z[k] for k in z.files]
+    return [(a / NPZ_INT_SCALE if np.issubdtype(a.dtype, np.integer) else a).astype(np.float32) for a in arrays]
+
+
+def rel_err(got: torch.Tensor, ref: torch.Tensor) -> float:
+    """The parity metric throughout: max|got - ref| / max|ref| (dB features)."""
+    got, ref = got.double().cpu(), ref.double()
+    return float((got - ref).abs().max() / ref.abs().max())
+
+
 def _clips(batch: int, n: int, seed: int, npz: str | None = None) -> tuple[list[np.ndarray], str]:
     import csv
 
-    if npz is not None:  # clips decoded at 48 kHz elsewhere, in order (frontend_parity export: 24-bit ints)
-        with np.load(npz) as z:
-            clips = [z[k] / NPZ_INT_SCALE if np.issubdtype(z[k].dtype, np.integer) else z[k] for k in z.files[:batch]]
+    if npz is not None:
+        clips = load_npz(npz)[:batch]
         if len(clips) == batch:
             return [np.resize(c, n).astype(np.float32) for c in clips], "phoebe"
     if (PHOEBE / "recordings.csv").is_file():
@@ -66,9 +78,7 @@ def _clips(batch: int, n: int, seed: int, npz: str | None = None) -> tuple[list[
 
 def _parity(ours, fe, clips: list[np.ndarray], tensor: torch.Tensor) -> float:
     """max|ours - hf| / max|hf| over the batch (clips are exactly 10 s: no crop)."""
-    ref = fe(clips, sampling_rate=fe.sampling_rate, return_tensors="pt").input_features.double()
-    got = ours(tensor, crop="start").double().cpu()
-    return float((got - ref).abs().max() / ref.abs().max())
+    return rel_err(ours(tensor, crop="start"), fe(clips, sampling_rate=fe.sampling_rate, return_tensors="pt").input_features)
 
 
 def run(batch: int = 32, seconds: float = 10.0, repeats: int = 7, seed: int = 0, device: str = "cpu",

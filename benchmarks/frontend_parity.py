@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .bench_frontend import NPZ_INT_SCALE, PHOEBE
+from .bench_frontend import NPZ_INT_SCALE, PHOEBE, load_npz, rel_err
 
 THRESHOLDS = (None, 70.0, 75.0, 78.0, 80.0, 82.0, 85.0)
 
@@ -43,8 +43,7 @@ def run(clips_npz: Path, device: str = "cpu") -> dict:
     from birdbridge.encoders.frontend import ClapFrontend
 
     fe = ClapFeatureExtractor(truncation="rand_trunc")
-    with np.load(clips_npz) as z:
-        clips = [(z[k].astype(np.float64) / NPZ_INT_SCALE).astype(np.float32) for k in z.files]
+    clips = load_npz(clips_npz)
     fronts = {str(db): ClapFrontend.from_feature_extractor(fe, exact_range_db=db).to(device) for db in THRESHOLDS}
     fronts["f64"] = ClapFrontend.from_feature_extractor(fe, dtype=torch.float64).to(device)
     n = fe.nb_max_samples
@@ -54,11 +53,10 @@ def run(clips_npz: Path, device: str = "cpu") -> dict:
         redone = {k: [0, 0] for k in fronts if k not in ("None", "f64")}
         for c in clips:
             a = c[:n] if mode == "first_10s" else np.resize(c, n).astype(np.float32)
-            ref = fe(a, sampling_rate=fe.sampling_rate, return_tensors="pt").input_features.double()
+            ref = fe(a, sampling_rate=fe.sampling_rate, return_tensors="pt").input_features
             x = torch.from_numpy(a).to(device)
             for k, front in fronts.items():
-                got = front([x], crop="start").double().cpu()
-                worst[k] = max(worst[k], float((got - ref).abs().max() / ref.abs().max()))
+                worst[k] = max(worst[k], rel_err(front([x], crop="start"), ref))
                 if k in redone:
                     at_risk = front.mel_power(front.fix_length([x], crop="start"))[1]
                     redone[k][0] += int(at_risk.sum())

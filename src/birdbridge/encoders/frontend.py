@@ -262,6 +262,11 @@ class ClapFrontend(torch.nn.Module):
         h, hop = self.n_fft // 2, self.hop_length
         return -(-h // hop), min(t // hop, (t + h - self.n_fft) // hop)
 
+    def _inner_view(self, x: torch.Tensor, first: int, last: int) -> torch.Tensor:
+        """Frames ``first..last`` of every clip (those needing no padding) as a view of ``x``: ``[B, k, n_fft]``."""
+        h, n, hop = self.n_fft // 2, self.n_fft, self.hop_length
+        return x[:, first * hop - h : last * hop - h + n].unfold(1, n, hop)
+
     def _raw_frames(self, x: torch.Tensor, ci: torch.Tensor, fi: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
         """Unwindowed samples of frames ``fi`` of clips ``ci`` into ``out`` ``[k, n_fft]``."""
         b, t = x.shape
@@ -276,8 +281,7 @@ class ClapFrontend(torch.nn.Module):
             rows = torch.as_strided(x, ((b - 1) * s + last - first + 1, n), (hop, 1), x.storage_offset() + first * hop - h)
             return torch.index_select(rows, 0, ci * s + fi - first, out=out)
         if last >= first:
-            view = x[:, first * hop - h : last * hop - h + n].unfold(1, n, hop)
-            out[inner] = view[ci[inner], fi[inner] - first]
+            out[inner] = self._inner_view(x, first, last)[ci[inner], fi[inner] - first]
         edge = ~inner if last >= first else torch.ones_like(inner)
         if bool(edge.any()):
             out[edge] = x[ci[edge][:, None], self._reflect_index(t, fi[edge])]
@@ -338,8 +342,7 @@ class ClapFrontend(torch.nn.Module):
         through reflected indices, for the whole batch in one block.
         """
         b, t = x.shape
-        n, hop, h = self.n_fft, self.hop_length, self.n_fft // 2
-        n_frames, (first, last) = t // hop + 1, self._inner_frames(t)
+        n_frames, (first, last) = t // self.hop_length + 1, self._inner_frames(t)
         window, weights = self.window.to(x.dtype), self._band_weights(x.dtype)
         check = x.dtype == torch.float32 and self.exact_range_db is not None
         mel = x.new_empty(b, n_frames, self.n_mels)
@@ -353,9 +356,9 @@ class ClapFrontend(torch.nn.Module):
             for whole, part in zip((mel, energy, headroom), (edge_mel, *(edge_checks or ()))):
                 whole[:, edges] = part
         if last >= first:
-            inner = x[:, first * hop - h : last * hop - h + n].unfold(1, n, hop)  # a view: [b, k, n]
+            inner = self._inner_view(x, first, last)
             step = self._clips_per_block(b)
-            buffer = x.new_empty(min(step, b), last - first + 1, n)  # reused: fresh pages cost page faults
+            buffer = x.new_empty(min(step, b), last - first + 1, self.n_fft)  # reused: fresh pages cost page faults
             for i in range(0, b, step):
                 frames = torch.mul(inner[i : i + step], window, out=buffer[: min(step, b - i)])
                 rows = (slice(i, i + step), slice(first, last + 1))
