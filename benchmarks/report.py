@@ -9,6 +9,8 @@ import json
 import sys
 from pathlib import Path
 
+from .targets import TARGETS
+
 
 def _f(v, fmt: str = ".3g") -> str:
     if v is None:
@@ -17,8 +19,6 @@ def _f(v, fmt: str = ".3g") -> str:
 
 
 def _targets(r: dict) -> list[str]:
-    from .run_all import TARGETS
-
     lines = ["| metric | target | measured | met |", "|---|---|---|---|"]
     for key, (op, thr, what) in TARGETS.items():
         t = r.get("targets", {}).get(key, {})

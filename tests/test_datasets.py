@@ -13,7 +13,8 @@ import pytest
 import soundfile as sf
 from PIL import Image
 
-from birdbridge.data.generic import LOADERS, load_collection, load_csv, load_folder, register_loader, split_family
+from birdbridge.data.generic import load_csv, load_folder, split_family
+from birdbridge.data.loaders import LOADERS, load_collection, register_loader
 from birdbridge.data.images import image_info, load_image
 from birdbridge.data.inat_sounds import load_inat_sounds
 from birdbridge.data.records import Collection

@@ -1,4 +1,4 @@
-"""User data: a CSV of files, or one folder per species; plus the loader dispatcher.
+"""User data: a CSV of files, or one folder per species (the dispatcher over all kinds is :mod:`.loaders`).
 
 CSV format (one row per file; header case, spaces and punctuation do not matter)::
 
@@ -29,7 +29,6 @@ import csv
 import re
 from dataclasses import replace
 from pathlib import Path
-from typing import Callable, Iterable
 
 from ..errors import ConfigError, SkipLog
 from ..taxonomy import Species
@@ -257,63 +256,3 @@ def load_folder(root: str | Path, kind: str = "auto", *, name: str | None = None
         skips=skips,
         meta={"source": str(root), "format": "folder", "split_layout": split_layout},
     )
-
-
-# --------------------------------------------------------------------------- dispatcher
-
-
-def _inat(path, **opts):
-    from .inat_sounds import load_inat_sounds
-
-    return load_inat_sounds(path, **opts)
-
-
-def _ssw60(path, **opts):
-    from .ssw60 import load_ssw60
-
-    return load_ssw60(path, **opts)
-
-
-def _soundscape(path, **opts):
-    from .soundscapes import load_soundscapes_any
-
-    return load_soundscapes_any(path, **opts).collection
-
-
-LOADERS: dict[str, Callable[..., Collection]] = {
-    "inat_sounds": _inat,
-    "ssw60": _ssw60,
-    "soundscape": _soundscape,
-    "csv": lambda path, **opts: load_csv(path, **opts),
-    "folder": lambda path, **opts: load_folder(path, **opts),
-    "synthetic": lambda path, **opts: _synthetic(path, **opts),
-}
-
-
-def _synthetic(path, **opts):
-    from .synthetic import load_world
-
-    return load_world(path, **opts)
-
-
-def register_loader(kind: str, fn: Callable[..., Collection]) -> None:
-    """Add a dataset kind to :func:`load_collection` (e.g. ``synthetic``)."""
-    LOADERS[kind] = fn
-
-
-def loader_kinds() -> Iterable[str]:
-    return tuple(LOADERS)
-
-
-def load_collection(kind: str, path: str | Path, /, **opts) -> Collection:
-    """One entry point for every dataset kind: ``inat_sounds, ssw60, soundscape, csv, folder``.
-
-    ``opts`` go to the kind's loader (e.g. ``classes=None`` for iNatSounds, ``kind="images"``
-    for csv/folder, ``taxonomy_csv=`` for soundscapes); ``kind`` and ``path`` are
-    positional-only so that the csv/folder ``kind=`` option can pass through.
-    """
-    try:
-        fn = LOADERS[kind]
-    except KeyError:
-        raise ConfigError(f"unknown dataset kind {kind!r}; expected one of {sorted(LOADERS)}") from None
-    return fn(path, **opts)

@@ -16,7 +16,7 @@ from collections import Counter
 from pathlib import Path
 
 from ..errors import BadInputError, SkipLog
-from .generic import load_collection
+from .loaders import load_collection
 from .records import Collection
 
 _EXAMPLES = 20  # skip examples kept in the report; counts are always complete

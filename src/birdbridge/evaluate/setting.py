@@ -77,7 +77,7 @@ class Setting:
 
 
 def _load_data(spec, role: str) -> Collection:
-    from ..data.generic import load_collection
+    from ..data.loaders import load_collection
 
     opts = dict(spec.options)
     if spec.media_root is not None:

@@ -38,7 +38,7 @@ from .. import __version__
 from ..distill.text_cache import teacher_fingerprint
 from ..errors import ConfigError, SkipLog
 from ..io import atomic_write_bytes, atomic_write_json
-from .index import FORMAT_VERSION, MANIFEST, META_COLUMNS, ImageRecord, Progress, _norm_model_id, build_faiss, choose_kind
+from .index_format import FORMAT_VERSION, MANIFEST, META_COLUMNS, ImageRecord, Progress, _norm_model_id, build_faiss, choose_kind
 
 PARTS_DIR = ".parts"
 

@@ -1,0 +1,99 @@
+"""The Typer app, its console, and the rules every verb shares.
+
+Verb modules (``data``, ``embed``, ``retrieval``, ``run``) register their commands on
+:data:`app` when the package is imported; this module imports none of them.
+Errors a user can act on (:class:`~birdbridge.errors.BirdbridgeError`) are printed as
+one line and exit with status 2; tracebacks are for bugs only.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import typer
+from rich.console import Console
+
+from ..errors import BirdbridgeError
+
+app = typer.Typer(
+    name="birdbridge",
+    help="Retrieve pictures of bird species from bird sound (audio distilled onto BioCLIP-2's text space).",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+console = Console(stderr=True)
+
+
+@app.callback()
+def _root() -> None:
+    """birdbridge: bird sound in, pictures of the singer out."""
+
+
+@app.command()
+def version() -> None:
+    """Print the installed birdbridge version."""
+    from .. import __version__
+
+    typer.echo(__version__)
+
+
+def _out_npy(out: Path) -> Path:
+    return out if out.suffix == ".npy" else out.with_name(out.name + ".npy")
+
+
+def _device(device: str) -> str:
+    if device != "auto":
+        return device
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def _run_with_progress(label: str, total: int, job):
+    """Run ``job(progress_callback)`` under a rich progress bar on stderr."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  console=console) as prog:
+        task = prog.add_task(label, total=total)
+        return job(lambda n: prog.advance(task, n))
+
+
+def _exit_status(none_done: bool, n_skipped: int, n_inputs: int, what: str, none_msg: str, strict: bool) -> None:
+    """The exit rule every many-input verb shares: 0 when at least one input succeeded
+    (``--strict``: when none was skipped), else 1 with one line saying why."""
+    if none_done:
+        console.print(f"[bold red]error:[/] none of the {n_inputs} {what} {none_msg}")
+        raise typer.Exit(1)
+    if strict and n_skipped:
+        console.print(f"[bold red]error:[/] --strict: {n_skipped} of {n_inputs} {what} were skipped")
+        raise typer.Exit(1)
+
+
+def _save_and_report(emb, out: Path, n_inputs: int, what: str, strict: bool) -> None:
+    """Write the outputs, say what was skipped and why, and set the exit status.
+
+    Exit 0 when at least one input was embedded (``--strict``: when none was skipped);
+    1 otherwise. The sidecar JSON is written either way, so the reasons stay on disk.
+    """
+    path = emb.save(_out_npy(out))
+    n_ok = len({r["input"] for r in emb.rows})
+    dim = emb.vectors.shape[1] if emb.vectors.ndim == 2 else 0
+    console.print(f"wrote {len(emb.vectors)} rows ({dim}-d, {emb.meta.get('space')} space) from {n_ok}/{n_inputs} "
+                  f"{what} to {path}; {emb.skips.summary()}")
+    for skip in emb.skips.skips[:10]:
+        console.print(f"  skipped {skip.input}: {skip.reason}" + (f" ({skip.detail})" if skip.detail else ""), markup=False)
+    if len(emb.skips) > 10:
+        console.print(f"  ... and {len(emb.skips) - 10} more (all listed in {path.with_suffix('.json')})")
+    _exit_status(n_ok == 0, len(emb.skips), n_inputs, what,
+                 f"could be embedded (reasons in {path.with_suffix('.json')})", strict)
+
+
+def main() -> None:
+    try:
+        app()
+    except BirdbridgeError as err:
+        console.print(f"[bold red]error:[/] {err}")
+        sys.exit(2)

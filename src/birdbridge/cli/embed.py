@@ -1,0 +1,129 @@
+"""Embedding verbs: media or texts in, ``.npy`` + ``.parquet``/``.json`` sidecars out; ``models``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+
+from ._app import _device, _out_npy, _run_with_progress, _save_and_report, app, console
+
+
+@app.command("embed-audio")
+def embed_audio_cmd(
+    inputs: list[str] = typer.Argument(..., help="Audio files, folders (searched recursively), CSVs with a path column, or @list.txt."),
+    model: str = typer.Option(..., "--model", "-m", help="Distilled checkpoint (teacher space), CLAP id/dir (its own space), or 'birdnet'."),
+    out: Path = typer.Option(..., "--out", "-o", help="Output .npy (float32 unit rows); .parquet and .json sidecars go beside it."),
+    per_window: bool = typer.Option(False, "--per-window", help="One row per window instead of one per recording."),
+    hop_s: Optional[float] = typer.Option(None, "--hop-s", min=0.001, help="Window hop in seconds (default: half the model's window)."),
+    batch_size: int = typer.Option(32, "--batch-size", min=1, help="Windows per forward pass."),
+    device: str = typer.Option("auto", "--device", help="cpu, cuda, or auto."),
+    strict: bool = typer.Option(False, "--strict", help="Exit non-zero when any input was skipped."),
+) -> None:
+    """Embed recordings: long ones over sliding windows, averaged and renormalised (or kept per window)."""
+    from ..encoders.factory import load_audio_embedder
+    from ..retrieval.embed import embed_audio, expand_inputs
+
+    from ..distributed import rank_device, run_sharded
+
+    paths = expand_inputs(inputs, "audio")
+    embedder = load_audio_embedder(model, device=rank_device(_device(device)))
+    # under torchrun/srun each rank embeds one block; rank 0 merges in input order
+    emb = run_sharded(lambda xs: _run_with_progress(f"embedding audio ({embedder.space} space)", len(xs), lambda cb: embed_audio(
+        embedder, xs, hop_s=hop_s, per_window=per_window, batch_size=batch_size, progress=cb)), paths, _out_npy(out),
+        key=f"audio {model} {hop_s} {per_window}")
+    if emb is not None:
+        _save_and_report(emb, out, len(paths), "recordings", strict)
+
+
+@app.command("embed-images")
+def embed_images_cmd(
+    inputs: list[str] = typer.Argument(..., help="Image files, folders (searched recursively), CSVs with a path column, or @list.txt."),
+    teacher: str = typer.Option("hf-hub:imageomics/bioclip-2", "--teacher", "-t", help="open_clip teacher: hf-hub:ID, local-dir:DIR or a directory."),
+    out: Path = typer.Option(..., "--out", "-o", help="Output .npy (float32 unit rows); .parquet and .json sidecars go beside it."),
+    batch_size: int = typer.Option(64, "--batch-size", min=1, help="Images per forward pass."),
+    device: str = typer.Option("auto", "--device", help="cpu, cuda, or auto."),
+    strict: bool = typer.Option(False, "--strict", help="Exit non-zero when any input was skipped."),
+) -> None:
+    """Embed photos with the teacher's image tower (the gallery side of retrieval)."""
+    from ..encoders.teacher import Teacher
+    from ..retrieval.embed import embed_images, expand_inputs
+
+    from ..distributed import rank_device, run_sharded
+
+    paths = expand_inputs(inputs, "images")
+    model = Teacher.load(teacher, device=rank_device(_device(device)))
+    emb = run_sharded(lambda xs: _run_with_progress("embedding images", len(xs), lambda cb: embed_images(
+        model, xs, batch_size=batch_size, progress=cb)), paths, _out_npy(out), key=f"images {teacher}")
+    if emb is not None:
+        _save_and_report(emb, out, len(paths), "images", strict)
+
+
+@app.command("embed-text")
+def embed_text_cmd(
+    texts: list[str] = typer.Argument(..., help="Texts to embed, or @file.txt for one text per line."),
+    out: Path = typer.Option(..., "--out", "-o", help="Output .npy (float32 unit rows); .parquet and .json sidecars go beside it."),
+    teacher: Optional[str] = typer.Option(None, "--teacher", "-t", help="open_clip teacher (default hf-hub:imageomics/bioclip-2)."),
+    model: Optional[str] = typer.Option(None, "--model", "-m", help="A CLAP id/dir: embed with its own text tower (CLAP space) instead."),
+) -> None:
+    """Embed texts (species names, captions) with the teacher's or a CLAP's text tower."""
+    from ..errors import ConfigError
+    from ..retrieval.embed import embed_texts
+
+    if teacher and model:
+        raise ConfigError("give --teacher (teacher space) or --model (a CLAP's own space), not both")
+    items: list[str] = []
+    for t in texts:
+        if t.startswith("@"):
+            listing = Path(t[1:])
+            if not listing.is_file():
+                raise ConfigError(f"text list {listing} not found")
+            items.extend(ln.strip() for ln in listing.read_text(encoding="utf-8-sig").splitlines() if ln.strip())
+        else:
+            items.append(t)
+    if not items:
+        raise ConfigError("no texts to embed")
+    if model:
+        from ..encoders.clap import load_clap_text
+        from ..encoders.student import is_distilled_checkpoint
+
+        if is_distilled_checkpoint(model):
+            raise ConfigError(f"{model} is a distilled audio checkpoint (no text tower); its space is the "
+                              f"teacher's: use --teacher {{teacher id}} instead")
+        encoder = load_clap_text(model)
+    else:
+        from ..encoders.teacher import DEFAULT_TEACHER, Teacher
+
+        encoder = Teacher.load(teacher or DEFAULT_TEACHER)
+    _save_and_report(embed_texts(encoder, items), out, len(items), "texts", strict=False)
+
+
+@app.command("models")
+def models_cmd(as_json: bool = typer.Option(False, "--json", help="Print the table as JSON.")) -> None:
+    """List known student and teacher ids, what each is, and whether its weights are here (no network)."""
+    import json
+
+    from rich.table import Table
+
+    from ..encoders.registry import known_models
+
+    infos = known_models()
+    if as_json:
+        typer.echo(json.dumps([i.to_dict() for i in infos], indent=2))
+        return
+    from rich.markup import escape
+
+    from ..encoders.hub import hf_cache_dir
+
+    table = Table(show_lines=True, caption=f"HF cache: {hf_cache_dir()} (checked without network)")
+    table.add_column("id", no_wrap=True)
+    table.add_column("role/space", no_wrap=True)
+    table.add_column("cached", no_wrap=True)
+    table.add_column("what / where", overflow="fold")
+    for i in infos:
+        table.add_row(i.id, f"{i.role}/{i.space}", "[green]yes[/]" if i.cached else "[red]no[/]",
+                      f"{escape(i.description)}\n[dim]{escape(i.detail)}[/]")
+    Console().print(table)
+    console.print("Any HF CLAP id/dir, open_clip hf-hub:/local-dir: id, or distilled checkpoint dir also works.")

@@ -1,0 +1,155 @@
+"""The retrieval product: ``index`` a photo collection, ``search`` it with recordings, ``serve`` it."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+
+from ._app import _device, _exit_status, _run_with_progress, app, console
+
+
+@app.command("index")
+def index_cmd(
+    images: str = typer.Argument(..., help="Folder (per-species subfolders and/or loose photos), CSV (path, scientific_name, ...), or a dataset path with --dataset."),
+    teacher: str = typer.Option("hf-hub:imageomics/bioclip-2", "--teacher", "-t", help="open_clip teacher whose image tower embeds the photos."),
+    out: Path = typer.Option(..., "--out", "-o", help="Index directory (created; an interrupted build there resumes)."),
+    add: bool = typer.Option(False, "--add", help="Append to a complete index; paths already indexed are skipped."),
+    kind: str = typer.Option("auto", "--kind", help="auto (exact below 100k images, HNSW above), faiss-flat, faiss-hnsw or faiss-ivf."),
+    dataset: Optional[str] = typer.Option(None, "--dataset", help="Read IMAGES as this dataset kind: ssw60, csv, folder, synthetic, ..."),
+    split: Optional[list[str]] = typer.Option(None, "--split", help="Only images of this split (repeatable)."),
+    batch_size: int = typer.Option(64, "--batch-size", min=1, help="Images per forward pass."),
+    shard_size: int = typer.Option(1024, "--shard-size", min=1, help="Images per committed shard (the resume granularity)."),
+    device: str = typer.Option("auto", "--device", help="cpu, cuda, or auto."),
+    strict: bool = typer.Option(False, "--strict", help="Exit non-zero when any image was skipped."),
+) -> None:
+    """Embed a photo collection with the teacher and store it as a searchable index."""
+    import time
+
+    from ..distributed import rank_device, rank_world
+    from ..encoders.teacher import Teacher
+    from ..retrieval.index import ImageIndex, choose_kind, records_from_source
+
+    t0 = time.time()
+    choose_kind(kind, 0)  # a typo in --kind fails before the teacher is loaded
+    records = records_from_source(images, dataset, splits=split or ())
+    if not records:
+        from ..errors import ConfigError
+
+        raise ConfigError(f"no images found in {images}")
+    # under torchrun/srun each rank embeds a block of every round of shards; rank 0 alone writes the index
+    rank, world = rank_world()
+    model = Teacher.load(teacher, device=rank_device(_device(device)))
+    before = ImageIndex.open(out).count if (out / "index.json").is_file() else 0
+
+    def build(cb):
+        return ImageIndex.build(out, model, records, kind=kind, add=add, shard_size=shard_size, batch_size=batch_size,
+                                progress=cb, rank=rank, world=world)
+
+    if rank != 0:
+        build(None)
+        console.print(f"rank {rank}/{world}: embedded its part of {out}; rank 0 writes the index", markup=False)
+        return
+    index = _run_with_progress("embedding images" + (f" ({world} ranks)" if world > 1 else ""), len(records), build)
+    m = index.manifest
+    console.print(f"index {out}: {index.count} images ({index.count - before} new), {index.dim}-d, {index.kind}, "
+                  f"{m['n_skipped']} skipped {m['skip_counts'] or ''} in {time.time() - t0:.1f} s", markup=False)
+    for s in m["skipped"][:10]:
+        console.print(f"  skipped {s['input']}: {s['reason']}" + (f" ({s['detail']})" if s["detail"] else ""), markup=False)
+    # exit status from this run's inputs only (skips of earlier runs stay listed in the manifest);
+    # an input indexed by an earlier, interrupted run counts as done
+    asked = {r.path for r in records}
+    skipped_now = sum(1 for s in m["skipped"] if s["input"] in asked)
+    none_done = bool(skipped_now) and not any(r["path"] in asked for r in index.metadata(range(index.count)))
+    # "none of N" counts the distinct paths asked for, "--strict: k of N" the records
+    _exit_status(none_done, skipped_now, len(asked) if none_done else len(records), "images",
+                 f"could be indexed (reasons in {out / 'index.json'})", strict)
+
+
+@app.command("search")
+def search_cmd(
+    audio: list[str] = typer.Argument(..., help="Recordings, folders (recursive), CSVs with a path column, or @list.txt."),
+    model: str = typer.Option(..., "--model", "-m", help="A distilled birdbridge checkpoint (teacher space)."),
+    index: Path = typer.Option(..., "--index", "-i", help="Index directory from `birdbridge index`."),
+    k: int = typer.Option(10, "-k", "--k", min=1, help="Images per recording."),
+    window_s: Optional[float] = typer.Option(None, "--window-s", min=0.01, help="Search window (default: the model's window)."),
+    hop_s: Optional[float] = typer.Option(None, "--hop-s", min=0.01, help="Window hop (default: half a window)."),
+    aggregate: str = typer.Option("max", "--aggregate", help="Per-image score over windows: max (best window) or mean."),
+    fmt: str = typer.Option("table", "--format", "-f", help="table, json or html."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Write the output here (html defaults to search.html)."),
+    species_list: Optional[Path] = typer.Option(None, "--species-list", help="CSV of species (scientific_name, ...) for a zero-shot species guess."),
+    guess: bool = typer.Option(False, "--guess-species", help="Zero-shot species guess over the index's species."),
+    cache_dir: Optional[Path] = typer.Option(None, "--cache-dir", help="Text-embedding cache (default ~/.cache/birdbridge/text)."),
+    allow_teacher_mismatch: bool = typer.Option(False, "--allow-teacher-mismatch", help="Only warn when the model's teacher is not the index's."),
+    strict: bool = typer.Option(False, "--strict", help="Exit non-zero when any recording was skipped."),
+) -> None:
+    """Show the photos nearest to each recording (long recordings are searched window by window)."""
+    import json
+
+    from ..errors import ConfigError
+    from ..retrieval.embed import expand_inputs
+    from ..retrieval.search import load_species_list, search_audio
+
+    if fmt not in ("table", "json", "html"):
+        raise ConfigError(f"--format must be table, json or html, not {fmt!r}")
+    paths = expand_inputs(audio, "audio")
+    species = load_species_list(species_list) if species_list else None
+    results = _run_with_progress("searching", len(paths), lambda cb: search_audio(
+        model, index, paths, k=k, window_s=window_s, hop_s=hop_s, aggregate=aggregate, guess=guess, species=species,
+        cache_dir=cache_dir, allow_teacher_mismatch=allow_teacher_mismatch, progress=cb))
+    if fmt == "html":
+        from ..retrieval.html import write_html
+
+        target = write_html(results, out or Path("search.html"), subtitle=f"index {index}, model {model}")
+        console.print(f"wrote {target}")
+    elif fmt == "json":
+        text = json.dumps([r.to_dict() for r in results], indent=2)
+        if out:
+            from ..io import atomic_write_text
+
+            atomic_write_text(out, text + "\n")
+            console.print(f"wrote {out}")
+        else:
+            typer.echo(text)
+    else:
+        from rich.table import Table
+
+        for r in results:
+            if not r.ok:
+                console.print(f"{r.path}: skipped ({r.error}{': ' + r.error_detail if r.error_detail else ''})", markup=False)
+                continue
+            t = Table(title=f"{r.path} ({r.duration_s:.1f} s, {len(r.windows)} windows, {r.aggregate})")
+            for col in ("#", "score", "species", "image", "window (s)"):
+                t.add_column(col)
+            for h in r.hits:
+                t.add_row(str(h.rank), f"{h.score:.3f}", h.common_name or h.scientific_name or "?", h.path,
+                          f"{h.window_start_s:.1f}-{h.window_end_s:.1f}")
+            Console(file=sys.stdout).print(t)
+            if r.species_guess:
+                typer.echo("species guess: " + ", ".join(f"{g['scientific_name']} {g['score']:.2f}" for g in r.species_guess[:3]))
+    failed = [r for r in results if not r.ok]
+    _exit_status(bool(failed) and len(failed) == len(results), len(failed), len(results), "recordings",
+                 f"could be searched ({', '.join(sorted({r.error for r in failed}))})", strict)
+
+
+@app.command("serve")
+def serve_cmd(
+    model: str = typer.Option(..., "--model", "-m", help="A distilled birdbridge checkpoint (teacher space)."),
+    index: Path = typer.Option(..., "--index", "-i", help="Index directory from `birdbridge index`."),
+    host: str = typer.Option("127.0.0.1", "--host", help="Interface to listen on (0.0.0.0 exposes it to the network)."),
+    port: int = typer.Option(8000, "--port", help="TCP port."),
+    max_upload_mb: float = typer.Option(20.0, "--max-upload-mb", min=0.001, help="Largest upload accepted."),
+    max_duration_s: float = typer.Option(300.0, "--max-duration-s", min=0.1, help="Longest recording accepted."),
+    timeout_s: float = typer.Option(60.0, "--timeout-s", min=0.1, help="Per-search time limit."),
+    guess: bool = typer.Option(True, "--guess-species/--no-guess-species", help="Zero-shot species guess in answers."),
+    cache_dir: Optional[Path] = typer.Option(None, "--cache-dir", help="Text-embedding cache (default ~/.cache/birdbridge/text)."),
+) -> None:
+    """Serve a search page and JSON API (POST /search, GET /images/{id}) with uvicorn."""
+    from ..serve.app import ServeSettings, serve
+
+    settings = ServeSettings(max_upload_bytes=int(max_upload_mb * 2**20), max_duration_s=max_duration_s,
+                             request_timeout_s=timeout_s, guess_species=guess, cache_dir=str(cache_dir) if cache_dir else None)
+    serve(model, index, host=host, port=port, settings=settings)

@@ -1,0 +1,106 @@
+"""The method's runs: ``demo``, ``train``, ``eval``, ``score``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from ._app import app, console
+
+
+@app.command()
+def demo(
+    out: Path = typer.Option(Path("demo-out"), "--out", help="Output directory."),
+    seed: int = typer.Option(0, "--seed", help="Seed for the world, models and training."),
+) -> None:
+    """Run the paper's whole loop offline on a synthetic world and report retrieval mAP."""
+    from ..demo.run import run_demo
+
+    run_demo(out, seed)
+
+
+@app.command("eval")
+def eval_cmd(
+    config: Path = typer.Argument(..., help="Evaluation config (YAML), e.g. configs/synthetic/paper_table.yaml."),
+    out: Path = typer.Option(..., "--out", "-o", help="Output directory: results.json, report.md, plots."),
+) -> None:
+    """Run the paper's evaluation (methods x protocols, ablation, unseen species) from a config."""
+    from transformers.utils import logging as hf_logging
+
+    from ..evaluate.runner import run_eval
+
+    hf_logging.disable_progress_bar()  # one "Loading weights" bar per model load buries the log
+    run_eval(config, out, log=lambda msg: console.print(msg, markup=False))
+    typer.echo((out / "report.md").read_text())
+
+
+@app.command("score")
+def score_cmd(
+    queries: Path = typer.Argument(..., help="Query parquet: `embedding` (list of floats) and `label` columns."),
+    gallery: Path = typer.Argument(..., help="Gallery parquet with the same columns."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Write the results JSON here."),
+    ranks: Optional[str] = typer.Option(None, "--ranks", help="Comma-separated extra ranks (columns), e.g. genus,family."),
+) -> None:
+    """Score your own embeddings: retrieval mAP / R@k of queries against a gallery, per rank."""
+    import json
+
+    from ..evaluate.score import score_files, write_json
+
+    rank_list = [r for r in ranks.split(",")] if ranks is not None else None
+    result = score_files(queries, gallery, ranks=rank_list)
+    if out is not None:
+        write_json(result, out)
+    for rank, m in result["metrics"].items():
+        typer.echo(f"{rank:>8}: mAP {m['map']:.4f}  R@1 {m['recall@1']:.4f}  R@5 {m['recall@5']:.4f}  "
+                   f"R@10 {m['recall@10']:.4f}  chance mAP {m['chance_map']:.4f}  "
+                   f"({m['n_queries_scored']} scored, {m['n_queries_without_relevant']} without a relevant item)")
+    if result["skipped"]:
+        typer.echo(f"{len(result['skipped'])} rows skipped: " + json.dumps(result["skipped"][:5]))
+
+
+@app.command("train")
+def train_cmd(
+    config: Path = typer.Argument(..., help="YAML with `data: {kind, path, ...loader options}` and `train: {TrainConfig fields}`."),
+    out: Path = typer.Option(..., "--out", "-o", help="Run directory: model/, checkpoints/, logs/, skipped.json."),
+    devices: Optional[str] = typer.Option(None, "--devices", help="Devices per node (a number or 'auto'); overrides the config."),
+    num_nodes: Optional[int] = typer.Option(None, "--num-nodes", help="Number of nodes; overrides the config."),
+    strategy: Optional[str] = typer.Option(None, "--strategy", help="Lightning strategy, e.g. ddp; overrides the config."),
+    accelerator: Optional[str] = typer.Option(None, "--accelerator", help="cpu, gpu or auto; overrides the config."),
+    resume: bool = typer.Option(False, "--resume", help="Continue from OUT/checkpoints/last.ckpt if it exists."),
+    strict: bool = typer.Option(False, "--strict", help="Exit non-zero when any training clip was skipped."),
+) -> None:
+    """Distil the student onto the teacher's species-text space (one GPU, DDP, torchrun or SLURM)."""
+    from ..config import load_yaml
+    from ..data.loaders import load_collection
+    from ..distill.train import TrainConfig, distill
+    from ..distributed import is_main_process
+    from ..errors import ConfigError
+
+    doc = load_yaml(config)
+    unknown = sorted(set(doc) - {"data", "train"})
+    data = doc.get("data")
+    if unknown or not isinstance(data, dict) or "kind" not in data or "path" not in data:
+        raise ConfigError(f"{config}: needs `data: {{kind, path, ...}}` and optional `train: {{...}}`"
+                          + (f"; unknown top-level key {unknown[0]!r}" if unknown else ""))
+    data = dict(data)
+    kind, path = data.pop("kind"), Path(data.pop("path"))
+    if not path.is_absolute():
+        path = (config.parent / path) if (config.parent / path).exists() else path  # relative to the config
+    overrides = {k: v for k, v in {"num_nodes": num_nodes, "strategy": strategy, "accelerator": accelerator}.items() if v is not None}
+    if devices is not None:
+        overrides["devices"] = int(devices) if devices.isdigit() else devices
+    cfg = TrainConfig.from_dict({**(doc.get("train") or {}), **overrides})
+    distill(load_collection(kind, path, **data), cfg, out, resume=resume)
+    if is_main_process():
+        typer.echo(f"model written to {out / 'model'}")
+        import json
+
+        skipped = json.loads((out / "skipped.json").read_text())
+        if skipped["n_skipped"]:
+            console.print(f"{skipped['n_skipped']} training clips skipped {skipped['counts']} (listed in {out / 'skipped.json'})",
+                          markup=False)
+            if strict:
+                console.print("[bold red]error:[/] --strict: training clips were skipped")
+                raise typer.Exit(1)

@@ -1,0 +1,165 @@
+"""What an index is made of, shared by its reader (:mod:`.index`) and writer (:mod:`.index_build`).
+
+The manifest's name and format version, the metadata columns, the records an index is
+built from, the FAISS index kinds and how each is built, and how teacher ids compare.
+Both sides import this module and neither imports the other at module level.
+
+Index kinds: exact ``IndexFlatIP`` up to :data:`EXACT_MAX` vectors (brute force over
+100k × 768 floats is ~10 ms per query, exact is affordable and has no tuning), and HNSW
+above. HNSW rather than IVF because a photo collection grows by ``--add``: HNSW needs no
+training and takes new vectors as they come, whereas IVF's coarse centroids are fitted
+to the vectors seen at training time and degrade or need retraining as the collection
+drifts. IVF (``faiss-ivf``) is kept as an override for very large, memory-tight indexes.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+
+from ..errors import ConfigError
+
+MANIFEST = "index.json"
+FORMAT_VERSION = 1
+EXACT_MAX = 100_000
+KINDS = ("auto", "faiss-flat", "faiss-hnsw", "faiss-ivf")
+HNSW_M = 32
+HNSW_EF_CONSTRUCTION = 200
+HNSW_EF_SEARCH = 128
+IVF_NPROBE = 16
+META_COLUMNS = ("id", "path", "species_id", "scientific_name", "common_name", "kingdom", "phylum", "class",
+                "order", "family", "genus", "epithet", "author", "license", "source", "dataset", "split")
+
+Progress = Callable[[int], None]
+
+
+# --------------------------------------------------------------------------- records
+
+
+@dataclass
+class ImageRecord:
+    """One image to index; everything but ``path`` is optional metadata."""
+
+    path: str
+    species_id: str = ""
+    scientific_name: str = ""
+    common_name: str = ""
+    ranks: dict = field(default_factory=dict)  # kingdom ... epithet, when the source gives them
+    author: str = ""
+    license: str = ""
+    source: str = ""
+    dataset: str = ""
+    split: str = ""
+
+
+def records_from_collection(collection, splits: Sequence[str] = ()) -> list[ImageRecord]:
+    """Image items of a :class:`~birdbridge.data.records.Collection` as records (absolute paths)."""
+    by_id = collection.species_by_id
+    out = []
+    for item in collection.image_split(*splits):
+        sp = by_id.get(item.species_id) if item.species_id else None
+        ex = item.extra or {}
+        ranks = {} if sp is None else {"kingdom": sp.kingdom, "phylum": sp.phylum, "class": sp.class_, "order": sp.order,
+                                       "family": sp.family, "genus": sp.genus, "epithet": sp.epithet}
+        out.append(ImageRecord(
+            path=str(Path(collection.resolve(item.path)).resolve()),
+            species_id=item.species_id or "",
+            scientific_name=sp.scientific_name if sp else "",
+            common_name=sp.common_name if sp else "",
+            ranks=ranks,
+            author=str(ex.get("author", "")),
+            license=str(ex.get("license", ex.get("licence", ""))),
+            source=str(ex.get("source_url", ex.get("source", ""))),
+            dataset=collection.name,
+            split=item.split,
+        ))
+    return out
+
+
+def records_from_source(source: str | Path, dataset: str | None = None, splits: Sequence[str] = ()) -> list[ImageRecord]:
+    """Images from a folder (per-species subfolders and/or loose files), a CSV, or a dataset kind."""
+    from ..data.generic import IMAGE_EXTS
+    from ..data.loaders import load_collection
+
+    source = Path(source)
+    if dataset not in (None, "auto"):
+        kw = {"kind": "images"} if dataset in ("csv", "folder") else {}
+        return records_from_collection(load_collection(dataset, source, **kw), splits)
+    if source.is_file() and source.suffix.lower() == ".csv":
+        return records_from_collection(load_collection("csv", source, kind="images"), splits)
+    if not source.is_dir():
+        raise ConfigError(f"not a folder or CSV: {source}")
+    # Loose photos at the top level have no species; subfolders are species (load_folder).
+    loose = [ImageRecord(str(f.resolve()), dataset=source.name) for f in sorted(source.iterdir())
+             if f.is_file() and f.suffix.lower() in IMAGE_EXTS and not f.name.startswith(".")]
+    has_subdirs = any(d.is_dir() and not d.name.startswith(".") for d in source.iterdir())
+    nested = records_from_collection(load_collection("folder", source, kind="images"), splits) if has_subdirs else []
+    return loose + nested
+
+
+# --------------------------------------------------------------------------- FAISS
+
+
+def choose_kind(requested: str, count: int) -> str:
+    if requested not in KINDS:
+        raise ConfigError(f"index kind must be one of {KINDS}, not {requested!r}")
+    if requested != "auto":
+        return requested
+    return "faiss-flat" if count <= EXACT_MAX else "faiss-hnsw"
+
+
+def build_faiss(kind: str, vectors: np.ndarray):
+    import faiss
+
+    n, d = vectors.shape
+    if kind == "faiss-flat":
+        index = faiss.IndexFlatIP(d)
+    elif kind == "faiss-hnsw":
+        index = faiss.IndexHNSWFlat(d, HNSW_M, faiss.METRIC_INNER_PRODUCT)
+        index.hnsw.efConstruction = HNSW_EF_CONSTRUCTION
+        index.hnsw.efSearch = HNSW_EF_SEARCH
+    elif kind == "faiss-ivf":
+        # ~4·sqrt(n) lists, and at least 39 training points per list (FAISS's own floor).
+        nlist = max(1, min(int(4 * math.sqrt(max(n, 1))), n // 39 or 1))
+        index = faiss.IndexIVFFlat(faiss.IndexFlatIP(d), d, nlist, faiss.METRIC_INNER_PRODUCT)
+        # spherical k-means: unit-norm centroids, so cells are cones of cosine similarity
+        # (benchmarks/bench_search.py: recall@10 0.96 at nprobe 2 on 1M clustered vectors)
+        index.cp.spherical = True
+        if n:
+            rng = np.random.default_rng(0)
+            sample = vectors if n <= 256 * nlist else vectors[rng.choice(n, 256 * nlist, replace=False)]
+            index.train(np.ascontiguousarray(sample))
+        index.nprobe = min(IVF_NPROBE, nlist)
+    else:
+        raise ConfigError(f"unknown index kind {kind!r}")
+    if n:
+        index.add(np.ascontiguousarray(vectors, dtype=np.float32))
+    return index
+
+
+def _tune(index, kind: str) -> None:
+    # Search-time parameters are not all serialised; set them after every load.
+    if kind == "faiss-hnsw":
+        index.hnsw.efSearch = HNSW_EF_SEARCH
+    elif kind == "faiss-ivf":
+        index.nprobe = min(IVF_NPROBE, index.nlist)
+
+
+def _norm_model_id(model_id: str | None) -> str:
+    """``local-dir:/x/teacher``, ``/x/teacher/`` and ``./teacher`` name the same teacher."""
+    if not model_id:
+        return ""
+    from ..encoders import hub
+
+    kind, ref = hub.split_model_id(model_id)
+    if kind == "local":
+        return "local:" + str(Path(ref).expanduser().resolve())
+    return f"{kind}:{ref}"
+
+
+def teachers_match(a: str | None, b: str | None) -> bool:
+    return _norm_model_id(a) == _norm_model_id(b)
