@@ -16,6 +16,7 @@ from birdbridge.data.audio import (
     crop_or_pad,
     iter_windows,
     load_audio,
+    pad_to_length,
     resample,
     sliding_windows,
     window_starts,
@@ -218,12 +219,11 @@ def test_iter_windows_match_full_decode(clips, block_s):
     assert [round(s * sr) for s, _ in got[: len(starts)]] == starts
     for (_, w), st in zip(got, starts):
         np.testing.assert_allclose(w, full[st : st + n], atol=1e-5)
-    # The tail after the last full window comes as one zero-padded window.
+    # The tail after the last full window comes as one window padded like a short clip.
     assert len(got) == len(starts) + 1
     s_last, w_last = got[-1]
     tail = full[round(s_last * sr) :]
-    np.testing.assert_allclose(w_last[: len(tail)], tail, atol=1e-5)
-    assert not w_last[len(tail) :].any()
+    np.testing.assert_allclose(w_last, pad_to_length(tail, n), atol=1e-5)
 
 
 def test_iter_windows_options(clips):
@@ -262,7 +262,7 @@ def test_crop_or_pad_policies():
     assert a[0] in x and np.all(np.diff(a) == 1)
     np.testing.assert_array_equal(crop_or_pad(x[:3], 6, "start"), [0, 1, 2, 0, 0, 0])
     np.testing.assert_array_equal(crop_or_pad(x[:3], 7, "center"), [0, 0, 0, 1, 2, 0, 0])
-    np.testing.assert_array_equal(crop_or_pad(x[:3], 7, "start", pad="repeat"), [0, 1, 2, 0, 1, 2, 0])
+    np.testing.assert_array_equal(crop_or_pad(x[1:4], 7, "center", pad="repeatpad"), [1, 2, 3, 1, 2, 3, 0])
     r = crop_or_pad(x[:3], 6, "random", np.random.default_rng(0))
     assert len(r) == 6 and sorted(r[r > 0]) == [1, 2]
     assert crop_or_pad(np.zeros((2, 10), np.float32), 4, "start").shape == (2, 4)
@@ -278,8 +278,8 @@ def test_sliding_windows_cover_the_clip():
     np.testing.assert_array_equal(ws[-1], x[-10:])  # last window aligned to the end
     assert all(len(w) == 10 for w in ws)
     assert window_starts(20, 10, 5) == [0, 5, 10]
-    short = sliding_windows(x[:4], 10, 5)
-    assert len(short) == 1 and short[0][:4].tolist() == [0, 1, 2, 3] and not short[0][4:].any()
+    short = sliding_windows(x[1:5], 10, 5)
+    assert len(short) == 1 and short[0].tolist() == [1, 2, 3, 4, 1, 2, 3, 4, 0, 0]
 
 
 def test_resample_helper_identity_and_length():

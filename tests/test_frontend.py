@@ -314,3 +314,30 @@ def test_autocast_does_not_lower_precision():
         auto = front(x)
     assert auto.dtype == torch.float32
     torch.testing.assert_close(auto, plain, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("length", [1000, 7000, 12000])
+def test_training_pads_short_clips_like_evaluation_and_hf(tmp_path, length):
+    """A short clip reaches the model the same way in training (the clip dataset pads it)
+    and in evaluation (the front end pads it): HF's repeatpad, whole copies then zeros."""
+    import soundfile as sf
+
+    from birdbridge.data.audio import pad_to_length
+    from birdbridge.data.records import AudioItem, Collection
+    from birdbridge.distill.data import AudioClipDataset
+    from birdbridge.taxonomy import Species
+
+    fe = tiny_fe()
+    clip = synthetic(length, "chirp", seed=length)
+    sf.write(tmp_path / "short.wav", clip, 16000, subtype="FLOAT")
+    coll = Collection("c", [Species("s0", "Aus bus")], [AudioItem("short.wav", "s0", "train")], root=str(tmp_path))
+    wave, _ = AudioClipDataset(coll, coll.audio, 16000, fe.nb_max_samples, crop="random", seed=3)[0]
+    copies = fe.nb_max_samples // length
+    want = np.concatenate([np.tile(clip, copies), np.zeros(fe.nb_max_samples - copies * length, np.float32)])
+    np.testing.assert_allclose(wave.numpy(), want, atol=1e-6)  # exactly repeatpad, from the start
+    front = ClapFrontend.from_feature_extractor(fe, dtype=torch.float64)
+    train_feats = front(wave[None])  # already full length: the front end adds nothing
+    assert rel_err(train_feats, hf_features(fe, [clip])) <= 1e-4  # what HF makes of the short clip
+    assert rel_err(front([torch.from_numpy(clip)]), train_feats) == 0  # what evaluation makes of it
+    # the one padding function, on numpy and torch alike
+    assert torch.equal(pad_to_length(torch.from_numpy(clip), fe.nb_max_samples), torch.from_numpy(want))

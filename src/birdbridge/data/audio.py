@@ -48,7 +48,7 @@ _BLOCK_S = 20.0  # streaming block length: bounded memory, few Python round-trip
 _SHORTFALL_FRAMES = 2 * 1152
 
 CropPolicy = Literal["random", "center", "start"]
-PadMode = Literal["zero", "repeat"]
+PadMode = Literal["zero", "repeatpad"]
 
 
 # --------------------------------------------------------------------------- opening
@@ -274,8 +274,9 @@ def iter_windows(
     The file is read in blocks of ``block_s`` and resampled with a streaming soxr resampler,
     so memory stays bounded for hours-long files and block edges are seamless: windows
     equal those cut from a fully decoded file. Window starts are multiples of the hop
-    (in output samples). With ``pad_last`` a final zero-padded window covers any tail the
-    full windows missed (and a file shorter than one window gives one padded window).
+    (in output samples). With ``pad_last`` a final window covers any tail the full windows
+    missed (and a file shorter than one window gives one window), padded by
+    :func:`pad_to_length`, as the model's front end would pad that short clip.
 
     Silence is not rejected here (soundscapes legitimately contain it). Errors found
     mid-file raise :class:`BadInputError` after the windows before them were yielded.
@@ -332,11 +333,36 @@ def iter_windows(
         total = buf_start + len(buf)
         if pad_last and nxt < total and (not emitted or last_end < total):
             i = nxt - buf_start
-            tail = buf[i:]
-            yield offset_s + nxt / sr, np.concatenate([tail, np.zeros(win - len(tail), np.float32)])
+            yield offset_s + nxt / sr, pad_to_length(buf[i:], win)
 
 
 # --------------------------------------------------------------------------- windows in memory
+
+
+def pad_to_length(x, n: int, mode: str = "repeatpad"):
+    """A clip shorter than ``n`` samples (last axis) brought to ``n``: the one padding rule.
+
+    It is ``ClapFeatureExtractor``'s (transformers ``_get_input_mel``), so training batches,
+    the torch front end and HF's own features agree on every short clip. ``repeatpad`` (what
+    CLAP checkpoints use): ``n // T`` whole copies of the clip, then zeros up to ``n``;
+    ``repeat``: ``n // T + 1`` copies cut at ``n``; any other mode: zeros after the clip.
+    Takes a numpy array or a torch tensor and returns the same kind; clips of ``n`` or more
+    samples come back unchanged.
+    """
+    t = x.shape[-1]
+    if t >= n:
+        return x
+    if t == 0:
+        raise ValueError("cannot pad an empty clip")
+    copies = n // t if mode == "repeatpad" else n // t + 1 if mode == "repeat" else 1
+    reps = (1,) * (x.ndim - 1) + (copies,)
+    if isinstance(x, np.ndarray):
+        x = np.tile(x, reps)[..., :n]
+        return np.pad(x, [(0, 0)] * (x.ndim - 1) + [(0, n - x.shape[-1])])
+    import torch.nn.functional as F
+
+    x = x.repeat(*reps)[..., :n]
+    return F.pad(x, (0, n - x.shape[-1]))
 
 
 def crop_or_pad(
@@ -351,22 +377,22 @@ def crop_or_pad(
 
     Longer clips are cropped at a random offset, the centre or the start. Shorter clips are
     zero-padded (placed by the same policy: start-aligned, centred or at a random offset) or,
-    with ``pad="repeat"``, tiled and then cropped by the policy. ``rng=None`` with
-    ``policy="random"`` draws from a fresh, unseeded generator; pass one for reproducibility.
+    with ``pad="repeatpad"``, padded by :func:`pad_to_length` (HF CLAP's rule; no placement).
+    ``rng=None`` with ``policy="random"`` draws from a fresh, unseeded generator; pass one
+    for reproducibility.
     """
     if n <= 0:
         raise ValueError("n must be positive")
     if policy not in ("random", "center", "start"):
         raise ValueError(f"unknown policy {policy!r}; expected random, center or start")
-    if pad not in ("zero", "repeat"):
-        raise ValueError(f"unknown pad mode {pad!r}; expected zero or repeat")
+    if pad not in ("zero", "repeatpad"):
+        raise ValueError(f"unknown pad mode {pad!r}; expected zero or repeatpad")
     wave = np.asarray(wave, dtype=np.float32)
     length = wave.shape[-1]
     if length == 0:
         return np.zeros(wave.shape[:-1] + (n,), np.float32)
-    if length < n and pad == "repeat":
-        wave = np.tile(wave, (1,) * (wave.ndim - 1) + (-(-n // length),))
-        length = wave.shape[-1]
+    if length < n and pad == "repeatpad":
+        return pad_to_length(wave, n, "repeatpad")
     if policy == "random":
         rng = rng if rng is not None else np.random.default_rng()
     if length >= n:
@@ -397,10 +423,10 @@ def window_starts(length: int, n: int, hop: int) -> list[int]:
 def sliding_windows(wave: np.ndarray, n: int, hop: int) -> list[np.ndarray]:
     """Deterministic windows of ``n`` samples covering the whole clip (see :func:`window_starts`).
 
-    A clip shorter than ``n`` gives one zero-padded window.
+    A clip shorter than ``n`` gives one window padded by :func:`pad_to_length`.
     """
     wave = np.asarray(wave, dtype=np.float32)
     length = wave.shape[-1]
     if length < n:
-        return [crop_or_pad(wave, n, "start")]
+        return [pad_to_length(wave, n)]
     return [np.ascontiguousarray(wave[..., s : s + n]) for s in window_starts(length, n, hop)]

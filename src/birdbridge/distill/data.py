@@ -81,8 +81,8 @@ class AudioClipDataset(Dataset):
         except BadInputError as err:
             return SkippedItem(self.items[i].path, err.reason, err.detail)
         rng = np.random.default_rng([self.seed, epoch, i])
-        # short clips are tiled like CLAP's "repeatpad" so the model sees song, not silence
-        wave = crop_or_pad(wave, self.n_samples, self.crop, rng, pad="repeat")
+        # short clips: HF CLAP's "repeatpad" (whole copies, then zeros), as in evaluation
+        wave = crop_or_pad(wave, self.n_samples, self.crop, rng, pad="repeatpad")
         return torch.from_numpy(wave), self.labels[i]
 
 

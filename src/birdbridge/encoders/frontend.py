@@ -22,7 +22,8 @@ What HF does, step by step, and what we mirror:
    ``i ~ U{0..T - nb_max_samples}``. We draw ``i`` from a torch generator instead of
    numpy's global RNG, or take the start / centre deterministically.
 2. Short clip: ``repeatpad`` tiles the clip ``nb_max_samples // T`` whole times and then
-   zero-pads; ``repeat`` tiles one extra time and cuts; anything else zero-pads.
+   zero-pads; ``repeat`` tiles one extra time and cuts; anything else zero-pads. This is
+   :func:`birdbridge.data.audio.pad_to_length`, which training batches use too.
 3. Periodic Hann window of length n_fft, ``center=True`` with *reflect* padding of
    n_fft // 2 on both sides, one-sided FFT, power 2.
 4. ``max(1e-10, power @ mel)``, then ``10 * log10(max(x, 1e-10))`` with reference 1.0.
@@ -51,8 +52,8 @@ from typing import Any, Literal
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
+from birdbridge.data.audio import pad_to_length
 from birdbridge.errors import ConfigError
 
 from .clap_features import band_blocks, check_truncation, slaney_mel_bank, unwrap_extractor
@@ -200,16 +201,9 @@ class ClapFrontend(torch.nn.Module):
 
     def _pad(self, x: torch.Tensor) -> torch.Tensor:
         """Bring ``[B, T]`` with ``T <= max_samples`` to ``[B, max_samples]`` like HF."""
-        t = x.shape[-1]
-        if t == self.max_samples:
-            return x
-        if t == 0:
+        if x.shape[-1] == 0:
             raise ValueError("cannot featurise an empty waveform")
-        if self.padding == "repeat":
-            x = x.repeat(1, self.max_samples // t + 1)[:, : self.max_samples]
-        elif self.padding == "repeatpad":
-            x = x.repeat(1, self.max_samples // t)
-        return F.pad(x, (0, self.max_samples - x.shape[-1]))
+        return pad_to_length(x, self.max_samples, self.padding)
 
     def fix_length(
         self,
