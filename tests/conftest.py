@@ -44,6 +44,17 @@ def tiny_clap_dir(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def tiny_clap_dropout_dir(tmp_path_factory) -> Path:
+    """The tiny CLAP with hidden and attention dropout 0.2 (HTSAT's BatchNorm is always there)."""
+    from birdbridge.encoders import tiny
+
+    d = tmp_path_factory.mktemp("tiny_clap_dropout")
+    corpus = ["the song of a Red Barred Warbler", "a recording of Setophaga coronata", "bird calling"]
+    model, proc = tiny.build_tiny_clap(corpus, d / "tok", seed=0, dropout=0.2)
+    return tiny.save_clap(model.eval(), proc, d / "clap")
+
+
+@pytest.fixture(scope="session")
 def tiny_open_clip_dir(tmp_path_factory) -> Path:
     """A random-init tiny open_clip ViT CLIP in the ``local-dir:`` layout."""
     from birdbridge.encoders import tiny

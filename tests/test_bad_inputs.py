@@ -227,7 +227,8 @@ def test_train_skips_bad_clips_and_refuses_to_train_on_nothing(corpus, tiny_clap
     ({"batch_size": "eight"}, "config key 'batch_size' must be int, got 'eight'"),
     ({"batchsize": 8}, "unknown key 'batchsize'"),
     ({"lr_head": [0.1]}, "config key 'lr_head' must be float"),
-    ({"prompt_type": "poetic"}, "config key 'prompt_type' must be one of"),
+    ({"prompt_types": ["poetic"]}, "config key 'prompt_types' must be a non-empty list"),
+    ({"prompt_type": "mixed"}, "config key 'prompt_type' was renamed: use prompt_types"),
     ({"student": "/nowhere/clap"}, "/nowhere/clap"),
 ])
 def test_bad_train_config_names_the_key(corpus, tiny_clap_dir, tiny_open_clip_dir, tmp_path, train, expect):

@@ -18,8 +18,9 @@ from birdbridge.errors import ModelNotAvailableError
 META = {
     "student_id": "davidrrobinson/BioLingual",
     "teacher_id": "hf-hub:imageomics/bioclip-2",
-    "prompt_recipe": {"prompt_type": "mixed", "template_set": "openai"},
+    "prompt_recipe": {"prompt_types": ["common", "scientific", "taxonomic"], "template_set": "openai"},
     "training": {"steps": 3, "loss": "infonce"},
+    "train_species": ["amecro", "blujay"],
 }
 
 

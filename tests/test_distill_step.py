@@ -30,13 +30,13 @@ def small_world(tmp_path_factory):
 
 def test_only_student_and_head_change(small_world, tiny_clap_dir, tiny_open_clip_dir, tmp_path):
     cfg = TrainConfig.from_dict({"student": str(tiny_clap_dir), "teacher": str(tiny_open_clip_dir), "cache_dir": str(tmp_path),
-                                 "prompt_type": "mixed", "batch_size": 8, "lr_encoder": 1e-2, "lr_head": 1e-2})
+                                 "prompt_types": ["mixed"], "batch_size": 8, "lr_encoder": 1e-2, "lr_head": 1e-2})
     teacher = Teacher.load(str(tiny_open_clip_dir))
     teacher_before = _digest(teacher.model)
     text = species_text_embeddings(cfg, small_world)
     student = build_student(cfg, teacher.dim)
     assert not hasattr(student, "text_model"), "the CLAP text tower must not be in the training graph"
-    module = DistillModule(student, text, prompt_type="mixed", lr_encoder=1e-2, lr_head=1e-2, warmup_steps=0, total_steps=10)
+    module = DistillModule(student, text, prompt_types="mixed", lr_encoder=1e-2, lr_head=1e-2, warmup_steps=0, total_steps=10)
     before = {n: p.detach().clone() for n, p in module.named_parameters()}
     table_before = module.text_table.clone()
     ds = AudioClipDataset(small_world, small_world.audio_split("train"), student.sample_rate, student.window_samples)

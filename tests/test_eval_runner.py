@@ -37,7 +37,7 @@ def _cfg(**kw) -> EvalConfig:
         ({"synthetic": {"seed": 0, "soundscapes": {"n_file": 2}}}, "'synthetic.soundscapes.n_file'"),
         ({"train": {"lr_heads": 1.0}}, "'train.lr_heads'"),
         ({"train": {"batch_size": "big"}}, "'train.batch_size'"),
-        ({"train": {"prompt_type": "latin"}}, "'prompt_type'"),
+        ({"train": {"prompt_types": ["latin"]}}, "'prompt_types'"),
         ({"methods": ["distilled", "magic"]}, "'methods'"),
         ({"prompt_ablation": ["klingon"]}, "'prompt_ablation'"),
         ({"seed": "zero"}, "'seed'"),

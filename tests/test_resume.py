@@ -11,9 +11,12 @@ depends on is either in the checkpoint or a function of the config:
   interrupted epoch's batches were trained, so the resumed run starts at the next one;
 * crops: ``(seed, epoch, index)``, whichever loader worker decodes the clip (a run with 2
   workers, killed and resumed, still equals the 0-worker unbroken run); prompt types: ``(seed, global step, rank)``;
-* global RNG streams (dropout): saved by the module and restored before the first
-  resumed step; the logit-scale clamp happens inside the optimiser step, so checkpoints
-  hold the clamped value the unbroken run goes on with.
+* global RNG streams (dropout, active: the student here has dropout 0.2 and trains in
+  train mode): saved by the module and restored before the first resumed step; the
+  loaders draw their worker seeds from their own generators, so starting an epoch does
+  not advance the stream between a checkpoint and the next step; the logit-scale clamp
+  happens inside the optimiser step, so checkpoints hold the clamped value the unbroken
+  run goes on with.
 
 Not covered: a different thread count or device (float reductions reorder), a resumed
 run with another world size (a warning says the epoch's remaining batches differ).
@@ -58,7 +61,7 @@ def _config(tmp: Path, world: Path, clap: Path, teacher: Path, cache: Path) -> P
     cfg = {"data": {"kind": "csv", "path": str(world / "world.csv")},
            "train": {"student": str(clap), "teacher": str(teacher), "cache_dir": str(cache), "batch_size": 8,
                      "max_epochs": EPOCHS, "num_workers": 0, "progress": False, "accelerator": "cpu", "devices": 1,
-                     "warmup_steps": 0, "lr_encoder": 1e-3, "lr_head": 1e-2, "seed": 3, "prompt_type": "mixed",
+                     "warmup_steps": 0, "lr_encoder": 1e-3, "lr_head": 1e-2, "seed": 3, "prompt_types": ["mixed"], "encoder_mode": "train",
                      "val_split": "none", "log_every_n_steps": 1}}
     path = tmp / "train.yaml"
     path.write_text(yaml.safe_dump(cfg))
@@ -96,20 +99,24 @@ def _zero_shot_accuracy(vectors: np.ndarray, labels: list[str], text: dict[str, 
 
 
 @pytest.fixture(scope="module")
-def runs(world, tiny_clap_dir, tiny_open_clip_dir, tmp_path_factory):
+def runs(world, tiny_clap_dropout_dir, tiny_open_clip_dir, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("resume_runs")
-    config = _config(tmp, world, tiny_clap_dir, tiny_open_clip_dir, tmp / "cache")
+    config = _config(tmp, world, tiny_clap_dropout_dir, tiny_open_clip_dir, tmp / "cache")
     ref = _train(config, tmp / "ref")  # also fills the text cache, so every run starts alike
     assert ref.returncode == 0, ref.stderr[-2000:]
     assert "Traceback" not in ref.stderr
     assert _ckpt_step(tmp / "ref")[0] == STEPS_PER_EPOCH * EPOCHS
+    import json
+
+    saved = json.loads((tmp / "ref" / "model" / "config.json").read_text())
+    assert saved["audio_config"]["hidden_dropout_prob"] == 0.2 and saved["training"]["encoder_mode"] == "train"
     coll = load_world(world)
     test = coll.audio_split("test")
     clips = [Path(coll.resolve(a.path)) for a in test]
     from birdbridge.distill.train import TrainConfig, species_text_embeddings
 
     cfg = TrainConfig.from_dict({"teacher": str(tiny_open_clip_dir), "cache_dir": str(tmp / "cache"),
-                                 "prompt_type": "taxonomic"})
+                                 "prompt_types": ["taxonomic"]})
     mat = species_text_embeddings(cfg, coll)["taxonomic"].numpy()  # [S, D], rows in coll.species order
     text = dict(zip([s.id for s in coll.species], mat))
     return {"tmp": tmp, "config": config, "clips": clips, "labels": [a.species_id for a in test], "text": text,

@@ -47,12 +47,26 @@ def test_openai_templates_are_the_80_imagenet_ones():
     assert "a bad photo of a Yellow-rumped Warbler." in ps
 
 
-def test_mixed_samples_every_type_and_is_seeded():
-    assert resolve_prompt_types("mixed") == PROMPT_TYPES
+def test_mixed_is_the_papers_three_types_and_is_seeded():
+    # the paper samples common names, scientific names and taxonomic descriptions
+    assert resolve_prompt_types("mixed") == ("common", "scientific", "taxonomic")
     a = sample_prompt_types("mixed", 500, random.Random(1))
     b = sample_prompt_types("mixed", 500, random.Random(1))
-    assert a == b and set(a) == set(PROMPT_TYPES)
+    assert a == b and set(a) == {"common", "scientific", "taxonomic"}
     assert sample_prompt_types("common", 3, random.Random(0)) == ["common"] * 3
+
+
+def test_prompt_type_lists_name_any_of_the_five():
+    assert resolve_prompt_types(["taxonomic_common", "common"]) == ("taxonomic_common", "common")
+    assert resolve_prompt_types(["mixed", "common", "scientific_common"]) == (
+        "common", "scientific", "taxonomic", "scientific_common")  # expanded, no repeats
+    assert resolve_prompt_types(list(PROMPT_TYPES)) == PROMPT_TYPES
+    assert set(sample_prompt_types(["scientific_common", "taxonomic_common"], 200, random.Random(0))) == {
+        "scientific_common", "taxonomic_common"}
+    with pytest.raises(ValueError, match="unknown prompt type"):
+        resolve_prompt_types(["common", "latin"])
+    with pytest.raises(ValueError, match="no prompt types"):
+        resolve_prompt_types([])
 
 
 def test_unknown_prompt_type_is_a_clear_error():

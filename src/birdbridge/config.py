@@ -46,6 +46,10 @@ def from_dict(cls: type[T], data: dict | None, where: str = "") -> T:
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls)}
     unknown = sorted(set(data) - set(fields))
+    renamed = getattr(cls, "RENAMED_KEYS", {})
+    for key in unknown:
+        if key in renamed:
+            raise ConfigError(f"config key {where + key!r} was renamed: use {where}{renamed[key]}")
     if unknown:
         raise ConfigError(f"unknown key {where + unknown[0]!r} (expected one of: {', '.join(sorted(fields))})")
     kwargs = {}

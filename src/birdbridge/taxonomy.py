@@ -21,6 +21,9 @@ PROMPT_TYPES: tuple[str, ...] = (
     "taxonomic_common",
 )
 MIXED = "mixed"
+# The paper samples these three per training example; ``mixed`` names them. The two
+# ``*_common`` formats stay available by name (they are BioCLIP's, not the paper's mix).
+PAPER_PROMPT_TYPES: tuple[str, ...] = ("common", "scientific", "taxonomic")
 TEMPLATE_SETS: tuple[str, ...] = ("single", "openai")
 
 
@@ -134,18 +137,28 @@ def prompts(sp: Species, prompt_type: str, template_set: str = "single") -> list
     return [t(body) for t in templates(template_set)]
 
 
-def resolve_prompt_types(prompt_type: str) -> tuple[str, ...]:
-    """The concrete prompt types a training recipe needs (``mixed`` → all five)."""
-    if prompt_type == MIXED:
-        return PROMPT_TYPES
-    if prompt_type not in PROMPT_TYPES:
-        raise ValueError(f"unknown prompt type {prompt_type!r}; expected one of {PROMPT_TYPES + (MIXED,)}")
-    return (prompt_type,)
+def resolve_prompt_types(prompt_types: str | Sequence[str]) -> tuple[str, ...]:
+    """The concrete prompt types a training recipe samples from, in order, without repeats.
+
+    ``prompt_types`` is one name or a list of names; each is a prompt type or ``mixed``
+    (the paper's three: :data:`PAPER_PROMPT_TYPES`)."""
+    names = [prompt_types] if isinstance(prompt_types, str) else list(prompt_types)
+    if not names:
+        raise ValueError(f"no prompt types given; expected some of {PROMPT_TYPES + (MIXED,)}")
+    out: dict[str, None] = {}
+    for name in names:
+        if name == MIXED:
+            out.update(dict.fromkeys(PAPER_PROMPT_TYPES))
+        elif name in PROMPT_TYPES:
+            out[name] = None
+        else:
+            raise ValueError(f"unknown prompt type {name!r}; expected one of {PROMPT_TYPES + (MIXED,)}")
+    return tuple(out)
 
 
-def sample_prompt_types(prompt_type: str, n: int, rng: random.Random) -> list[str]:
-    """One prompt type per example: fixed, or drawn uniformly when ``mixed``."""
-    types = resolve_prompt_types(prompt_type)
+def sample_prompt_types(prompt_types: str | Sequence[str], n: int, rng: random.Random) -> list[str]:
+    """One prompt type per example: fixed, or drawn uniformly from the resolved list."""
+    types = resolve_prompt_types(prompt_types)
     if len(types) == 1:
         return [types[0]] * n
     return [rng.choice(types) for _ in range(n)]

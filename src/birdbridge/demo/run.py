@@ -30,7 +30,7 @@ from ..io import atomic_write_json, atomic_write_text
 from ..retrieval.embed import embed_audio, embed_images
 
 DEMO_TRAIN = {
-    "prompt_type": "mixed",
+    "prompt_types": ["mixed"],  # the paper's three: common, scientific, taxonomic
     "template_set": "single",
     "head": "linear",
     "batch_size": 32,

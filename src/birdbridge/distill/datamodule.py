@@ -23,6 +23,7 @@ from __future__ import annotations
 import logging
 
 import lightning as L
+import torch
 from torch.utils.data import DataLoader
 from torch.utils.data.distributed import DistributedSampler
 
@@ -74,7 +75,7 @@ class DistillData(L.LightningDataModule):
         self.sampler = EpochShuffleSampler(len(self.train_ds), seed=self.seed, batch_size=batch, rank=rank, world_size=world)
         # drop_last keeps every step's contrastive batch (and every rank's gather) full-size
         loader = DataLoader(self.train_ds, batch_size=batch, sampler=self.sampler, drop_last=True,
-                            num_workers=self.num_workers, collate_fn=collate_clips)
+                            num_workers=self.num_workers, collate_fn=collate_clips, generator=self._generator())
         self._batches_per_epoch = len(loader)
         if self._resume_state:
             self._apply_resume(self._resume_state, world)
@@ -87,7 +88,13 @@ class DistillData(L.LightningDataModule):
         rank, world = self._rank_world()
         sampler = DistributedSampler(self.val_ds, num_replicas=world, rank=rank, shuffle=False) if world > 1 else None
         return DataLoader(self.val_ds, batch_size=self.batch_size, sampler=sampler, num_workers=self.num_workers,
-                          collate_fn=collate_clips)
+                          collate_fn=collate_clips, generator=self._generator())
+
+    def _generator(self) -> torch.Generator:
+        # A loader's own generator: starting an iterator (every epoch, every validation)
+        # draws its workers' base seed from it instead of the global torch RNG, which
+        # dropout draws from and which a resumed run restores only at its first step.
+        return torch.Generator().manual_seed(self.seed)
 
     # ------------------------------------------------------------------ checkpoint state
     def state_dict(self) -> dict:

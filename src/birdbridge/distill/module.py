@@ -49,7 +49,7 @@ class DistillModule(L.LightningModule):
         student: AudioStudent,
         text_embeddings: dict[str, torch.Tensor],
         *,
-        prompt_type: str = "mixed",
+        prompt_types: str | list[str] = "mixed",
         loss: str = "infonce",
         positives: str = "multi",
         lr_encoder: float = 1e-5,
@@ -58,13 +58,14 @@ class DistillModule(L.LightningModule):
         warmup_steps: int = 100,
         total_steps: int = 1000,
         freeze_encoder: bool = False,
+        encoder_mode: str = "train",
         init_temperature: float = 0.07,
         learn_temperature: bool = True,
         seed: int = 0,
     ):
         super().__init__()
         self.student = student
-        self.prompt_types = list(resolve_prompt_types(prompt_type))
+        self.prompt_types = list(resolve_prompt_types(prompt_types))
         missing = [p for p in self.prompt_types if p not in text_embeddings]
         if missing:
             raise ValueError(f"text embeddings missing for prompt types {missing}")
@@ -76,12 +77,34 @@ class DistillModule(L.LightningModule):
         self.loss_fn = build_loss("species_softmax") if loss == "species_softmax" else build_loss("infonce", positives=positives)
         self.lr_encoder, self.lr_head, self.weight_decay = lr_encoder, lr_head, weight_decay
         self.warmup_steps, self.total_steps = warmup_steps, max(1, total_steps)
+        if encoder_mode not in ("train", "eval"):
+            raise ValueError(f"encoder_mode must be 'train' or 'eval', got {encoder_mode!r}")
         self.freeze_encoder = freeze_encoder
+        self.encoder_mode = "eval" if freeze_encoder else encoder_mode
         self.seed = seed
         self.skips = SkipLog()
         if freeze_encoder:
             self.student.audio_model.requires_grad_(False)
             self.student.audio_projection.requires_grad_(False)
+        self.set_train_modes()
+
+    # ---------------------------------------------------------------- module modes
+    def set_train_modes(self) -> None:
+        """Trainable parts in train mode; the CLAP encoder in ``encoder_mode``.
+
+        Pretrained models load in eval mode and Lightning (>= 2.2) keeps each submodule's
+        mode at fit start, and its validation loop restores the modes it found. So they
+        are set here, explicitly: at construction (before Lightning's eval-mode check), at
+        every epoch start and before every training step (so also after validation). A
+        frozen encoder stays in eval mode: dropout off, BatchNorm statistics fixed.
+        """
+        self.train()
+        if self.encoder_mode == "eval":
+            self.student.audio_model.eval()
+            self.student.audio_projection.eval()
+
+    def on_train_epoch_start(self) -> None:
+        self.set_train_modes()
 
     def setup(self, stage: str) -> None:
         # DDP: gather features across ranks with gradients, so the contrastive batch is
@@ -142,6 +165,7 @@ class DistillModule(L.LightningModule):
         self._pending_rng = checkpoint.get("birdbridge_rng")
 
     def on_train_batch_start(self, batch, batch_idx) -> None:
+        self.set_train_modes()
         # Restored here, not at load time, so nothing between loading and the first
         # resumed step (model setup, loader start-up) consumes the restored stream.
         if getattr(self, "_pending_rng", None) is not None:

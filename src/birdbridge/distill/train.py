@@ -8,6 +8,7 @@ import math
 import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import ClassVar
 
 import torch
 
@@ -23,11 +24,15 @@ from ..taxonomy import MIXED, PROMPT_TYPES, TEMPLATE_SETS, resolve_prompt_types
 from .text_cache import TextEmbeddingCache
 
 
+ENCODER_MODES = ("train", "eval")
+
+
 @dataclass
 class TrainConfig:
     student: str = DEFAULT_STUDENT
     teacher: str = DEFAULT_TEACHER
-    prompt_type: str = MIXED
+    # sampled uniformly per example; `mixed` = the paper's three (common, scientific, taxonomic)
+    prompt_types: list[str] = field(default_factory=lambda: [MIXED])
     template_set: str = "single"
     head: str = "linear"
     head_hidden_dim: int = 1024
@@ -40,6 +45,10 @@ class TrainConfig:
     weight_decay: float = 0.01
     warmup_steps: int = 100
     freeze_encoder: bool = False
+    # train: dropout on and HTSAT's BatchNorm statistics updating while the encoder
+    # fine-tunes (ordinary fine-tuning); eval: the mode the pretrained model loads in.
+    # A frozen encoder is always in eval mode.
+    encoder_mode: str = "train"
     init_temperature: float = 0.07
     learn_temperature: bool = True
     seed: int = 0
@@ -56,9 +65,18 @@ class TrainConfig:
     log_every_n_steps: int = 10
     progress: bool = True
 
+    RENAMED_KEYS: ClassVar[dict[str, str]] = {"prompt_type": "prompt_types (a list, e.g. [mixed] or [common])"}
+
     def validate(self) -> None:
-        if self.prompt_type not in PROMPT_TYPES + (MIXED,):
-            raise ConfigError(f"config key 'prompt_type' must be one of {PROMPT_TYPES + (MIXED,)}, got {self.prompt_type!r}")
+        if isinstance(self.prompt_types, str):
+            self.prompt_types = [self.prompt_types]
+        try:
+            resolve_prompt_types(self.prompt_types)
+        except ValueError:
+            raise ConfigError(f"config key 'prompt_types' must be a non-empty list from {PROMPT_TYPES + (MIXED,)}, "
+                              f"got {self.prompt_types!r}") from None
+        if self.encoder_mode not in ENCODER_MODES:
+            raise ConfigError(f"config key 'encoder_mode' must be one of {ENCODER_MODES}, got {self.encoder_mode!r}")
         if self.template_set not in TEMPLATE_SETS:
             raise ConfigError(f"config key 'template_set' must be one of {TEMPLATE_SETS}, got {self.template_set!r}")
         if self.head not in ("linear", "mlp"):
@@ -73,6 +91,14 @@ class TrainConfig:
     @classmethod
     def from_dict(cls, d: dict | None) -> "TrainConfig":
         return from_dict(cls, d)
+
+    @property
+    def resolved_prompt_types(self) -> tuple[str, ...]:
+        return resolve_prompt_types(self.prompt_types)
+
+    def uses_gpu(self) -> bool:
+        """Whether Lightning will put this run on CUDA devices."""
+        return self.accelerator in ("gpu", "cuda") or (self.accelerator == "auto" and torch.cuda.is_available())
 
 
 def _precision(cfg: TrainConfig) -> str:
@@ -91,8 +117,10 @@ def build_student(cfg: TrainConfig, out_dim: int) -> AudioStudent:
 
 def species_text_embeddings(cfg: TrainConfig, collection: Collection) -> dict[str, torch.Tensor]:
     cache = TextEmbeddingCache(Path(cfg.cache_dir).expanduser())
-    return cache.get_many(cfg.teacher, collection.species, resolve_prompt_types(cfg.prompt_type), cfg.template_set,
-                          lambda: load_teacher(cfg.teacher))
+    # a cache miss embeds every species prompt: on the GPU when training will use one
+    device = "cuda" if cfg.uses_gpu() and torch.cuda.is_available() else "cpu"
+    return cache.get_many(cfg.teacher, collection.species, cfg.resolved_prompt_types, cfg.template_set,
+                          lambda: load_teacher(cfg.teacher, device=device))
 
 
 def _good_batch_counter():
@@ -137,10 +165,10 @@ def distill(collection: Collection, cfg: TrainConfig, out_dir: str | Path, *, re
     # one-process count; under DDP the module reads per-rank steps from the trainer
     steps_per_epoch = data.steps_per_epoch()
     module = DistillModule(
-        student, text, prompt_type=cfg.prompt_type, loss=cfg.loss, positives=cfg.positives,
+        student, text, prompt_types=list(cfg.resolved_prompt_types), loss=cfg.loss, positives=cfg.positives,
         lr_encoder=cfg.lr_encoder, lr_head=cfg.lr_head, weight_decay=cfg.weight_decay,
         warmup_steps=cfg.warmup_steps, total_steps=steps_per_epoch * cfg.max_epochs,
-        freeze_encoder=cfg.freeze_encoder, init_temperature=cfg.init_temperature,
+        freeze_encoder=cfg.freeze_encoder, encoder_mode=cfg.encoder_mode, init_temperature=cfg.init_temperature,
         learn_temperature=cfg.learn_temperature, seed=cfg.seed,
     )
     good_batches = _good_batch_counter()
@@ -153,19 +181,30 @@ def distill(collection: Collection, cfg: TrainConfig, out_dir: str | Path, *, re
         log_every_n_steps=min(cfg.log_every_n_steps, steps_per_epoch), deterministic="warn",
         num_sanity_val_steps=0, limit_val_batches=1.0 if data.val_ds is not None else 0,
         use_distributed_sampler=False,  # DistillData's sampler shards each epoch itself
+        # BatchNorm statistics over the global batch under DDP (Lightning applies this only
+        # with more than one process). torch's SyncBatchNorm runs on GPUs only: CPU (gloo)
+        # runs keep per-rank batch statistics, and DDP broadcasts rank 0's running ones.
+        sync_batchnorm=cfg.uses_gpu(),
     )
     last = out_dir / "checkpoints" / "last.ckpt"
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", ".*does not have many workers.*")
         warnings.filterwarnings("ignore", ".*deterministic.*")
+        # Lightning's own use of a torch API torch deprecated; nothing a user can change
+        warnings.filterwarnings("ignore", r".*isinstance\(treespec, LeafSpec\)` is deprecated.*")
         # DistillData resumes mid-epoch through its own checkpoint state, which this
         # Lightning check (it looks for a stateful DataLoader) does not see
         warnings.filterwarnings("ignore", ".*dataloader is not resumable.*")
+        if module.encoder_mode == "eval":
+            # the configured mode (or a frozen encoder): the eval-mode modules are intended
+            warnings.filterwarnings("ignore", ".*module\\(s\\) in eval mode at the start of training.*")
         trainer.fit(module, datamodule=data, ckpt_path=str(last) if resume and last.exists() else None)
     meta = {
         "student_id": cfg.student,
         "teacher_id": cfg.teacher,
-        "prompt_recipe": {"prompt_type": cfg.prompt_type, "template_set": cfg.template_set},
+        "prompt_recipe": {"prompt_types": list(cfg.resolved_prompt_types), "template_set": cfg.template_set},
+        # lets an evaluation check that a given model never heard its held-out species
+        "train_species": sorted({it.species_id for it in train_items}),
         "training": {k: v for k, v in asdict(cfg).items() if k not in ("student", "teacher")},
     }
     model = DistilledModel.from_student(module.student.cpu(), meta).eval()

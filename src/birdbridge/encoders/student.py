@@ -96,6 +96,7 @@ class DistilledModel(AudioStudent):
             "teacher_id": self.meta.get("teacher_id"),
             "prompt_recipe": self.meta.get("prompt_recipe"),
             "training": self.meta.get("training"),
+            "train_species": self.meta.get("train_species"),  # ids, so an evaluation can check held-out species
             "head": self.head.spec.to_dict(),
             "audio_config": self.audio_model.config.to_dict(),
             "preprocessing": fe,
@@ -130,7 +131,8 @@ class DistilledModel(AudioStudent):
             ClapProjectionLayer(audio_cfg),
             ProjectionHead(HeadSpec(**cfg["head"])),
             fe,
-            meta={k: cfg.get(k) for k in ("student_id", "teacher_id", "prompt_recipe", "training")},
+            meta={k: cfg.get(k) for k in ("student_id", "teacher_id", "prompt_recipe", "training")}
+            | ({"train_species": cfg["train_species"]} if cfg.get("train_species") is not None else {}),
         )
         state = load_file(str(directory / WEIGHTS_NAME))
         missing, unexpected = model.load_state_dict(state, strict=False)

@@ -23,11 +23,15 @@ OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
 
 
-def tiny_audio_config(projection_dim: int = 32) -> dict:
+def tiny_audio_config(projection_dim: int = 32, dropout: float = 0.0) -> dict:
+    """HTSAT's shape, tiny. ``dropout`` > 0 sets hidden and attention dropout (the real
+    BioLingual config has hidden dropout 0.1) so train/eval mode makes a difference beyond
+    the encoder's BatchNorm over mel bins."""
     return dict(
         spec_size=64, num_mel_bins=32, window_size=4, patch_size=4, patch_stride=[4, 4],
         patch_embeds_hidden_size=16, depths=[1, 1], num_attention_heads=[2, 2], hidden_size=32,
-        projection_dim=projection_dim, enable_fusion=False, hidden_dropout_prob=0.0,
+        projection_dim=projection_dim, enable_fusion=False, hidden_dropout_prob=dropout,
+        attention_probs_dropout_prob=dropout,
     )
 
 
@@ -59,7 +63,8 @@ def build_tokenizer(corpus: Iterable[str], out_dir: str | Path, vocab_size: int 
     return RobertaTokenizer(vocab=str(out_dir / "vocab.json"), merges=str(out_dir / "merges.txt"), model_max_length=max_length)
 
 
-def build_tiny_clap(corpus: Iterable[str], work_dir: str | Path, seed: int = 0, projection_dim: int = 32, sampling_rate: int = 16000):
+def build_tiny_clap(corpus: Iterable[str], work_dir: str | Path, seed: int = 0, projection_dim: int = 32, sampling_rate: int = 16000,
+                    dropout: float = 0.0):
     """Random-init tiny ``ClapModel`` + ``ClapProcessor`` (tokenizer trained on ``corpus``)."""
     from transformers import ClapConfig, ClapModel, ClapProcessor
 
@@ -67,7 +72,7 @@ def build_tiny_clap(corpus: Iterable[str], work_dir: str | Path, seed: int = 0, 
     text = dict(vocab_size=len(tok), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
                 intermediate_size=64, max_position_embeddings=tok.model_max_length + 4, projection_dim=projection_dim,
                 hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
-    cfg = ClapConfig(text_config=text, audio_config=tiny_audio_config(projection_dim), projection_dim=projection_dim)
+    cfg = ClapConfig(text_config=text, audio_config=tiny_audio_config(projection_dim, dropout), projection_dim=projection_dim)
     torch.manual_seed(seed)
     model = ClapModel(cfg)
     proc = ClapProcessor(feature_extractor=tiny_feature_extractor(sampling_rate), tokenizer=tok)

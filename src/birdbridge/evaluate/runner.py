@@ -194,6 +194,7 @@ def load_eval_config(path: str | Path) -> EvalConfig:
 # --------------------------------------------------------------------------- models
 def _model_key(train_cfg, train_species: list[str], setting: Setting) -> str:
     recipe = {k: v for k, v in dataclasses.asdict(train_cfg).items() if k not in RUNTIME_KEYS}
+    recipe["prompt_types"] = list(train_cfg.resolved_prompt_types)  # [mixed] trains what its three types train
     h = hashlib.sha256(json.dumps([recipe, sorted(train_species), setting.fingerprint], sort_keys=True, default=str).encode())
     return h.hexdigest()[:16]
 
@@ -205,7 +206,7 @@ def distilled_model(setting: Setting, train_cfg, train_species: list[str], work:
 
     key = _model_key(train_cfg, train_species, setting)
     ckpt = work / "models" / key / "train" / "model"
-    info = {"key": key, "prompt_type": train_cfg.prompt_type, "n_train_species": len(train_species)}
+    info = {"key": key, "prompt_types": list(train_cfg.resolved_prompt_types), "n_train_species": len(train_species)}
     prebuilt = setting.prebuilt_model(train_cfg, train_species, RUNTIME_KEYS)
     for source, path in (("reused", prebuilt), ("cached", ckpt)):
         if path is not None and is_distilled_checkpoint(path):
@@ -214,7 +215,7 @@ def distilled_model(setting: Setting, train_cfg, train_species: list[str], work:
     coll = setting.train_collection
     if len(train_species) < len(coll.species):
         coll = coll.subset_species(train_species)
-    log(f"distilling ({train_cfg.prompt_type}, {len(train_species)} species) -> {ckpt}")
+    log(f"distilling ({'+'.join(train_cfg.resolved_prompt_types)}, {len(train_species)} species) -> {ckpt}")
     t0 = time.time()
     with _quiet_training():
         model = distill(coll, train_cfg, ckpt.parent)
@@ -303,7 +304,7 @@ def run_eval(config: EvalConfig | str | Path, out: str | Path, *, log=print) -> 
         t0 = time.time()
         ablation = {"eval_text_prompt_type": cfg.text.prompt_type, "arms": {}}
         for pt in cfg.prompt_ablation:
-            arm_cfg = cfg.train_config(**{**setting.train_overrides, "prompt_type": pt})
+            arm_cfg = cfg.train_config(**{**setting.train_overrides, "prompt_types": [pt]})
             name = f"distilled[{pt}]"
             if "distilled" in models and _model_key(arm_cfg, all_train, setting) == models["distilled"]["key"]:
                 name = "distilled"  # this arm is the main model: same recipe, already embedded

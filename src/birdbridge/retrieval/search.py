@@ -156,18 +156,22 @@ def rank_images(index: ImageIndex, window_vecs: np.ndarray, k: int, aggregate: s
 def species_text_matrix(index: ImageIndex, model, species=None, cache_dir: str | Path | None = None):
     """``(species list, [S, D] teacher text embeddings)`` via the on-disk text cache.
 
-    Prompts follow the model's training recipe; a ``mixed`` recipe (all prompt types) is
+    Prompts follow the model's training recipe; a recipe of several prompt types is
     answered with the mean of every type's embedding, renormalised.
     """
     from ..distill.text_cache import TextEmbeddingCache
     from ..encoders.teacher import Teacher
-    from ..taxonomy import resolve_prompt_types
+    from ..taxonomy import PROMPT_TYPES, resolve_prompt_types
 
     species = list(species) if species is not None else index.species()
     if not species:
         raise ConfigError("no species to guess from: the index has no species names; pass a species list")
     recipe = _model_meta(model).get("prompt_recipe") or {}
-    types = resolve_prompt_types(recipe.get("prompt_type") or "taxonomic_common")
+    if recipe.get("prompt_types"):
+        types = resolve_prompt_types(recipe["prompt_types"])
+    else:  # checkpoints before prompt_types: one type, or "mixed", which then meant all five
+        legacy = recipe.get("prompt_type") or "taxonomic_common"
+        types = PROMPT_TYPES if legacy == "mixed" else resolve_prompt_types(legacy)
     template_set = recipe.get("template_set") or "single"
     # Reuse the distillation run's cache entries: they are keyed by the id string training used.
     model_teacher = _model_meta(model).get("teacher_id")
