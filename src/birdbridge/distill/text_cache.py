@@ -61,6 +61,8 @@ class TextEmbeddingCache:
         prompt_type: str,
         template_set: str,
         load_teacher: Callable[[], object],
+        *,
+        progress: bool = False,
     ) -> torch.Tensor:
         """``load_teacher`` is called only on a miss, so a warm cache never builds the teacher."""
         from safetensors.torch import load_file, save_file
@@ -72,7 +74,7 @@ class TextEmbeddingCache:
             return load_file(str(path))["embeddings"]
         self.misses += 1
         teacher = load_teacher()
-        emb = teacher.embed_species(list(species), prompt_type, template_set).float().contiguous()
+        emb = teacher.embed_species(list(species), prompt_type, template_set, progress=progress).float().contiguous()
         meta = {
             "teacher_id": teacher_id,
             "prompt_type": prompt_type,
@@ -90,7 +92,8 @@ class TextEmbeddingCache:
         tmp_path.unlink(missing_ok=True)
         return emb
 
-    def get_many(self, teacher_id, species, prompt_types, template_set, load_teacher) -> dict[str, torch.Tensor]:
+    def get_many(self, teacher_id, species, prompt_types, template_set, load_teacher, *,
+                 progress: bool = False) -> dict[str, torch.Tensor]:
         teacher_box: list = []
 
         def lazy():
@@ -98,4 +101,4 @@ class TextEmbeddingCache:
                 teacher_box.append(load_teacher())
             return teacher_box[0]
 
-        return {pt: self.get(teacher_id, species, pt, template_set, lazy) for pt in prompt_types}
+        return {pt: self.get(teacher_id, species, pt, template_set, lazy, progress=progress) for pt in prompt_types}

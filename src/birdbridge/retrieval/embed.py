@@ -192,8 +192,8 @@ def _windows(path, sr: int, n: int, hop: int, start_s, end_s):
     Short recordings are decoded whole and cut by :func:`window_starts` (the last window
     aligned to the end). Recordings over :data:`STREAM_ABOVE_S` are streamed with
     :func:`~birdbridge.data.audio.iter_windows`: same windows, except that the last one is
-    zero-padded instead of end-aligned (the length is not known before the end), and the
-    silence check runs over the whole stream.
+    the padded tail instead of end-aligned (the length is not known before the end), and
+    the silence check runs over the whole stream.
     """
     from ..data.audio import SILENCE_PEAK, audio_info, iter_windows
 
@@ -239,17 +239,65 @@ def embed_images(teacher, inputs: Sequence[str | Path], *, batch_size: int = 64,
     return Embeddings(vectors, rows, skips, {"model": teacher.model_id, "space": "teacher", "kind": "image"})
 
 
-def embed_texts(encoder, texts: Sequence[str]) -> Embeddings:
-    """``encoder`` is a Teacher (teacher text tower) or a ``(ClapModel, tokenizer)`` pair (student's own)."""
-    if isinstance(encoder, tuple):
-        import torch
+TEXT_BATCH = 256  # prompts per forward pass: activations for one batch at a time, whatever the count
 
-        clap, tok = encoder
+
+def text_progress(label: str, total: int, enabled: bool):
+    """A rich progress bar on stderr as a context manager yielding ``advance(n)``; silent unless ``enabled``."""
+    import contextlib
+
+    if not enabled:
+        return contextlib.nullcontext(lambda n: None)
+
+    @contextlib.contextmanager
+    def bar():
+        from rich.console import Console
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+        with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                      console=Console(stderr=True), transient=True) as prog:
+            task = prog.add_task(label, total=total)
+            yield lambda n: prog.advance(task, n)
+
+    return bar()
+
+
+def _clap_text_batches(clap, tok):
+    import torch
+
+    # on the model's device (a CLAP moved to the GPU embeds there); fakes without parameters stay on the CPU
+    param = next(iter(clap.parameters()), None) if hasattr(clap, "parameters") else None
+    device = param.device if param is not None else torch.device("cpu")
+
+    def run(chunk: list[str]) -> np.ndarray:
         with torch.no_grad():
-            enc = tok(list(texts), padding=True, truncation=True, return_tensors="pt")
-            vec = clap.get_text_features(**enc).pooler_output.float().numpy()
+            enc = tok(chunk, padding=True, truncation=True, return_tensors="pt")
+            enc = {k: v.to(device) for k, v in enc.items()}
+            return clap.get_text_features(**enc).pooler_output.float().cpu().numpy()
+
+    return run
+
+
+def embed_texts(encoder, texts: Sequence[str], *, batch_size: int = TEXT_BATCH, progress: bool = False) -> Embeddings:
+    """``encoder`` is a Teacher (teacher text tower) or a ``(ClapModel, tokenizer)`` pair (student's own).
+
+    Texts go through the tower ``batch_size`` at a time on the encoder's own device, so
+    memory holds one batch of activations plus the ``[N, D]`` result however many texts
+    there are (a soundscape label space with its prompts runs to tens of thousands).
+    ``progress`` shows a bar on stderr.
+    """
+    texts = list(texts)
+    if isinstance(encoder, tuple):
+        clap, tok = encoder
+        run = _clap_text_batches(clap, tok)
         name, space = getattr(clap, "name_or_path", "clap"), "clap"
     else:
-        vec = encoder.encode_text(list(texts)).numpy()
+        run = lambda chunk: encoder.encode_text(chunk).numpy()  # noqa: E731 - the Teacher embeds on its device
         name, space = encoder.model_id, "teacher"
-    return Embeddings(_unit(vec), [{"input": t} for t in texts], SkipLog(), {"model": name, "space": space, "kind": "text"})
+    parts = []
+    with text_progress(f"embedding {len(texts)} texts ({space})", len(texts), progress) as advance:
+        for i in range(0, len(texts), batch_size):
+            parts.append(_unit(run(texts[i : i + batch_size])))
+            advance(len(parts[-1]))
+    vec = np.concatenate(parts) if parts else np.zeros((0, 0), np.float32)
+    return Embeddings(vec, [{"input": t} for t in texts], SkipLog(), {"model": name, "space": space, "kind": "text"})
