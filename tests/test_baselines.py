@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from birdbridge.evaluate import baselines as B
-from birdbridge.taxonomy import PROMPT_TYPES, Species
+from birdbridge.taxonomy import Species
 
 SPECIES = [
     Species(f"s{i}", f"Genus{i % 3} epithet{i}", f"Bird {i}", order="Ordiformes", family=f"Fam{i % 2}idae")
@@ -48,10 +48,15 @@ def test_fit_ridge_rejects_bad_input():
         B.fit_ridge(np.ones((3, 2)), np.ones((3, 2)), alpha=-1)
 
 
-def test_species_prompt_strings_cover_every_type_once():
-    texts = B.species_prompt_strings(SPECIES, "single")
-    assert len(texts) == len(set(texts)) == len(SPECIES) * len(PROMPT_TYPES)
-    assert "a photo of Bird 3." in texts
+CLAP_TEMPLATES = ["the song of a {}", "a recording of {}"]
+
+
+def test_text_mapping_pairs_clap_captions_with_teacher_prompts_of_the_same_species_and_type():
+    pairs = B.text_mapping_pairs(SPECIES, ["common", "taxonomic"], CLAP_TEMPLATES)
+    assert len(pairs) == len(SPECIES) * 2 * 2
+    assert ("the song of a Bird 3", 3, "common") in pairs
+    assert ("a recording of Animalia Chordata Aves Ordiformes Fam1idae Genus0 epithet3", 3, "taxonomic") in pairs
+    assert not any(c.startswith("a photo of") for c, _, _ in pairs)  # BioCLIP's wording is for the teacher
 
 
 # --- text_mapping end to end through embed_texts, with encoders whose spaces are known ---
@@ -71,15 +76,24 @@ class _Out:
 
 
 class FakeClap:
-    """Stands in for ``ClapModel``: text i -> a fixed random unit vector."""
+    """Stands in for ``ClapModel``: it reads a CLAP caption ("the song of a X") as its name X;
+    anything else (BioCLIP's "a photo of X.") lands somewhere unrelated, as off-distribution
+    text would."""
 
     name_or_path = "fake-clap"
 
     def __init__(self):
         self.texts: list[str] = []
 
+    def _vec(self, text: str) -> np.ndarray:
+        for t in CLAP_TEMPLATES:
+            head = t.split("{}")[0]
+            if text.startswith(head):
+                return _clap_vec(text[len(head):])
+        return _clap_vec("off-distribution: " + text)
+
     def get_text_features(self, input_ids, **_):
-        return _Out(torch.tensor(np.stack([_clap_vec(self.texts[i]) for i in input_ids.tolist()]), dtype=torch.float32))
+        return _Out(torch.tensor(np.stack([self._vec(self.texts[i]) for i in input_ids.tolist()]), dtype=torch.float32))
 
 
 class FakeTokenizer:
@@ -92,19 +106,16 @@ class FakeTokenizer:
         return {"input_ids": torch.arange(start, start + len(texts))}
 
 
-class FakeTeacher:
-    """Teacher text space = CLAP text space under the orthonormal map W_TRUE (norms preserved)."""
-
-    model_id = "fake-teacher"
-
-    def encode_text(self, texts):
-        return torch.tensor(np.stack([_clap_vec(t) @ W_TRUE for t in texts]), dtype=torch.float32)
-
-
 def test_text_mapping_recovers_the_map_and_carries_it_to_new_inputs():
+    from birdbridge.taxonomy import prompt_body
+
     clap = FakeClap()
-    lin = B.fit_text_mapping((clap, FakeTokenizer(clap)), FakeTeacher(), SPECIES, alpha=1e-6)
-    assert lin.n_pairs == len(SPECIES) * len(PROMPT_TYPES)
+    types = ["common", "scientific", "taxonomic"]
+    # the teacher's species rows: its own space is the CLAP names' space under W_TRUE
+    rows = {pt: np.stack([_clap_vec(prompt_body(sp, pt)) @ W_TRUE for sp in SPECIES]) for pt in types}
+    lin = B.fit_text_mapping((clap, FakeTokenizer(clap)), rows, SPECIES, templates=CLAP_TEMPLATES, alpha=1e-6)
+    assert lin.n_pairs == len(SPECIES) * len(types) * len(CLAP_TEMPLATES)
+    assert all(t.startswith(("the song of a ", "a recording of ")) for t in clap.texts)  # CLAP read CLAP captions
     np.testing.assert_allclose(lin.weight, W_TRUE, atol=1e-3)
     np.testing.assert_allclose(lin.bias, 0.0, atol=1e-3)
     # Applied to vectors it never saw (as CLAP audio embeddings are), it lands on W x.

@@ -156,6 +156,18 @@ def test_runner_reuses_demo_models(demo_run, tmp_path):
     assert saved["versions"]["torch"] and saved["config"]["synthetic"]["reuse"] == str(demo_out)
     report = (out / "report.md").read_text()
     assert "| distilled |" in report and "Prompt-type ablation" in report and "*chance*" in report
+    # what a reader needs to judge the numbers: encoder mode, prompt types, label-space size
+    recipe = res["training_recipe"]
+    assert recipe["prompt_types"] == ["common", "scientific", "taxonomic"]
+    assert f"audio encoder in **{recipe['encoder_mode']}** mode" in report
+    assert "training prompt types **common, scientific, taxonomic**" in report
+    sc = res["setting"]["soundscapes"]
+    assert sc["label_space"] == "annotated" and f"Label space: **{sc['n_species']} classes**" in report
+    assert methods["distilled"]["zero_shot_soundscape"]["n_species_present"] <= sc["n_species"]
+    # the text mapping pairs the CLAP templates' captions with the teacher's prompts, per training prompt type
+    tm = res["embedding"]["text_mappings"]["text_mapping"]
+    assert tm["clap_templates"] == ["the song of a {}"] and tm["prompt_types"] == ["common", "scientific", "taxonomic"]
+    assert tm["n_pairs"] == 24 * 3
     for f in ("per_species_ap.png", "similarity.png", "pr_curves.png"):
         assert (out / f).read_bytes()[:8] == PNG
 
@@ -176,11 +188,32 @@ def test_runner_trains_arms_and_unseen_split_then_caches(demo_run, tmp_path):
     d = un["methods"]["distilled"]
     assert d["zero_shot_focal"]["n_classes"] == 12 and d["audio_to_image"]["all"]["ranks"]["species"]["chance_map"] > 0
     assert "zero_shot_soundscape" not in d
-    assert "Unseen species" in (out / "report.md").read_text() and not (out / "pr_curves.png").exists()
+    report = (out / "report.md").read_text()
+    assert "Unseen species" in report and not (out / "pr_curves.png").exists()
+    rec = un["reconciliation"]  # one collection trains and evaluates here: found by id
+    assert (rec["n_held_out"], rec["n_matched"], rec["n_unmatched"], rec["matched_by"]) == (12, 12, 0, {"same_id": 12})
+    assert rec["n_train_species_removed"] == 12 and un["n_train_species"] == 12
+    assert "Held-out species reconciled with the training data: **12 of 12 found** (12 by same id)" in report
     # A second run finds every model in the work dir's cache.
     res2 = run_eval(cfg, out, log=lambda m: None)
     assert {m["source"] for m in res2["models"].values()} == {"cached"}
     assert res2["unseen"]["methods"]["distilled"] == d
+
+
+def test_runner_takes_an_already_distilled_checkpoint(demo_run, tmp_path):
+    demo_out, demo_results = demo_run
+    base = {"synthetic": {"seed": 0, "reuse": str(demo_out), "soundscapes": None}, "methods": ["distilled"],
+            "distilled_model": str(demo_out / "model"), "plots": False, "knn_ks": [1]}
+    res = run_eval(_cfg(**base), tmp_path / "eval", log=lambda m: None)
+    info = res["models"]["distilled"]
+    assert info["source"] == "given" and info["n_train_species"] == 24 and info["prompt_types"]
+    assert res["main"]["methods"]["distilled"]["audio_to_image"]["all"]["ranks"]["species"]["map"] == pytest.approx(
+        demo_results["methods"]["distilled"]["map"], abs=1e-6)
+    # as the unseen arm it is refused: it heard the held-out species
+    with pytest.raises(ConfigError, match="'unseen.distilled_model': .* was trained on 12 held-out species"):
+        run_eval(_cfg(**base, unseen={"distilled_model": str(demo_out / "model")}), tmp_path / "eval2", log=lambda m: None)
+    with pytest.raises(ConfigError, match="'distilled_model': .* not a birdbridge distilled checkpoint"):
+        run_eval(_cfg(**{**base, "distilled_model": str(demo_out / "student")}), tmp_path / "eval3", log=lambda m: None)
 
 
 # --------------------------------------------------------------------------- score CLI

@@ -69,6 +69,8 @@ def category_species(cat: dict) -> Species:
             "audio_dir_name": cat.get("audio_dir_name", ""),
             "evaluation": int(cat.get("evaluation", 0) or 0),
             "supercategory": cat.get("supercategory", ""),
+            # the 2024 release has no iNaturalist taxon id; a JSON that carries one keeps it
+            **{k: cat[k] for k in ("taxon_id", "inat_taxon_id") if cat.get(k) not in (None, "")},
         },
     )
 

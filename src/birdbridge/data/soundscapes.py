@@ -21,9 +21,16 @@ Two input formats:
 
 eBird codes become species through a taxonomy CSV with at least ``species_code,
 scientific_name, common_name`` (optional ranks; the official eBird taxonomy CSV with
-``SPECIES_CODE, SCI_NAME, PRIMARY_COM_NAME, ORDER1, FAMILY`` works as is). Species ids are
-the codes. Codes missing from the taxonomy are counted in ``unknown_codes`` and logged in
-``collection.skips`` (reason ``unknown_code``); they never produce a target column.
+``SPECIES_CODE, SCI_NAME, PRIMARY_COM_NAME, ORDER (ORDER1), FAMILY, CATEGORY, REPORT_AS``
+works as is). Species ids are the codes. Where a ``CATEGORY`` column exists only
+``species`` rows are species: a subspecies group or form (``issf``, ``form``, ...) whose
+``REPORT_AS`` names a species counts as that species, and spuh/slash/hybrid rows are not
+species at all. Codes missing from the taxonomy are counted in ``unknown_codes`` and logged
+in ``collection.skips`` (reason ``unknown_code``); they never produce a target column.
+
+The label space (``collection.species``, the target columns, the candidates of zero-shot
+scoring) is, as in BirdSet, the dataset's own: the species annotated in it, or a class
+list (``classes``); ``all_species`` takes the whole species-level taxonomy instead.
 """
 
 from __future__ import annotations
@@ -73,6 +80,9 @@ class Soundscapes:
     # Set by segment CSVs: the fixed segments and their codes, used as-is for targets.
     segments: list[tuple[str, float, float]] | None = None
     segment_codes: list[list[str]] | None = None
+    label_space: str = "annotated"  # "annotated", "class_list" or "taxonomy"
+    n_events_outside_label_space: int = 0
+    taxonomy: dict[str, Species] = field(default_factory=dict)  # eBird code (and alias) -> species
 
 
 def _first(row: dict[str, str], cols: tuple[str, ...]) -> str:
@@ -80,18 +90,50 @@ def _first(row: dict[str, str], cols: tuple[str, ...]) -> str:
 
 
 def load_taxonomy(taxonomy_csv: str | Path) -> dict[str, Species]:
-    """eBird code → :class:`Species` from a user or official eBird taxonomy CSV."""
+    """eBird code → species-level :class:`Species` from a user or official eBird taxonomy CSV.
+
+    Aliases (an ``issf``/``form``/... code whose ``REPORT_AS`` is a species) map to their
+    species' object, whose ``id`` is the species code."""
     out: dict[str, Species] = {}
+    aliases: dict[str, str] = {}
     for row in read_csv_rows(taxonomy_csv):
         code = _first(row, _CODE_COLS)
         sci = clean_name(_first(row, _SCI_COLS))
         if not code or not sci:
             continue
+        category = row.get("category", "").strip().lower()
+        if category and category != "species":
+            if row.get("report_as", "").strip():
+                aliases[code] = row["report_as"].strip()
+            continue
         r = dict(row, scientific_name=sci, common_name=_first(row, _COMMON_COLS))
         out[code] = species_from_row(r, code, extra={"species_code": code})
+    for code, parent in aliases.items():
+        if parent in out and code not in out:
+            out[code] = out[parent]
     if not out:
-        raise ConfigError(f"{taxonomy_csv}: no rows with a species code and a scientific name (columns {_CODE_COLS[:2]} and {_SCI_COLS[:2]})")
+        raise ConfigError(f"{taxonomy_csv}: no species rows with a species code and a scientific name "
+                          f"(columns {_CODE_COLS[:2]} and {_SCI_COLS[:2]})")
     return out
+
+
+def read_class_list(path: str | Path) -> list[str]:
+    """eBird codes, one per line (``#`` comments), or a CSV's ``species_code``/``ebird_code`` column."""
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"class list not found: {p}")
+    if p.suffix.lower() == ".csv":
+        rows = read_csv_rows(p)
+        col = next((c for c in _CODE_COLS if rows and c in rows[0]), None)
+        if col is None:
+            raise ConfigError(f"{p}: a class-list CSV needs one of the columns {', '.join(_CODE_COLS)}")
+        codes = [r[col] for r in rows if r.get(col)]
+    else:
+        codes = [ln.split("#", 1)[0].strip() for ln in p.read_text(encoding="utf-8-sig").splitlines()]
+        codes = [c for c in codes if c]
+    if not codes:
+        raise ConfigError(f"{p}: the class list is empty")
+    return list(dict.fromkeys(codes))
 
 
 def parse_codes(value: str) -> list[str]:
@@ -112,7 +154,20 @@ def _resolve_taxonomy(csv_path: Path, taxonomy_csv) -> Path:
     raise ConfigError(f"soundscapes need a taxonomy CSV mapping eBird codes to species (taxonomy_csv=…); none next to {csv_path}")
 
 
-def _build(name, csv_path, taxa, files, events, audio_root, skips, all_species, **kw) -> Soundscapes:
+def _label_space(taxa, used: set[str], all_species: bool, classes) -> tuple[list[Species], str]:
+    by_id = {sp.id: sp for sp in taxa.values()}
+    if classes is not None:
+        unknown = [c for c in classes if c not in taxa]
+        if unknown:
+            raise ConfigError(f"class list names {len(unknown)} code(s) that are no species in the taxonomy: "
+                              f"{', '.join(unknown[:5])}")
+        return [by_id[i] for i in dict.fromkeys(taxa[c].id for c in classes)], "class_list"
+    if all_species:
+        return [by_id[i] for i in sorted(by_id)], "taxonomy"
+    return [by_id[i] for i in sorted(used)], "annotated"
+
+
+def _build(name, csv_path, taxa, files, events, audio_root, skips, all_species, classes=None, **kw) -> Soundscapes:
     unknown: dict[str, int] = {}
     for ev in events:
         if ev.species_id is None:
@@ -120,16 +175,20 @@ def _build(name, csv_path, taxa, files, events, audio_root, skips, all_species, 
             skips.add(f"{ev.file}@{ev.start_s:g}", "unknown_code", ev.code)
     used = {ev.species_id for ev in events if ev.species_id is not None}
     if kw.get("segment_codes"):
-        used |= {c for codes in kw["segment_codes"] for c in codes if c in taxa}
-    species = [taxa[c] for c in sorted(taxa if all_species else used)]
+        used |= {c for codes in kw["segment_codes"] for c in codes}
+    species, label_space = _label_space(taxa, used, all_species, classes)
+    in_space = {sp.id for sp in species}
     items = [
         AudioItem(ev.file, ev.species_id, "", ev.start_s, ev.end_s, {"code": ev.code, "low_hz": ev.low_hz, "high_hz": ev.high_hz})
         for ev in events
-        if ev.species_id is not None
+        if ev.species_id in in_space
     ]
+    outside = sum(1 for ev in events if ev.species_id is not None and ev.species_id not in in_space)
     coll = Collection(name=name, species=species, audio=items, root=str(audio_root), skips=skips,
-                      meta={"source": str(csv_path), "format": "soundscape", "n_files": len(files), "n_events": len(events), "unknown_codes": unknown})
-    return Soundscapes(coll, files, events, str(audio_root), unknown, **kw)
+                      meta={"source": str(csv_path), "format": "soundscape", "n_files": len(files), "n_events": len(events),
+                            "unknown_codes": unknown, "label_space": label_space, "n_classes": len(species)})
+    return Soundscapes(coll, files, events, str(audio_root), unknown, label_space=label_space,
+                       n_events_outside_label_space=outside, taxonomy=taxa, **kw)
 
 
 def load_soundscape_annotations(
@@ -138,13 +197,15 @@ def load_soundscape_annotations(
     audio_root: str | Path | None = None,
     *,
     all_species: bool = False,
+    classes: list[str] | None = None,
     scan_audio_root: bool = False,
 ) -> Soundscapes:
     """Load Cornell-style box annotations.
 
-    ``all_species`` keeps every taxonomy species (a fixed label space) instead of only the
-    annotated ones. ``scan_audio_root`` adds audio files under ``audio_root`` that have no
-    annotation row, as fully negative files (for sets where every call was annotated).
+    The label space is the annotated species; ``classes`` (eBird codes) names it instead,
+    and ``all_species`` takes every species of the taxonomy. ``scan_audio_root`` adds audio
+    files under ``audio_root`` that have no annotation row, as fully negative files (for
+    sets where every call was annotated).
     """
     csv_path = Path(annotations_csv)
     taxa = load_taxonomy(_resolve_taxonomy(csv_path, taxonomy_csv))
@@ -161,13 +222,13 @@ def load_soundscape_annotations(
             continue
         files.setdefault(fname, None)
         lo, hi = row.get("low_freq_hz", ""), row.get("high_freq_hz", "")
-        events.append(SoundEvent(fname, start, end, code, code if code in taxa else None,
+        events.append(SoundEvent(fname, start, end, code, taxa[code].id if code in taxa else None,
                                  float(lo) if lo else None, float(hi) if hi else None))
     if scan_audio_root and root.is_dir():
         for f in sorted(root.rglob("*")):
             if f.is_file() and f.suffix.lower() in AUDIO_EXTS:
                 files.setdefault(f.relative_to(root).as_posix(), None)
-    return _build(csv_path.stem, csv_path, taxa, sorted(files), events, root, skips, all_species)
+    return _build(csv_path.stem, csv_path, taxa, sorted(files), events, root, skips, all_species, classes)
 
 
 def load_segment_csv(
@@ -176,6 +237,7 @@ def load_segment_csv(
     audio_root: str | Path | None = None,
     *,
     all_species: bool = False,
+    classes: list[str] | None = None,
 ) -> Soundscapes:
     """Load fixed multi-label segments (BirdSet-style; format in the module docstring)."""
     csv_path = Path(csv_path)
@@ -195,9 +257,9 @@ def load_segment_csv(
         files.setdefault(fname, None)
         codes = parse_codes(_first(row, _LABEL_COLS))
         segments.append((fname, start, end))
-        seg_codes.append([c for c in codes if c in taxa])
-        events += [SoundEvent(fname, start, end, c, c if c in taxa else None) for c in codes]
-    return _build(csv_path.stem, csv_path, taxa, sorted(files), events, root, skips, all_species,
+        seg_codes.append([taxa[c].id for c in codes if c in taxa])
+        events += [SoundEvent(fname, start, end, c, taxa[c].id if c in taxa else None) for c in codes]
+    return _build(csv_path.stem, csv_path, taxa, sorted(files), events, root, skips, all_species, classes,
                   segments=segments, segment_codes=seg_codes)
 
 

@@ -45,7 +45,8 @@ def _taxa(root: Path) -> tuple[list[Species], dict[str, str]]:
     species, by_label = [], {}
     for r in rows:
         family, family_en = split_family(r.get("family", ""))
-        extra = {k: r[k] for k in ("label", "inat_taxon_id", "inat2021_label", "nabirds_labels") if r.get(k, "") != ""}
+        extra = {k: r[k] for k in ("label", "species_code", "inat_taxon_id", "inat2021_label", "nabirds_labels")
+                 if r.get(k, "") != ""}
         if family_en:
             extra["family_common_name"] = family_en
         sp = Species(

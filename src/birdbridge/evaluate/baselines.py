@@ -7,9 +7,13 @@ the distilled model:
   (:func:`random_projection_student`, the seed distillation starts from): what the
   architecture gives before any training.
 * ``text_mapping`` — a linear map from the student's own CLAP *text* space to the
-  teacher's text space, fitted by ridge least squares on species prompts only, then
+  teacher's text space, fitted by ridge least squares on species texts only, then
   applied to CLAP *audio* embeddings. It bets that CLAP's audio and text spaces are
-  aligned well enough for a text-fitted map to carry audio too.
+  aligned well enough for a text-fitted map to carry audio too. Each pair is a CLAP-style
+  caption (the CLAP templates the zero-shot combination uses, e.g. "the song of a {}")
+  and the teacher's embedding of the same species in the same prompt type (its BioCLIP
+  prompt), for the prompt types distillation trains on: each tower reads the text it was
+  trained on, the strongest honest form of the baseline.
 * ``zero_shot_combination`` — CLAP's own zero-shot posterior over species prompts
   (softmax with CLAP's logit scale) weights the teacher's species text embeddings.
   No training at all; it is only as good as CLAP's zero-shot classification.
@@ -19,11 +23,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Mapping, Sequence
 
 import numpy as np
 
-from ..taxonomy import PROMPT_TYPES, Species, prompts
+from ..taxonomy import Species, prompt_body
 
 
 def unit_rows(x: np.ndarray) -> np.ndarray:
@@ -71,29 +75,28 @@ def fit_ridge(x: np.ndarray, y: np.ndarray, alpha: float = 1e-2) -> LinearMap:
     return LinearMap(w, my - mx @ w, float(alpha), len(x))
 
 
-def species_prompt_strings(species: Sequence[Species], template_set: str = "single",
-                           prompt_types: Sequence[str] = PROMPT_TYPES) -> list[str]:
-    """Every prompt string of every species (all prompt types × templates), de-duplicated."""
-    seen: dict[str, None] = {}
-    for sp in species:
-        for pt in prompt_types:
-            for p in prompts(sp, pt, template_set):
-                seen.setdefault(p, None)
-    return list(seen)
+def text_mapping_pairs(species: Sequence[Species], prompt_types: Sequence[str], templates: Sequence[str]) -> list[tuple[str, int, str]]:
+    """``(CLAP caption, species index, prompt type)`` for every template × prompt type × species."""
+    return [(t.format(prompt_body(sp, pt)), i, pt) for i, sp in enumerate(species) for pt in prompt_types for t in templates]
 
 
-def fit_text_mapping(clap_text_encoder, teacher, species: Sequence[Species], *, template_set: str = "single",
-                     prompt_types: Sequence[str] = PROMPT_TYPES, alpha: float = 1e-2) -> LinearMap:
-    """Fit CLAP text space → teacher text space on the species' prompt strings.
+def fit_text_mapping(clap_text_encoder, teacher_rows: Mapping[str, np.ndarray], species: Sequence[Species], *,
+                     templates: Sequence[str], alpha: float = 1e-2, progress: bool = False) -> LinearMap:
+    """Fit CLAP text space → teacher text space on CLAP captions and the teacher's prompts.
 
     ``clap_text_encoder``: a ``(ClapModel, tokenizer)`` pair (see :func:`load_clap_text`);
-    ``teacher``: a :class:`~birdbridge.encoders.teacher.Teacher`.
+    ``teacher_rows[prompt type]``: the teacher's ``[len(species), D]`` species embeddings of
+    that prompt type (its prompts, template-averaged: the text cache's rows). One pair per
+    caption: ``x`` the CLAP caption ``template.format(name)``, ``y`` the teacher's row for the
+    same species and prompt type.
     """
     from ..retrieval.embed import embed_texts
 
-    texts = species_prompt_strings(species, template_set, prompt_types)
-    x = embed_texts(clap_text_encoder, texts).vectors
-    y = embed_texts(teacher, texts).vectors
+    if not templates or not teacher_rows:
+        raise ValueError("need at least one CLAP template and one prompt type")
+    pairs = text_mapping_pairs(species, list(teacher_rows), templates)
+    x = embed_texts(clap_text_encoder, [c for c, _, _ in pairs], progress=progress).vectors
+    y = np.stack([np.asarray(teacher_rows[pt][i], np.float32) for _, i, pt in pairs])
     return fit_ridge(x, y, alpha)
 
 
@@ -134,17 +137,16 @@ def clap_logit_scale(clap) -> float:
 
 
 def clap_species_text(clap_text_encoder, species: Sequence[Species], templates: Sequence[str],
-                      prompt_types: Sequence[str]) -> np.ndarray:
+                      prompt_types: Sequence[str], progress: bool = False) -> np.ndarray:
     """One CLAP text embedding per species: every (template, prompt type) string embedded,
     normalised, averaged, renormalised (the same recipe the teacher's prompts use)."""
     from ..retrieval.embed import embed_texts
-    from ..taxonomy import prompt_body
 
     if not templates or not prompt_types:
         raise ValueError("need at least one CLAP template and one prompt type")
     texts = [[t.format(prompt_body(sp, pt)) for t in templates for pt in prompt_types] for sp in species]
     flat = [s for row in texts for s in row]
-    emb = embed_texts(clap_text_encoder, flat).vectors.reshape(len(species), len(texts[0]), -1)
+    emb = embed_texts(clap_text_encoder, flat, progress=progress).vectors.reshape(len(species), len(texts[0]), -1)
     return unit_rows(emb.mean(axis=1))
 
 

@@ -52,7 +52,38 @@ def _sources(results: dict) -> list[str]:
     return sorted(_get(first, "audio_to_image", "by_source", default={}) or {})
 
 
+LABEL_SPACES = {"annotated": "the species annotated in the dataset", "class_list": "the configured class list",
+                "taxonomy": "every species of the taxonomy"}
+
+
 # --------------------------------------------------------------------------- markdown
+def _setup_lines(results: dict) -> list[str]:
+    recipe = results.get("training_recipe") or {}
+    lines = []
+    if recipe:
+        lines.append(f"Distillation: audio encoder in **{recipe.get('encoder_mode')}** mode while training; training "
+                     f"prompt types **{', '.join(recipe.get('prompt_types') or [])}** (one drawn per clip).")
+    models = results.get("models") or {}
+    if models:
+        lines.append("Models: " + "; ".join(
+            f"{name} {m.get('source')}" + (f" ({m.get('path')})" if m.get("source") == "given" else "")
+            + (f", encoder mode {m.get('encoder_mode')}" if m.get("source") == "given" else "") for name, m in models.items()) + ".")
+    return lines + [""] if lines else []
+
+
+def _reconciliation_lines(rec: dict | None) -> list[str]:
+    if not rec:
+        return []
+    by = ", ".join(f"{n} by {m.replace('_', ' ')}" for m, n in rec.get("matched_by", {}).items()) or "none"
+    missing = rec.get("unmatched") or []
+    return [f"Held-out species reconciled with the training data: **{rec.get('n_matched')} of {rec.get('n_held_out')} "
+            f"found** ({by}), **{rec.get('n_unmatched')} not found**"
+            + (f" ({', '.join(missing[:10])}{' …' if len(missing) > 10 else ''})" if missing else "")
+            + f"; {rec.get('n_train_species_removed')} training species removed. Of all {rec.get('n_eval_species')} "
+            f"evaluation species, {rec.get('n_eval_species_in_training')} are in the training data.", ""]
+
+
+
 def _retrieval_table(methods: dict, sources: list[str], chance_from: dict | None) -> list[str]:
     header = ["method", "A→I mAP", *[f"mAP {s}" for s in sources], "R@1", "R@5", "R@10"]
     rows = []
@@ -121,6 +152,7 @@ def render_markdown(results: dict) -> str:
         f"student `{st.get('student')}`. Text queries and zero-shot use the teacher's "
         f"`{_get(cfg, 'text', 'prompt_type')}` prompts (`{_get(cfg, 'text', 'template_set')}` templates).",
         "",
+        *_setup_lines(results),
         "## Audio → image retrieval (relevant = same species)",
         "",
         *_retrieval_table(methods, _sources(results), first or None),
@@ -141,8 +173,12 @@ def render_markdown(results: dict) -> str:
     sc = st.get("soundscapes")
     if sc:
         ss = first.get("zero_shot_soundscape", {})
+        n_unknown = sum((sc.get("unknown_codes") or {}).values())
         lines += [f"Soundscapes: {sc.get('n_files')} files, {sc.get('n_events')} events, {sc.get('window_s')} s windows "
-                  f"({ss.get('n_windows', 0)} windows, {ss.get('n_no_call_windows', 0)} without a call).", ""]
+                  f"({ss.get('n_windows', 0)} windows, {ss.get('n_no_call_windows', 0)} without a call). Label space: "
+                  f"**{sc.get('n_species')} classes** ({LABEL_SPACES.get(sc.get('label_space'), sc.get('label_space'))}); "
+                  f"{sc.get('n_events_outside_label_space', 0)} events outside it, {n_unknown} with a code not in the "
+                  "taxonomy's species.", ""]
     abl = results.get("prompt_ablation") or {}
     if abl.get("arms"):
         lines += ["## Prompt-type ablation (distilled, training prompt type varied)", "",
@@ -159,7 +195,8 @@ def render_markdown(results: dict) -> str:
         lines += ["## Unseen species", "",
                   f"Distilled on {un.get('n_train_species')} species; scored on {len(un.get('unseen_species', []))} species "
                   f"never heard in distillation (split `{_get(un, 'split', 'split')}`); zero-shot picks among the unseen "
-                  "species only. The text mapping is fitted on the seen species' prompts.", ""]
+                  "species only. The text mapping is fitted on the seen species' prompts.", "",
+                  *_reconciliation_lines(un.get("reconciliation"))]
         rows = []
         for name, res in un["methods"].items():
             m = _sp(res, "audio_to_image")

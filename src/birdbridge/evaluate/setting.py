@@ -51,13 +51,21 @@ class Setting:
                        and Path(str(saved.get("teacher_id"))).resolve() == Path(train_cfg.teacher).resolve())
         return Path(self.reuse_model_dir) if have == want and same_models else None
 
-    def train_species_excluding(self, held_eval_ids: list[str]) -> list[str]:
-        """Training species minus the held-out eval species (matched by id or scientific name,
-        since training and evaluation sets may label species differently)."""
-        by_id = self.eval_collection.species_by_id
-        names = {by_id[i].scientific_name.casefold() for i in held_eval_ids}
-        held = set(held_eval_ids)
-        return [sp.id for sp in self.train_collection.species if sp.id not in held and sp.scientific_name.casefold() not in names]
+    def reconcile_held_out(self, held_eval_ids: list[str], ebird_taxonomy: str | None = None):
+        """Which training species are the held-out evaluation species (see :mod:`.reconcile`).
+
+        Names are bridged through an eBird taxonomy: ``ebird_taxonomy``, else the soundscapes'."""
+        from .reconcile import reconcile
+
+        ebird = None
+        if ebird_taxonomy:
+            from ..data.soundscapes import load_taxonomy
+
+            ebird = load_taxonomy(ebird_taxonomy)
+        elif self.soundscapes is not None:
+            ebird = self.soundscapes.taxonomy
+        return reconcile(self.eval_collection.species, self.train_collection.species, held_eval_ids,
+                         same_collection=self.train_collection is self.eval_collection, ebird=ebird)
 
     def describe(self) -> dict:
         sc = self.soundscapes
@@ -70,7 +78,9 @@ class Setting:
             "student": self.student,
             "teacher": self.teacher,
             "soundscapes": None if sc is None else {"n_files": len(sc.files), "n_events": len(sc.events),
-                                                    "n_species": len(sc.collection.species), "unknown_codes": sc.unknown_codes,
+                                                    "n_species": len(sc.collection.species), "label_space": sc.label_space,
+                                                    "n_events_outside_label_space": sc.n_events_outside_label_space,
+                                                    "unknown_codes": sc.unknown_codes,
                                                     "window_s": self.window_s, "hop_s": self.hop_s},
             **self.meta,
         }
@@ -106,7 +116,11 @@ def _real(cfg, work: Path, log) -> Setting:
         s = cfg.soundscapes
         if not s.annotations:
             raise ConfigError("config key 'soundscapes.annotations' must name an annotations CSV")
-        opts = {"all_species": True}
+        opts: dict = {}  # label space: the annotated species, or the config's class list
+        if s.class_list:
+            from ..data.soundscapes import read_class_list
+
+            opts["classes"] = read_class_list(s.class_list)
         if s.taxonomy:
             opts["taxonomy_csv"] = s.taxonomy
         if s.audio_root:
@@ -172,7 +186,7 @@ def _synthetic(cfg, work: Path, log) -> Setting:
             world = SyntheticWorld(spec.seed)
             write_synthetic_soundscapes(world, [sp.id for sp in world.species], sdir,
                                         SoundscapeSpec(n_files=s.n_files, duration_s=s.duration_s), seed=spec.seed)
-        sc = load_soundscape_annotations(sdir / "annotations.csv", sdir / "taxonomy.csv", sdir / "soundscape_data", all_species=True)
+        sc = load_soundscape_annotations(sdir / "annotations.csv", sdir / "taxonomy.csv", sdir / "soundscape_data")
     overrides = {"student": student, "teacher": teacher, "cache_dir": cache_dir, "progress": False}
     for k, v in (("accelerator", "cpu"), ("devices", 1), ("num_workers", 0)):
         if k not in cfg.train:

@@ -10,6 +10,7 @@ a species subset (the unseen-species split) without re-embedding anything.
 
 from __future__ import annotations
 
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -86,6 +87,7 @@ class Evaluator:
 
         self.cfg, self.setting, self.train_cfg, self.log = cfg, setting, train_cfg, log
         self.device = ("cuda" if torch.cuda.is_available() else "cpu") if cfg.device == "auto" else cfg.device
+        self.progress = sys.stderr.isatty()  # bars for long text embeddings, for people watching only
         self.timings: dict[str, float] = {}
         self.skips: dict[str, SkipLog] = {}
         t0 = time.time()
@@ -127,6 +129,7 @@ class Evaluator:
         self._clap_text = None
         self._text_cache: dict[tuple, np.ndarray] = {}
         self.spaces: dict[str, Space | Callable] = {}
+        self.text_mappings: dict[str, dict] = {}
         self.timings["shared_s"] = time.time() - t0
 
     # ------------------------------------------------------------------ embedding
@@ -152,15 +155,22 @@ class Evaluator:
     @property
     def clap_text(self):
         if self._clap_text is None:
-            self._clap_text = load_clap_text(self.setting.student)
+            clap, tok = load_clap_text(self.setting.student)
+            self._clap_text = (clap.to(self.device), tok)
         return self._clap_text
 
     def add_text_mapping(self, name: str, train_species_ids: list[str]) -> None:
         by_id = self.setting.train_collection.species_by_id
         species = [by_id[i] for i in train_species_ids]
-        lin = fit_text_mapping(self.clap_text, self.teacher, species, template_set=self.train_cfg.template_set,
-                               alpha=self.cfg.ridge_alpha)
-        self.log(f"{name}: ridge map CLAP text -> teacher text fitted on {lin.n_pairs} prompts of {len(species)} species")
+        types = self.train_cfg.resolved_prompt_types  # the prompt types distillation trains on
+        rows = {pt: self.teacher_rows(species, pt, self.train_cfg.template_set) for pt in types}
+        lin = fit_text_mapping(self.clap_text, rows, species, templates=self.cfg.clap_text.templates,
+                               alpha=self.cfg.ridge_alpha, progress=self.progress)
+        self.text_mappings[name] = {"n_pairs": lin.n_pairs, "n_species": len(species), "prompt_types": list(types),
+                                    "clap_templates": list(self.cfg.clap_text.templates),
+                                    "teacher_template_set": self.train_cfg.template_set}
+        self.log(f"{name}: ridge map CLAP text -> teacher text fitted on {lin.n_pairs} CLAP captions of {len(species)} "
+                 f"species ({'+'.join(types)}), each paired with the teacher's prompt of that species and type")
         self.spaces[name] = {k: (lin.apply(v), ok) for k, (v, ok) in self.clap.items()}
 
     def add_zero_shot_combination(self, name: str) -> None:
@@ -180,21 +190,26 @@ class Evaluator:
         return s(view) if callable(s) else s
 
     # ------------------------------------------------------------------ texts
-    def teacher_text(self, species: list) -> np.ndarray:
+    def teacher_rows(self, species: list, prompt_type: str, template_set: str) -> np.ndarray:
+        """The teacher's species embeddings in one prompt format, through the on-disk text cache."""
         from ..distill.text_cache import TextEmbeddingCache
 
-        key = ("teacher", tuple(sp.id for sp in species))
+        key = ("teacher", prompt_type, template_set, tuple(sp.id for sp in species))
         if key not in self._text_cache:
             cache = TextEmbeddingCache(Path(self.setting.cache_dir).expanduser())
-            t = self.cfg.text
-            self._text_cache[key] = cache.get(self.setting.teacher, species, t.prompt_type, t.template_set, lambda: self.teacher).numpy()
+            self._text_cache[key] = cache.get(self.setting.teacher, species, prompt_type, template_set, lambda: self.teacher,
+                                              progress=self.progress).numpy()
         return self._text_cache[key]
+
+    def teacher_text(self, species: list) -> np.ndarray:
+        """The teacher's species texts for text queries and zero-shot (config key ``text``)."""
+        return self.teacher_rows(species, self.cfg.text.prompt_type, self.cfg.text.template_set)
 
     def clap_species_text(self, species: list) -> np.ndarray:
         key = ("clap", tuple(sp.id for sp in species))
         if key not in self._text_cache:
             c = self.cfg.clap_text
-            self._text_cache[key] = clap_species_text(self.clap_text, species, c.templates, c.prompt_types)
+            self._text_cache[key] = clap_species_text(self.clap_text, species, c.templates, c.prompt_types, self.progress)
         return self._text_cache[key]
 
     # ------------------------------------------------------------------ views and scoring
@@ -278,7 +293,7 @@ class Evaluator:
     def describe(self) -> dict:
         return {"device": self.device, "sets": {k: len(s.inputs) for k, s in self.sets.items()},
                 "n_images": len(self.image_labels), "clap_space_dim": int(self.clap["query"][0].shape[1]),
-                "teacher_dim": int(self.teacher.dim), "spaces": sorted(self.spaces),
+                "teacher_dim": int(self.teacher.dim), "spaces": sorted(self.spaces), "text_mappings": self.text_mappings,
                 "n_skipped": {k: len(v) for k, v in self.skips.items()}}
 
     def skips_summary(self) -> dict:
