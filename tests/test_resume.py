@@ -206,3 +206,19 @@ def test_resume_from_a_checkpoint_of_a_different_run_is_not_silently_wrong(runs)
     ref_w = load_file(runs["tmp"] / "ref" / "model" / "model.safetensors")
     new_w = load_file(runs["tmp"] / "seed4" / "model" / "model.safetensors")
     assert any(not torch.equal(ref_w[k], new_w[k]) for k in ref_w)
+
+
+def test_starting_an_epoch_leaves_the_global_rng_alone(world):
+    """Dropout draws from the global torch RNG, which a resumed run restores at its first
+    step. An unbroken run starts each epoch's loader between a checkpoint and the next step,
+    so that start must not draw from the global RNG (a DataLoader without its own generator
+    draws its workers' base seed there), or resumed dropout masks would differ."""
+    from birdbridge.distill.datamodule import DistillData
+
+    coll = load_world(world)
+    data = DistillData(coll, coll.audio_split("train"), coll.audio_split("test"), sample_rate=16000, n_samples=16000,
+                       batch_size=4, seed=3)
+    for loader in (data.train_dataloader(), data.val_dataloader()):
+        before = torch.get_rng_state()
+        iter(loader)
+        assert torch.equal(torch.get_rng_state(), before)

@@ -186,7 +186,8 @@ def render_markdown(results: dict) -> str:
         rows = []
         for pt, res in abl["arms"].items():
             m = _sp(res, "audio_to_image")
-            rows.append([pt, _f(m.get("map")), _f(m.get("recall@1")), _f(_sp(res, "audio_to_image", "genus").get("map")),
+            label = "mixed (common, scientific, taxonomic: the paper's)" if pt == "mixed" else pt
+            rows.append([label, _f(m.get("map")), _f(m.get("recall@1")), _f(_sp(res, "audio_to_image", "genus").get("map")),
                          _f(res.get("zero_shot_focal", {}).get("top1")), _f(res.get("knn", {}).get("knn@1")),
                          _f(res.get("zero_shot_soundscape", {}).get("cmap"))])
         lines += _table(["training prompts", "A→I mAP", "R@1", "genus mAP", "ZS top-1", "kNN@1", "SS cmAP"], rows)
