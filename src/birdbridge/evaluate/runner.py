@@ -16,7 +16,6 @@ import dataclasses
 import hashlib
 import json
 import logging
-import os
 import platform
 import random
 import time
@@ -357,9 +356,6 @@ def run_eval(config: EvalConfig | str | Path, out: str | Path, *, log=print) -> 
     if cfg.plots:
         report.write_plots(results, ev.plot_data(main_view), out)
     atomic_write_json(out / "skipped.json", ev.skips_summary())
-    for f in ("report.md", "skipped.json", *report.PLOT_FILES):
-        if (out / f).is_file():
-            os.chmod(out / f, 0o644)  # atomic writes create owner-only files; results are for sharing
     log(f"wrote {out / 'results.json'}, {out / 'report.md'} ({timings['total_s']:.0f} s)")
     return results
 

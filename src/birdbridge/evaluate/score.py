@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
@@ -184,20 +182,9 @@ def _json_safe(x: Any) -> Any:
 
 
 def write_json(result: dict, out: str | Path) -> Path:
-    """Write ``result`` to ``out`` atomically: a temp file in the same directory, then
-    ``os.replace``, so a crash never leaves a half-written results file."""
+    """Write ``result`` to ``out`` atomically (:mod:`birdbridge.io`), NaN as null."""
+    from ..io import atomic_write_text
+
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    text = json.dumps(_json_safe(result), indent=2, allow_nan=False)
-    fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text + "\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)  # mkstemp makes it owner-only; results are meant to be shared
-        os.replace(tmp, out)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write_text(out, json.dumps(_json_safe(result), indent=2, allow_nan=False) + "\n")
     return out
