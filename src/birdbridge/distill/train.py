@@ -14,11 +14,15 @@ import torch
 from ..config import from_dict
 from ..data.records import Collection
 from ..encoders.clap import DEFAULT_STUDENT, load_clap
+from ..devices import check_accelerator
+from ..encoders import hub
 from ..encoders.heads import HeadSpec
+from ..encoders.identity import identify
 from ..encoders.student import AudioStudent, DistilledModel
 from ..encoders.teacher import DEFAULT_TEACHER, load_teacher
 from ..errors import BadInputError, ConfigError
 from ..io import atomic_write_json
+from ..quiet import settle_lightning
 from ..taxonomy import MIXED, PROMPT_TYPES, TEMPLATE_SETS, resolve_prompt_types
 from .text_cache import TextEmbeddingCache
 
@@ -114,14 +118,29 @@ def _good_batch_counter():
     return GoodBatchCounter()
 
 
+def _trainer(cfg: TrainConfig, out_dir: Path, ckpt, good_batches, steps_per_epoch: int, data):
+    import lightning as L
+    from lightning.pytorch.loggers import CSVLogger
+
+    return L.Trainer(
+        max_epochs=cfg.max_epochs, accelerator=cfg.accelerator, devices=cfg.devices, num_nodes=cfg.num_nodes,
+        strategy=cfg.strategy, precision=_precision(cfg), logger=CSVLogger(out_dir, name="logs"),
+        callbacks=[ckpt, good_batches], enable_progress_bar=cfg.progress, enable_model_summary=False,
+        log_every_n_steps=min(cfg.log_every_n_steps, steps_per_epoch), deterministic="warn",
+        num_sanity_val_steps=0, limit_val_batches=1.0 if data.val_ds is not None else 0,
+        use_distributed_sampler=False,  # DistillData's sampler shards each epoch itself
+    )
+
+
 def distill(collection: Collection, cfg: TrainConfig, out_dir: str | Path, *, resume: bool = False) -> DistilledModel:
     """Train the student + head on ``collection``'s train split and save ``out_dir/model``."""
     import lightning as L
     from lightning.pytorch.callbacks import ModelCheckpoint
-    from lightning.pytorch.loggers import CSVLogger
     from .datamodule import DistillData
     from .module import DistillModule
 
+    check_accelerator(cfg.accelerator, cfg.devices)  # before any model loads: one line, not a traceback
+    settle_lightning()  # its INFO banners only with --verbose
     out_dir = Path(out_dir)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     text = species_text_embeddings(cfg, collection)
@@ -146,14 +165,12 @@ def distill(collection: Collection, cfg: TrainConfig, out_dir: str | Path, *, re
     good_batches = _good_batch_counter()
     ckpt = ModelCheckpoint(dirpath=out_dir / "checkpoints", save_last=True, every_n_train_steps=max(1, steps_per_epoch // 2),
                            save_top_k=0)
-    trainer = L.Trainer(
-        max_epochs=cfg.max_epochs, accelerator=cfg.accelerator, devices=cfg.devices, num_nodes=cfg.num_nodes,
-        strategy=cfg.strategy, precision=_precision(cfg), logger=CSVLogger(out_dir, name="logs"),
-        callbacks=[ckpt, good_batches], enable_progress_bar=cfg.progress, enable_model_summary=False,
-        log_every_n_steps=min(cfg.log_every_n_steps, steps_per_epoch), deterministic="warn",
-        num_sanity_val_steps=0, limit_val_batches=1.0 if data.val_ds is not None else 0,
-        use_distributed_sampler=False,  # DistillData's sampler shards each epoch itself
-    )
+    from lightning.fabric.utilities.exceptions import MisconfigurationException
+
+    try:
+        trainer = _trainer(cfg, out_dir, ckpt, good_batches, steps_per_epoch, data)
+    except MisconfigurationException as err:  # e.g. more devices than the node has, a bad strategy
+        raise ConfigError(f"Lightning refused the training setup: {str(err).splitlines()[0]}") from None
     last = out_dir / "checkpoints" / "last.ckpt"
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", ".*does not have many workers.*")
@@ -162,9 +179,11 @@ def distill(collection: Collection, cfg: TrainConfig, out_dir: str | Path, *, re
         # Lightning check (it looks for a stateful DataLoader) does not see
         warnings.filterwarnings("ignore", ".*dataloader is not resumable.*")
         trainer.fit(module, datamodule=data, ckpt_path=str(last) if resume and last.exists() else None)
+    # the teacher as it is (weights fingerprint + absolute id), so the model and any index
+    # built with it agree from any directory and after the folders move (encoders/identity.py)
     meta = {
-        "student_id": cfg.student,
-        "teacher_id": cfg.teacher,
+        "student_id": hub.normalise_model_id(cfg.student),
+        **identify(cfg.teacher).to_meta(),
         "prompt_recipe": {"prompt_type": cfg.prompt_type, "template_set": cfg.template_set},
         "training": {k: v for k, v in asdict(cfg).items() if k not in ("student", "teacher")},
     }

@@ -95,6 +95,19 @@ class ImageIndex:
         return self.manifest["teacher_id"]
 
     @property
+    def teacher(self):
+        """What the index's teacher is (:class:`~birdbridge.encoders.identity.TeacherRecord`),
+        with its folder where it is now (also after the index and teacher moved together)."""
+        from ..encoders.identity import recorded
+
+        return recorded(self.manifest, self.root)
+
+    def teacher_model_id(self) -> str:
+        """An id that loads the index's teacher from here: its folder as found now, else the stored id."""
+        t = self.teacher
+        return str(t.path) if t is not None and t.path is not None else self.teacher_id
+
+    @property
     def kind(self) -> str:
         return self.manifest["kind"]
 

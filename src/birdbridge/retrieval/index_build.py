@@ -35,10 +35,10 @@ from typing import Iterator
 import numpy as np
 
 from .. import __version__
-from ..distill.text_cache import teacher_fingerprint
+from ..encoders.identity import identify, recorded, same_teacher
 from ..errors import ConfigError, SkipLog
 from ..io import atomic_write_bytes, atomic_write_json
-from .index_format import FORMAT_VERSION, MANIFEST, META_COLUMNS, ImageRecord, Progress, _norm_model_id, build_faiss, choose_kind
+from .index_format import FORMAT_VERSION, MANIFEST, META_COLUMNS, ImageRecord, Progress, build_faiss, choose_kind
 
 PARTS_DIR = ".parts"
 
@@ -110,21 +110,24 @@ class _IndexWriter:
         """The manifest to extend and the records still to embed (the same on every rank)."""
         m = self._load_manifest()
         tid = _teacher_id(self._teacher_arg)
+        teacher = identify(tid)  # what the teacher is: weights fingerprint + absolute id
         if m is None:
-            m = {"format_version": FORMAT_VERSION, "birdbridge": __version__, "teacher_id": tid,
-                 "teacher_fingerprint": teacher_fingerprint(tid), "dim": None, "count": 0,
+            m = {"format_version": FORMAT_VERSION, "birdbridge": __version__, **teacher.to_meta(self.root),
+                 "dim": None, "count": 0,
                  "kind": None, "kind_requested": self.kind_requested, "state": "building", "shards": [],
                  "faiss_file": None, "faiss_count": 0, "skipped": [], "n_skipped": 0, "skip_counts": {},
                  "created": time.strftime("%Y-%m-%dT%H:%M:%S"), "updated": None}
         else:
-            if _norm_model_id(m["teacher_id"]) != _norm_model_id(tid):
+            built = recorded(m, self.root)
+            if not same_teacher(built, teacher):
+                if built is not None and built.id == teacher.id:
+                    # Same folder, other weights (a local teacher retrained in place): old and
+                    # new vectors would live in different spaces.
+                    raise ConfigError(f"the weights of teacher {tid!r} changed since {self.root} was built; "
+                                      "rebuild the index in a new directory")
                 raise ConfigError(f"{self.root} was built with teacher {m['teacher_id']!r}, not {tid!r}; "
                                   "use a new index directory for another teacher")
-            if m.get("teacher_fingerprint") and m["teacher_fingerprint"] != teacher_fingerprint(tid):
-                # Same id, other weights (a local teacher retrained in place): old and new
-                # vectors would live in different spaces.
-                raise ConfigError(f"the weights of teacher {tid!r} changed since {self.root} was built; "
-                                  "rebuild the index in a new directory")
+            m.update(teacher.to_meta(self.root))  # the same teacher, maybe moved: record where it is now
         indexed = {r["path"] for r in _all_rows(self.root, m)}  # read once: every shard's metadata
         if m.get("state") == "complete" and not self.add:
             # inputs skipped last time count as known: re-running the same build is not an --add

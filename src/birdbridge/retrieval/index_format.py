@@ -149,17 +149,9 @@ def _tune(index, kind: str) -> None:
         index.nprobe = min(IVF_NPROBE, index.nlist)
 
 
-def _norm_model_id(model_id: str | None) -> str:
-    """``local-dir:/x/teacher``, ``/x/teacher/`` and ``./teacher`` name the same teacher."""
-    if not model_id:
-        return ""
-    from ..encoders import hub
-
-    kind, ref = hub.split_model_id(model_id)
-    if kind == "local":
-        return "local:" + str(Path(ref).expanduser().resolve())
-    return f"{kind}:{ref}"
-
-
 def teachers_match(a: str | None, b: str | None) -> bool:
-    return _norm_model_id(a) == _norm_model_id(b)
+    """Two teacher *ids* name the same folder or hub repo (``local-dir:/x/t``, ``/x/t/``, ``./t``).
+    Artefacts compare what their teachers are instead: :func:`birdbridge.encoders.identity.same_teacher`."""
+    from ..encoders.hub import normalise_model_id
+
+    return normalise_model_id(a) == normalise_model_id(b)

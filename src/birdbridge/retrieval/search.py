@@ -27,7 +27,8 @@ from typing import Callable, Sequence
 import numpy as np
 
 from ..errors import BadInputError, ConfigError
-from .index import ImageIndex, teachers_match
+from ..encoders.identity import recorded, same_teacher
+from .index import ImageIndex
 
 AGGREGATES = ("max", "mean")
 DEFAULT_CACHE_DIR = "~/.cache/birdbridge/text"
@@ -74,12 +75,16 @@ class QueryResult:
 # --------------------------------------------------------------------------- model checks
 
 
-def load_search_model(model, index: ImageIndex, *, allow_teacher_mismatch: bool = False):
-    """Resolve ``model`` (id, directory or embedder) and check it searches ``index``'s space."""
+def load_search_model(model, index: ImageIndex, *, allow_teacher_mismatch: bool = False, device: str = "cpu"):
+    """Resolve ``model`` (id, directory or embedder) and check it searches ``index``'s space.
+
+    The model and the index must record the same teacher: the same weights (fingerprint),
+    wherever either was made or moved (:mod:`birdbridge.encoders.identity`).
+    """
     if isinstance(model, (str, Path)):
         from ..encoders.factory import load_audio_embedder
 
-        model = load_audio_embedder(str(model))
+        model = load_audio_embedder(str(model), device=device)
     if getattr(model, "space", None) != "teacher":
         raise ConfigError(
             f"model {getattr(model, 'name', model)!r} embeds audio in its own {getattr(model, 'space', '?')!r} space, "
@@ -88,16 +93,26 @@ def load_search_model(model, index: ImageIndex, *, allow_teacher_mismatch: bool 
     if model.dim != index.dim:
         raise ConfigError(f"model gives {model.dim}-d vectors but the index holds {index.dim}-d vectors "
                           f"(teacher {index.teacher_id})")
-    model_teacher = _model_meta(model).get("teacher_id")
-    if not model_teacher:
+    model_teacher = model_teacher_record(model)
+    if model_teacher is None:
         warnings.warn(f"model {model.name!r} does not record its teacher; assuming {index.teacher_id!r}", stacklevel=2)
-    elif not teachers_match(model_teacher, index.teacher_id):
-        msg = (f"model {model.name!r} was distilled onto teacher {model_teacher!r} but the index was built with "
-               f"{index.teacher_id!r}: their spaces differ, results would be meaningless")
+    elif not same_teacher(model_teacher, index.teacher):
+        msg = (f"model {model.name!r} was distilled onto teacher {_describe(model_teacher)} but the index was built "
+               f"with {_describe(index.teacher)}: their spaces differ, results would be meaningless")
         if not allow_teacher_mismatch:
             raise ConfigError(msg + " (override with allow_teacher_mismatch / --allow-teacher-mismatch)")
         warnings.warn(msg, stacklevel=2)
     return model
+
+
+def model_teacher_record(model):
+    """The teacher a loaded distilled model records (None when it records none)."""
+    inner = getattr(model, "model", None)
+    return recorded(_model_meta(model), getattr(inner, "source_dir", None))
+
+
+def _describe(teacher) -> str:
+    return f"{teacher.id!r}" + (f" (weights {teacher.fingerprint})" if teacher is not None and teacher.fingerprint else "")
 
 
 def _model_meta(model) -> dict:
@@ -169,11 +184,13 @@ def species_text_matrix(index: ImageIndex, model, species=None, cache_dir: str |
     recipe = _model_meta(model).get("prompt_recipe") or {}
     types = resolve_prompt_types(recipe.get("prompt_type") or "taxonomic_common")
     template_set = recipe.get("template_set") or "single"
-    # Reuse the distillation run's cache entries: they are keyed by the id string training used.
-    model_teacher = _model_meta(model).get("teacher_id")
-    tid = model_teacher if model_teacher and teachers_match(model_teacher, index.teacher_id) else index.teacher_id
+    # Keyed by the teacher's weights fingerprint, so the distillation run's entries are reused
+    # wherever the teacher folder is now; the teacher itself loads only on a miss.
+    teacher = index.teacher
     cache = TextEmbeddingCache(Path(cache_dir or os.environ.get("BIRDBRIDGE_CACHE", DEFAULT_CACHE_DIR)).expanduser())
-    per_type = cache.get_many(tid, species, types, template_set, lambda: Teacher.load(index.teacher_id))
+    per_type = cache.get_many(index.teacher_model_id(), species, types, template_set,
+                              lambda: Teacher.load(index.teacher_model_id()),
+                              fingerprint=teacher.fingerprint if teacher is not None else None)
     mat = np.mean([per_type[t].numpy() for t in types], axis=0)
     return species, _unit(mat)
 
@@ -240,6 +257,7 @@ def search_audio(
     cache_dir: str | Path | None = None,
     max_duration_s: float | None = None,
     allow_teacher_mismatch: bool = False,
+    device: str = "cpu",
     progress: Callable[[int], None] | None = None,
 ) -> list[QueryResult]:
     """Search ``index`` with each recording in ``paths``; one :class:`QueryResult` per path, in order.
@@ -248,7 +266,8 @@ def search_audio(
     A recording that cannot be decoded gives a result with ``error`` set (and no hits)
     instead of stopping the batch. ``guess=True`` (or a ``species`` list) adds a zero-shot
     species guess over ``species`` (default: the species named in the index metadata).
-    ``max_duration_s`` reads at most that much of each recording.
+    ``max_duration_s`` reads at most that much of each recording; ``device`` runs the model
+    (check it first with :func:`birdbridge.devices.resolve_device`).
     """
     from ..data.audio import load_audio
 
@@ -258,7 +277,7 @@ def search_audio(
         raise ConfigError(f"k must be at least 1, got {k}")
     if aggregate not in AGGREGATES:
         raise ConfigError(f"aggregate must be one of {AGGREGATES}, not {aggregate!r}")
-    model = load_search_model(model, index, allow_teacher_mismatch=allow_teacher_mismatch)
+    model = load_search_model(model, index, allow_teacher_mismatch=allow_teacher_mismatch, device=device)
     text = species_text_matrix(index, model, species, cache_dir) if guess or species is not None else None
     results = []
     for p in paths:

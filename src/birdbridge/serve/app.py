@@ -124,14 +124,16 @@ def _parse_k(raw, settings: ServeSettings) -> int:
 _NOT_AUDIO = {"unreadable", "missing"}
 
 
-def create_app(model, index, settings: ServeSettings | None = None) -> FastAPI:
-    """``model``: distilled checkpoint id/dir or loaded embedder; ``index``: directory or :class:`ImageIndex`."""
+def create_app(model, index, settings: ServeSettings | None = None, *, allow_teacher_mismatch: bool = False,
+               device: str = "cpu") -> FastAPI:
+    """``model``: distilled checkpoint id/dir or loaded embedder; ``index``: directory or :class:`ImageIndex`.
+    ``allow_teacher_mismatch`` only warns when their teachers differ; ``device`` runs the model."""
     from ..retrieval.index import ImageIndex
     from ..retrieval.search import load_search_model, search_wave, species_text_matrix
 
     settings = settings or ServeSettings()
     index = index if isinstance(index, ImageIndex) else ImageIndex.open(index)
-    model = load_search_model(model, index)
+    model = load_search_model(model, index, allow_teacher_mismatch=allow_teacher_mismatch, device=device)
     species_text = None
     if settings.guess_species and index.species():
         try:
@@ -278,10 +280,10 @@ def _page_html() -> str:
 
 
 def serve(model, index, host: str = "127.0.0.1", port: int = 8000, settings: ServeSettings | None = None,
-          log_level: str = "info") -> None:
+          log_level: str = "info", *, allow_teacher_mismatch: bool = False, device: str = "cpu") -> None:
     """Run the app with uvicorn (blocking)."""
     import uvicorn
 
-    app = create_app(model, index, settings)
+    app = create_app(model, index, settings, allow_teacher_mismatch=allow_teacher_mismatch, device=device)
     uvicorn.run(app, host=host, port=port, log_level=log_level,
                 timeout_keep_alive=5, limit_concurrency=64)
