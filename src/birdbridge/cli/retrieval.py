@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 from typing import Optional
 
 import typer
-from rich.console import Console
 
-from ._app import _device, _exit_status, _run_with_progress, app, console
+from ._app import DEVICE_HELP, _device, _exit_status, _run_with_progress, app, console, print_outputs
 
 
 @app.command("index")
@@ -23,7 +21,7 @@ def index_cmd(
     split: Optional[list[str]] = typer.Option(None, "--split", help="Only images of this split (repeatable)."),
     batch_size: int = typer.Option(64, "--batch-size", min=1, help="Images per forward pass."),
     shard_size: int = typer.Option(1024, "--shard-size", min=1, help="Images per committed shard (the resume granularity)."),
-    device: str = typer.Option("auto", "--device", help="cpu, cuda, or auto."),
+    device: str = typer.Option("auto", "--device", help=DEVICE_HELP),
     strict: bool = typer.Option(False, "--strict", help="Exit non-zero when any image was skipped."),
 ) -> None:
     """Embed a photo collection with the teacher and store it as a searchable index."""
@@ -34,6 +32,7 @@ def index_cmd(
     from ..retrieval.index import ImageIndex, choose_kind, records_from_source
 
     t0 = time.time()
+    device = rank_device(_device(device))  # as is an absent --device
     choose_kind(kind, 0)  # a typo in --kind fails before the teacher is loaded
     records = records_from_source(images, dataset, splits=split or ())
     if not records:
@@ -42,7 +41,7 @@ def index_cmd(
         raise ConfigError(f"no images found in {images}")
     # under torchrun/srun each rank embeds a block of every round of shards; rank 0 alone writes the index
     rank, world = rank_world()
-    model = Teacher.load(teacher, device=rank_device(_device(device)))
+    model = Teacher.load(teacher, device=device)
     before = ImageIndex.open(out).count if (out / "index.json").is_file() else 0
 
     def build(cb):
@@ -64,6 +63,7 @@ def index_cmd(
     asked = {r.path for r in records}
     skipped_now = sum(1 for s in m["skipped"] if s["input"] in asked)
     none_done = bool(skipped_now) and not any(r["path"] in asked for r in index.metadata(range(index.count)))
+    print_outputs((out, f"index of {index.count} images; skips listed in index.json"))
     # "none of N" counts the distinct paths asked for, "--strict: k of N" the records
     _exit_status(none_done, skipped_now, len(asked) if none_done else len(records), "images",
                  f"could be indexed (reasons in {out / 'index.json'})", strict)
@@ -84,6 +84,7 @@ def search_cmd(
     guess: bool = typer.Option(False, "--guess-species", help="Zero-shot species guess over the index's species."),
     cache_dir: Optional[Path] = typer.Option(None, "--cache-dir", help="Text-embedding cache (default ~/.cache/birdbridge/text)."),
     allow_teacher_mismatch: bool = typer.Option(False, "--allow-teacher-mismatch", help="Only warn when the model's teacher is not the index's."),
+    device: str = typer.Option("auto", "--device", help=DEVICE_HELP),
     strict: bool = typer.Option(False, "--strict", help="Exit non-zero when any recording was skipped."),
 ) -> None:
     """Show the photos nearest to each recording (long recordings are searched window by window)."""
@@ -95,27 +96,30 @@ def search_cmd(
 
     if fmt not in ("table", "json", "html"):
         raise ConfigError(f"--format must be table, json or html, not {fmt!r}")
+    device = _device(device)
     paths = expand_inputs(audio, "audio")
     species = load_species_list(species_list) if species_list else None
     results = _run_with_progress("searching", len(paths), lambda cb: search_audio(
         model, index, paths, k=k, window_s=window_s, hop_s=hop_s, aggregate=aggregate, guess=guess, species=species,
-        cache_dir=cache_dir, allow_teacher_mismatch=allow_teacher_mismatch, progress=cb))
+        cache_dir=cache_dir, allow_teacher_mismatch=allow_teacher_mismatch, device=device, progress=cb))
     if fmt == "html":
         from ..retrieval.html import write_html
 
         target = write_html(results, out or Path("search.html"), subtitle=f"index {index}, model {model}")
-        console.print(f"wrote {target}")
+        print_outputs((target, "search page"))
     elif fmt == "json":
         text = json.dumps([r.to_dict() for r in results], indent=2)
         if out:
             from ..io import atomic_write_text
 
             atomic_write_text(out, text + "\n")
-            console.print(f"wrote {out}")
+            print_outputs((out, "results as JSON"))
         else:
             typer.echo(text)
     else:
         from rich.table import Table
+
+        from ..console import make_console
 
         for r in results:
             if not r.ok:
@@ -127,7 +131,7 @@ def search_cmd(
             for h in r.hits:
                 t.add_row(str(h.rank), f"{h.score:.3f}", h.common_name or h.scientific_name or "?", h.path,
                           f"{h.window_start_s:.1f}-{h.window_end_s:.1f}")
-            Console(file=sys.stdout).print(t)
+            make_console().print(t)
             if r.species_guess:
                 typer.echo("species guess: " + ", ".join(f"{g['scientific_name']} {g['score']:.2f}" for g in r.species_guess[:3]))
     failed = [r for r in results if not r.ok]
@@ -146,10 +150,14 @@ def serve_cmd(
     timeout_s: float = typer.Option(60.0, "--timeout-s", min=0.1, help="Per-search time limit."),
     guess: bool = typer.Option(True, "--guess-species/--no-guess-species", help="Zero-shot species guess in answers."),
     cache_dir: Optional[Path] = typer.Option(None, "--cache-dir", help="Text-embedding cache (default ~/.cache/birdbridge/text)."),
+    allow_teacher_mismatch: bool = typer.Option(False, "--allow-teacher-mismatch", help="Only warn when the model's teacher is not the index's."),
+    device: str = typer.Option("auto", "--device", help=DEVICE_HELP),
 ) -> None:
     """Serve a search page and JSON API (POST /search, GET /images/{id}) with uvicorn."""
     from ..serve.app import ServeSettings, serve
 
+    device = _device(device)
     settings = ServeSettings(max_upload_bytes=int(max_upload_mb * 2**20), max_duration_s=max_duration_s,
                              request_timeout_s=timeout_s, guess_species=guess, cache_dir=str(cache_dir) if cache_dir else None)
-    serve(model, index, host=host, port=port, settings=settings)
+    serve(model, index, host=host, port=port, settings=settings, allow_teacher_mismatch=allow_teacher_mismatch,
+          device=device)

@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from ._app import app, console
+from ._app import app, console, print_outputs
 
 
 @app.command()
@@ -18,7 +18,10 @@ def demo(
     """Run the paper's whole loop offline on a synthetic world and report retrieval mAP."""
     from ..demo.run import run_demo
 
-    run_demo(out, seed)
+    run_demo(out, seed, console=console)
+    print_outputs((out / "report.md", "the table"), (out / "results.json", "every number"),
+                  (out / "search.html", "photos found for held-out clips"), (out / "model", "distilled model"),
+                  (out / "index", "image index"), (out / "teacher", "stand-in teacher"))
 
 
 @app.command("eval")
@@ -34,6 +37,8 @@ def eval_cmd(
     hf_logging.disable_progress_bar()  # one "Loading weights" bar per model load buries the log
     run_eval(config, out, log=lambda msg: console.print(msg, markup=False))
     typer.echo((out / "report.md").read_text())
+    print_outputs((out / "report.md", "the tables"), (out / "results.json", "every number"),
+                  (out / "skipped.json", "inputs skipped, with reasons"), *sorted(out.glob("*.png")))
 
 
 @app.command("score")
@@ -58,6 +63,7 @@ def score_cmd(
                    f"({m['n_queries_scored']} scored, {m['n_queries_without_relevant']} without a relevant item)")
     if result["skipped"]:
         typer.echo(f"{len(result['skipped'])} rows skipped: " + json.dumps(result["skipped"][:5]))
+    print_outputs((out, "results as JSON") if out is not None else None)
 
 
 @app.command("train")
@@ -78,6 +84,9 @@ def train_cmd(
     from ..distributed import is_main_process
     from ..errors import ConfigError
 
+    from ..devices import check_accelerator
+    from ..encoders.hub import anchored
+
     doc = load_yaml(config)
     unknown = sorted(set(doc) - {"data", "train"})
     data = doc.get("data")
@@ -91,7 +100,12 @@ def train_cmd(
     overrides = {k: v for k, v in {"num_nodes": num_nodes, "strategy": strategy, "accelerator": accelerator}.items() if v is not None}
     if devices is not None:
         overrides["devices"] = int(devices) if devices.isdigit() else devices
-    cfg = TrainConfig.from_dict({**(doc.get("train") or {}), **overrides})
+    train = dict(doc.get("train") or {})
+    for key in ("student", "teacher"):  # model folders, like data.path, may be written relative to the config
+        if isinstance(train.get(key), str):
+            train[key] = anchored(train[key], config.parent)
+    cfg = TrainConfig.from_dict({**train, **overrides})
+    check_accelerator(cfg.accelerator, cfg.devices)  # before the data and models load
     distill(load_collection(kind, path, **data), cfg, out, resume=resume)
     if is_main_process():
         typer.echo(f"model written to {out / 'model'}")
@@ -101,6 +115,8 @@ def train_cmd(
         if skipped["n_skipped"]:
             console.print(f"{skipped['n_skipped']} training clips skipped {skipped['counts']} (listed in {out / 'skipped.json'})",
                           markup=False)
-            if strict:
-                console.print("[bold red]error:[/] --strict: training clips were skipped")
-                raise typer.Exit(1)
+        print_outputs((out / "model", "distilled model"), (out / "checkpoints", "Lightning checkpoints (--resume)"),
+                      (out / "logs", "training metrics (CSV)"), (out / "skipped.json", "clips skipped, with reasons"))
+        if skipped["n_skipped"] and strict:
+            console.print("[bold red]error:[/] --strict: training clips were skipped")
+            raise typer.Exit(1)

@@ -36,6 +36,7 @@ import soundfile as sf
 import soxr
 
 from ..errors import BadInputError
+from ..quiet import native_stderr
 
 MIN_DURATION_S = 0.05  # 50 ms: shorter than any bird syllable a model could use
 # -120 dBFS: below 16-bit quantisation (3e-5), so only digitally silent files are rejected,
@@ -62,16 +63,47 @@ def _open(path: str | Path) -> sf.SoundFile:
         raise BadInputError("unreadable", p, "not a regular file")
     if p.stat().st_size == 0:
         raise BadInputError("empty", p, "0-byte file")
+    if _is_text(p):
+        # libsndfile would hand a text file named .mp3 to mpg123, which resyncs over it and
+        # fails as "File does not exist or is not a regular file"
+        raise BadInputError("unreadable", p, "not an audio file (it holds text)")
     try:
-        return sf.SoundFile(str(p))
+        with native_stderr():  # mpg123 writes its resync notes straight to fd 2
+            return sf.SoundFile(str(p))
     except (sf.LibsndfileError, RuntimeError, OSError, ValueError, TypeError) as err:
         raise BadInputError("unreadable", p, _short(err)) from None
+
+
+# Audio formats whose header is plain text (NIST SPHERE): never taken for a text file.
+_TEXT_HEADERS = (b"NIST_1A",)
+
+
+def _is_text(p: Path) -> bool:
+    """True when the file's first 4 KiB are UTF-8 text without NUL bytes (no audio format is)."""
+    try:
+        with open(p, "rb") as fh:
+            head = fh.read(4096)
+    except OSError:
+        return False
+    if not head or b"\x00" in head or head.startswith(_TEXT_HEADERS):
+        return False
+    try:
+        text = head.decode("utf-8")
+    except UnicodeDecodeError as err:
+        if err.start < len(head) - 3:  # not just a character cut at the 4 KiB boundary
+            return False
+        text = head[: err.start].decode("utf-8")
+    return all(c.isprintable() or c in "\t\n\r\f\v" for c in text)
 
 
 def _short(err: Exception) -> str:
     msg = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
     # libsndfile repeats the path in its messages; the path is already in the error.
-    return msg.split(": ", 1)[-1] if msg.startswith("Error opening") else msg
+    msg = msg.split(": ", 1)[-1] if msg.startswith("Error opening") else msg
+    if msg.startswith("File does not exist or is not a regular file"):
+        # what libsndfile says when its MPEG probe gives up on a file that exists
+        return "not an audio file libsndfile can decode (format not recognised)"
+    return msg
 
 
 def _wav_truncation(path: Path) -> str | None:
@@ -237,9 +269,10 @@ def load_audio(
         _check_wav_end(f, p, stop)
         want = stop - start
         try:
-            if start:
-                f.seek(start)
-            raw = f.read(want, dtype="float32", always_2d=True)
+            with native_stderr():  # mpg123's notes on damaged frames
+                if start:
+                    f.seek(start)
+                raw = f.read(want, dtype="float32", always_2d=True)
         except (sf.LibsndfileError, RuntimeError) as err:
             raise BadInputError("decode_error", p, _short(err)) from None
     if len(raw) < want and (want - len(raw) > _SHORTFALL_FRAMES or len(raw) == 0):
@@ -307,7 +340,8 @@ def iter_windows(
         read = 0
         while remaining > 0:
             try:
-                raw = f.read(min(block, remaining), dtype="float32", always_2d=True)
+                with native_stderr():
+                    raw = f.read(min(block, remaining), dtype="float32", always_2d=True)
             except (sf.LibsndfileError, RuntimeError) as err:
                 raise BadInputError("decode_error", p, _short(err)) from None
             got = len(raw)
