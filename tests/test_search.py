@@ -116,6 +116,11 @@ def test_clap_space_models_and_foreign_teachers_are_refused(demo_run, index, wor
 
     other = tmp_path / "other_teacher"
     shutil.copytree(out / "teacher", other)
+    # other weights: a copy of the same teacher elsewhere *is* the same teacher (encoders/identity.py)
+    weights = other / "open_clip_model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 1
+    weights.write_bytes(bytes(data))
     foreign = ImageIndex.build(tmp_path / "foreign", Teacher.load(str(other)), records_from_collection(world, ("test",))[:10])
     with pytest.raises(ConfigError, match="teacher"):
         load_search_model(str(out / "model"), foreign)
