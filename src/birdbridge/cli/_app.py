@@ -95,5 +95,6 @@ def main() -> None:
     try:
         app()
     except BirdbridgeError as err:
-        console.print(f"[bold red]error:[/] {err}")
+        # soft_wrap: one line however long (a URL or path cut by the terminal width is no use)
+        console.print(f"[bold red]error:[/] {err}", soft_wrap=True)
         sys.exit(2)
