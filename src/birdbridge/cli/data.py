@@ -77,7 +77,7 @@ def download_cmd(
                           timeout_s=timeout, report=report)
     for a in result["assets"]:
         extra = f" (sha256 recorded: {a['recorded'].split(':', 1)[1][:16]}…; no published checksum)" if a.get("recorded") else ""
-        console.print(f"{a['status']:>10}  {root / a['target']}{extra}", markup=False)
+        console.print(f"{a['status']:>10}  {root / a['target']}{extra}", markup=False, soft_wrap=True)
 
 
 @data_app.command("prepare")
@@ -120,9 +120,11 @@ def prepare_cmd(
     what = "already complete" if m.get("already_complete") else f"wrote {m['n_samples']} samples"
     console.print(f"{out}: {what} ({m['hours']:.2f} h of audio at {m['sample_rate']} Hz, {m['encoding']}, "
                   f"{m['bytes'] / 1e9:.2f} GB in {m['n_chunks']} chunks) from {m['n_inputs']} recordings"
-                  + (f", resumed after {m['resumed_parts']} finished part(s)" if m.get("resumed_parts") else ""), markup=False)
+                  + (f", resumed after {m['resumed_parts']} finished part(s)" if m.get("resumed_parts") else ""), markup=False,
+                  soft_wrap=True)
     if m["n_skipped"]:
-        console.print(f"{m['n_skipped']} skipped {m['skip_counts']} (listed in {out / 'skipped.json'})", markup=False)
+        console.print(f"{m['n_skipped']} skipped {m['skip_counts']} (listed in {out / 'skipped.json'})", markup=False,
+                      soft_wrap=True)
         if strict:
             console.print("[bold red]error:[/] --strict: recordings were skipped")
             raise typer.Exit(1)

@@ -74,6 +74,7 @@ def train_cmd(
     """Distil the student onto the teacher's species-text space (one GPU, DDP, torchrun or SLURM)."""
     from ..config import load_yaml
     from ..data.loaders import load_collection
+    from ..data.shards import is_remote
     from ..distill.train import TrainConfig, distill
     from ..distributed import is_main_process
     from ..errors import ConfigError
@@ -85,9 +86,11 @@ def train_cmd(
         raise ConfigError(f"{config}: needs `data: {{kind, path, ...}}` and optional `train: {{...}}`"
                           + (f"; unknown top-level key {unknown[0]!r}" if unknown else ""))
     data = dict(data)
-    kind, path = data.pop("kind"), Path(data.pop("path"))
-    if not path.is_absolute():
-        path = (config.parent / path) if (config.parent / path).exists() else path  # relative to the config
+    kind, path = data.pop("kind"), data.pop("path")
+    if not is_remote(path):  # shards may live at a URL (s3://, gs://, ...): kept as written
+        path = Path(path)
+        if not path.is_absolute():
+            path = (config.parent / path) if (config.parent / path).exists() else path  # relative to the config
     overrides = {k: v for k, v in {"num_nodes": num_nodes, "strategy": strategy, "accelerator": accelerator}.items() if v is not None}
     if devices is not None:
         overrides["devices"] = int(devices) if devices.isdigit() else devices
