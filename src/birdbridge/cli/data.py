@@ -54,7 +54,7 @@ def _bytes_progress():
 
 @data_app.command("download")
 def download_cmd(
-    kind: str = typer.Argument(..., help="inat_sounds, ssw60, soundscapes, ebird_taxonomy or all."),
+    kind: list[str] = typer.Argument(..., help="One or more of inat_sounds, ssw60, soundscapes, ebird_taxonomy, or all."),
     root: Path = typer.Option(..., "--root", help="Directory the datasets go into (the paper config's --root)."),
     mirror: Optional[str] = typer.Option(None, "--mirror", help="A copy with the layout KIND/FILE (URL or directory); "
                                          "default $BIRDBRIDGE_DATA_MIRROR, else the datasets' own URLs."),

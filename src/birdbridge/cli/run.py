@@ -25,6 +25,8 @@ def demo(
 def eval_cmd(
     config: Path = typer.Argument(..., help="Evaluation config (YAML), e.g. configs/synthetic/paper_table.yaml."),
     out: Path = typer.Option(..., "--out", "-o", help="Output directory: results.json, report.md, plots."),
+    root: Optional[Path] = typer.Option(None, "--root", help="Where `birdbridge data download` put the datasets: the "
+                                        "config's relative data paths are read below it (overrides its `root:`)."),
 ) -> None:
     """Run the paper's evaluation (methods x protocols, ablation, unseen species) from a config."""
     from transformers.utils import logging as hf_logging
@@ -32,7 +34,7 @@ def eval_cmd(
     from ..evaluate.runner import run_eval
 
     hf_logging.disable_progress_bar()  # one "Loading weights" bar per model load buries the log
-    run_eval(config, out, log=lambda msg: console.print(msg, markup=False))
+    run_eval(config, out, root=root, log=lambda msg: console.print(msg, markup=False))
     typer.echo((out / "report.md").read_text())
 
 
