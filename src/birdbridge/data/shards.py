@@ -47,7 +47,7 @@ import numpy as np
 from ..errors import BadInputError, ConfigError, SkipLog
 from ..io import atomic_write_bytes, atomic_write_json
 from ..taxonomy import Species
-from .audio import audio_info, load_audio
+from .audio import audio_info, crop_offset, load_audio
 from .crop import crop_frames
 from .records import AudioItem, Collection
 
@@ -372,3 +372,15 @@ class ShardReader:
         s = self.sample(index)
         frames, read = decode_sample(s["audio"], int(s["sr"]))
         return crop_frames(read, frames, int(s["sr"]), sr, n, policy, rng, pad=pad)
+
+    def crop_into(self, out: np.ndarray, index: int, sr: int, policy="random", rng=None, *, pad="repeat") -> None:
+        """:meth:`crop` written into ``out`` (float32, its length the crop's): the common case -- an int16
+        sample at ``sr``, longer than the crop -- converts the crop in one pass, with no copy."""
+        s = self.sample(index)
+        audio, n = s["audio"], len(out)
+        if isinstance(audio, np.ndarray) and int(s["sr"]) == sr and len(audio) > n:
+            off = crop_offset(len(audio), n, policy, rng)
+            np.multiply(audio[off : off + n], np.float32(1.0 / _SCALE), out=out)
+            return
+        frames, read = decode_sample(audio, int(s["sr"]))
+        out[:] = crop_frames(read, frames, int(s["sr"]), sr, n, policy, rng, pad=pad)

@@ -106,6 +106,38 @@ class ShardClipDataset(AudioClipDataset):
     def _crop(self, i: int, rng: np.random.Generator) -> np.ndarray:
         return self.reader.crop(self.index[i], self.sample_rate, self.n_samples, self.crop, rng, pad="repeat")
 
+    def __getitems__(self, keys: list) -> "ClipBatch":
+        """A whole batch, each crop converted straight into its row of one preallocated tensor.
+
+        Reading a shard crop costs less than stacking it afterwards: filling the batch in
+        place saves a copy of every clip (``benchmarks/bench_loader.py``)."""
+        waves = _batch_tensor(len(keys), self.n_samples)
+        rows = waves.numpy()
+        labels = []
+        for row, key in enumerate(keys):
+            epoch, i = key if isinstance(key, tuple) else (self.epoch, key)
+            rng = np.random.default_rng([self.seed, epoch, i])
+            self.reader.crop_into(rows[row], self.index[i], self.sample_rate, self.crop, rng, pad="repeat")
+            labels.append(self.labels[i])
+        return ClipBatch(waves, torch.tensor(labels, dtype=torch.long))
+
+
+def _batch_tensor(b: int, n: int) -> torch.Tensor:
+    """An empty float32 ``[b, n]`` batch; in a loader worker, in shared memory, as ``default_collate``
+    allocates it: the batch then reaches the main process without being copied there."""
+    elem = torch.empty(0, dtype=torch.float32)
+    if torch.utils.data.get_worker_info() is None:
+        return elem.new_empty((b, n))
+    return elem.new(elem._typed_storage()._new_shared(b * n, device=elem.device)).resize_(b, n)
+
+
+@dataclass
+class ClipBatch:
+    """A batch a dataset assembled itself (``__getitems__``); :func:`collate_clips` passes it through."""
+
+    waves: torch.Tensor
+    labels: torch.Tensor
+
 
 def clip_dataset(collection: Collection, items: Sequence[AudioItem], sample_rate: int, n_samples: int,
                  **kw) -> AudioClipDataset:
@@ -167,6 +199,8 @@ def collate_clips(batch):
     DDP every rank must contribute equally sized tensors to the loss's all-gather, and a
     repeated clip only adds a positive pair of its own species, which the multi-positive
     loss handles (the skip itself is still counted and reported)."""
+    if isinstance(batch, ClipBatch):
+        return {"waves": batch.waves, "labels": batch.labels, "skipped": []}
     good = [b for b in batch if not isinstance(b, SkippedItem)]
     skipped = [b for b in batch if isinstance(b, SkippedItem)]
     if not good:
