@@ -180,6 +180,57 @@ def _run(variant: str, d: Path, batch: int, seconds: float) -> dict:
     return json.loads(line[7:])
 
 
+# --------------------------------------------------------------------------- where a clip's time goes
+
+
+def components(d: Path, batch: int, reps: int = 3) -> dict:
+    """ms per clip of each part of the two loaders, timed apart in this process (one thread)."""
+    import soundfile as sf
+    import torch
+
+    from birdbridge.data.audio import resample
+    from birdbridge.data.shards import ShardReader
+
+    torch.set_num_threads(1)
+    n = int(CLIP_S * SR)
+    reader = ShardReader(str(d / "pcm16-48000"))
+    m = json.loads((d / "pcm16-48000" / "birdbridge.json").read_text())["n_samples"]
+    idx = list(range(min(m, batch)))
+    wavs = sorted((d / "audio").glob("*.wav"))[: len(idx)]
+    reused = np.empty((len(idx), n), np.float32)
+
+    def per_clip(fn) -> float:
+        fn()
+        best = float("inf")
+        for _ in range(reps):  # best of: this measures the work, not the other jobs on the machine
+            t0 = time.perf_counter()
+            fn()
+            best = min(best, time.perf_counter() - t0)
+        return round(best / len(idx) * 1e3, 3)
+
+    def fill(out):
+        for r, i in enumerate(idx):
+            reader.crop_into(out[r], i, SR, "random", np.random.default_rng(i))
+
+    def decode():
+        for w in wavs:
+            with sf.SoundFile(w) as f:
+                f.seek(max(0, f.frames // 2 - int(5.05 * NATIVE)) if f.frames > 10.1 * NATIVE else 0)
+                f.read(int(10.1 * NATIVE), dtype="float32")
+
+    seg = np.random.default_rng(0).standard_normal(int(10.1 * NATIVE)).astype(np.float32)
+    def fetch():
+        for i in idx:
+            reader.sample(i)  # dropped at once, as the loader does: its memory is reused
+
+    return {"shard_sample_fetch_ms": per_clip(fetch),
+            "shard_crop_into_reused_buffer_ms": per_clip(lambda: fill(reused)),
+            "shard_crop_into_fresh_batch_ms": per_clip(lambda: fill(torch.empty(len(idx), n).numpy())),
+            "file_decode_crop_ms": per_clip(decode),
+            "file_resample_crop_ms": per_clip(lambda: [resample(seg, NATIVE, SR) for _ in idx]),
+            "note": "best of 3, one thread; a fresh batch pays the first touch of its memory, which both loaders do"}
+
+
 # --------------------------------------------------------------------------- int16 at 48 kHz: what it costs
 
 
@@ -236,6 +287,7 @@ def run(n: int = 48, max_s: float = 120.0, seconds: float = 8.0, repeats: int = 
                 print(f"[loader] {v}: {runs[v][-1]['clips_per_s']:.0f} clips/s, peak RSS {runs[v][-1]['peak_rss_mb']:.0f} MB",
                       flush=True)
         quant = quantisation(d)
+        parts = components(d, batch) if "shards:pcm16@48000" in variants else None
     out = {}
     for v in variants:
         rates = [r["clips_per_s"] for r in runs[v]]
@@ -244,7 +296,7 @@ def run(n: int = 48, max_s: float = 120.0, seconds: float = 8.0, repeats: int = 
                   **disk.get(v, {}), **({"prepare_s": prep_s[v]} if v in prep_s else {})}
     res = {"loader": {"data": {**data, "wav_bytes_per_audio_hour": round(data["wav_bytes"] / data["hours"])},
                       "batch": batch, "clip_s": CLIP_S, "sample_rate": SR, "seconds_per_run": seconds, "repeats": repeats,
-                      "chosen": CHOSEN, "variants": out, "int16_at_48k": quant, "inat_test": inat_stats(),
+                      "chosen": CHOSEN, "variants": out, "int16_at_48k": quant, "inat_test": inat_stats(), "components": parts,
                       "load_avg": list(os.getloadavg())}}
     if CHOSEN in out and "raw" in out:
         res["loader_shards_over_raw"] = round(out[CHOSEN]["clips_per_s"] / out["raw"]["clips_per_s"], 2)
