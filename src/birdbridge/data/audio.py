@@ -394,11 +394,6 @@ def crop_offset(length: int, n: int, policy: CropPolicy = "random", rng: np.rand
     return int(rng.integers(0, length - n + 1))
 
 
-def resampled_length(frames: int, sr_in: int, sr_out: int) -> int:
-    """Samples :func:`resample` returns for ``frames`` input frames: soxr rounds to nearest."""
-    return frames if sr_in == sr_out else (2 * frames * sr_out + sr_in) // (2 * sr_in)
-
-
 def window_starts(length: int, n: int, hop: int) -> list[int]:
     """Start indices of windows of ``n`` every ``hop`` covering ``length``; the last ends at the end."""
     if n <= 0 or hop <= 0:

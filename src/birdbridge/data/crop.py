@@ -35,8 +35,12 @@ from .audio import (
     crop_or_pad,
     load_audio,
     resample,
-    resampled_length,
 )
+
+def resampled_length(frames: int, sr_in: int, sr_out: int) -> int:
+    """Samples :func:`~birdbridge.data.audio.resample` returns for ``frames`` input frames: soxr rounds to nearest."""
+    return frames if sr_in == sr_out else (2 * frames * sr_out + sr_in) // (2 * sr_in)
+
 
 # soxr's HQ filter spans a few ms of input; 50 ms of context either side keeps its edges
 # (where the filter meets the segment's implied zeros) out of the crop.

@@ -299,7 +299,10 @@ def _finish(out: Path, key, kind, path, options, rate, encoding, coll: Collectio
 
 
 def _fetch(path: str, cache_dir: str | None, name: str) -> Path:
-    """A shard directory's small file: local, or fetched through LitData's downloader for a URL."""
+    """A shard directory's small file: local, or fetched through LitData's downloader for a URL.
+
+    The manifest is fetched on every call; when it differs from the cached one (the shards
+    were prepared again), everything cached for that URL is dropped first."""
     if not is_remote(path):
         return Path(path) / name
     from litdata.streaming.downloader import get_downloader
@@ -307,11 +310,18 @@ def _fetch(path: str, cache_dir: str | None, name: str) -> Path:
     cache = Path(cache_dir or Path.home() / ".cache" / "birdbridge" / "shards") / hashlib.sha256(path.encode()).hexdigest()[:16]
     cache.mkdir(parents=True, exist_ok=True)
     local = cache / name
-    if not local.is_file():
-        try:
-            get_downloader(path, str(cache), []).download_file(f"{path.rstrip('/')}/{name}", str(local))
-        except Exception as err:  # noqa: BLE001 - every backend raises its own error types
-            raise ConfigError(f"cannot read {path.rstrip('/')}/{name}: {type(err).__name__}: {err}") from None
+    if local.is_file() and name != MANIFEST:
+        return local
+    fresh = cache / f".{name}.{os.getpid()}"
+    try:
+        get_downloader(path, str(cache), []).download_file(f"{path.rstrip('/')}/{name}", str(fresh))
+    except Exception as err:  # noqa: BLE001 - every backend raises its own error types
+        raise ConfigError(f"cannot read {path.rstrip('/')}/{name}: {type(err).__name__}: {err}") from None
+    if name == MANIFEST and local.is_file() and local.read_bytes() != fresh.read_bytes():
+        for f in cache.iterdir():  # other shards now live at this URL
+            if f != fresh:
+                shutil.rmtree(f) if f.is_dir() else f.unlink()
+    os.replace(fresh, local)
     return local
 
 
