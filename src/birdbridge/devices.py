@@ -78,7 +78,7 @@ def check_accelerator(accelerator: str | None, devices: int | str | list | None 
         return
     if acc == "mps":
         if not _mps_ok():
-            raise DeviceNotAvailableError(f"accelerator 'mps' is not available: torch has no Apple Metal (MPS) "
+            raise DeviceNotAvailableError("accelerator 'mps' is not available: torch has no Apple Metal (MPS) "
                                           "backend here; use accelerator cpu (or auto)")
         return
     raise DeviceNotAvailableError(f"accelerator {accelerator!r} is not supported: use cpu, gpu, mps or auto")

@@ -6,10 +6,10 @@
 
 from ._app import app, console, main
 from . import data, embed, retrieval, run  # noqa: E402,F401 - registers the verbs
-from .data import inspect_cmd
+from .data import download_cmd, inspect_cmd, prepare_cmd
 from .embed import embed_audio_cmd, embed_images_cmd, embed_text_cmd, models_cmd
 from .retrieval import index_cmd, search_cmd, serve_cmd
 from .run import demo, eval_cmd, score_cmd, train_cmd
 
-__all__ = ["app", "console", "main", "demo", "inspect_cmd", "embed_audio_cmd", "embed_images_cmd", "embed_text_cmd",
+__all__ = ["app", "console", "main", "demo", "inspect_cmd", "download_cmd", "prepare_cmd", "embed_audio_cmd", "embed_images_cmd", "embed_text_cmd",
            "models_cmd", "index_cmd", "search_cmd", "serve_cmd", "eval_cmd", "score_cmd", "train_cmd"]

@@ -128,5 +128,7 @@ def main() -> None:
     except BirdbridgeError as err:
         from rich.markup import escape
 
-        console.print(f"[bold red]error:[/] {escape(str(err))}")  # the message may hold [brackets]
+        # soft_wrap: one line however long (a URL or path cut by the terminal width is no use);
+        # escape: the message may hold [brackets]
+        console.print(f"[bold red]error:[/] {escape(str(err))}", soft_wrap=True)
         sys.exit(2)

@@ -27,7 +27,7 @@ def index_cmd(
     """Embed a photo collection with the teacher and store it as a searchable index."""
     import time
 
-    from ..distributed import rank_device, rank_world
+    from ..distributed import agree, rank_device, rank_world, shared_group
     from ..encoders.teacher import Teacher
     from ..retrieval.index import ImageIndex, choose_kind, records_from_source
 
@@ -41,32 +41,40 @@ def index_cmd(
         raise ConfigError(f"no images found in {images}")
     # under torchrun/srun each rank embeds a block of every round of shards; rank 0 alone writes the index
     rank, world = rank_world()
-    model = Teacher.load(teacher, device=device)
-    before = ImageIndex.open(out).count if (out / "index.json").is_file() else 0
+    # one process group from the start: a rank that fails before the build (loading the teacher,
+    # rank 0's writer lock) stops every rank with its message instead of leaving them in the rendezvous
+    with shared_group(rank, world):
+        error = None
+        try:
+            model = Teacher.load(teacher, device=device)
+            before = ImageIndex.open(out).count if (out / "index.json").is_file() else 0
+        except Exception as err:  # noqa: BLE001 - every rank must hear of it
+            error = err
+        agree(rank, world, error, " before the build")
 
-    def build(cb):
-        return ImageIndex.build(out, model, records, kind=kind, add=add, shard_size=shard_size, batch_size=batch_size,
-                                progress=cb, rank=rank, world=world)
+        def build(cb):
+            return ImageIndex.build(out, model, records, kind=kind, add=add, shard_size=shard_size, batch_size=batch_size,
+                                    progress=cb, rank=rank, world=world)
 
-    if rank != 0:
-        build(None)
-        console.print(f"rank {rank}/{world}: embedded its part of {out}; rank 0 writes the index", markup=False)
-        return
-    index = _run_with_progress("embedding images" + (f" ({world} ranks)" if world > 1 else ""), len(records), build)
-    m = index.manifest
-    console.print(f"index {out}: {index.count} images ({index.count - before} new), {index.dim}-d, {index.kind}, "
-                  f"{m['n_skipped']} skipped {m['skip_counts'] or ''} in {time.time() - t0:.1f} s", markup=False)
-    for s in m["skipped"][:10]:
-        console.print(f"  skipped {s['input']}: {s['reason']}" + (f" ({s['detail']})" if s["detail"] else ""), markup=False)
-    # exit status from this run's inputs only (skips of earlier runs stay listed in the manifest);
-    # an input indexed by an earlier, interrupted run counts as done
-    asked = {r.path for r in records}
-    skipped_now = sum(1 for s in m["skipped"] if s["input"] in asked)
-    none_done = bool(skipped_now) and not any(r["path"] in asked for r in index.metadata(range(index.count)))
-    print_outputs((out, f"index of {index.count} images; skips listed in index.json"))
-    # "none of N" counts the distinct paths asked for, "--strict: k of N" the records
-    _exit_status(none_done, skipped_now, len(asked) if none_done else len(records), "images",
-                 f"could be indexed (reasons in {out / 'index.json'})", strict)
+        if rank != 0:
+            build(None)
+            console.print(f"rank {rank}/{world}: embedded its part of {out}; rank 0 writes the index", markup=False)
+            return
+        index = _run_with_progress("embedding images" + (f" ({world} ranks)" if world > 1 else ""), len(records), build)
+        m = index.manifest
+        console.print(f"index {out}: {index.count} images ({index.count - before} new), {index.dim}-d, {index.kind}, "
+                      f"{m['n_skipped']} skipped {m['skip_counts'] or ''} in {time.time() - t0:.1f} s", markup=False)
+        for s in m["skipped"][:10]:
+            console.print(f"  skipped {s['input']}: {s['reason']}" + (f" ({s['detail']})" if s["detail"] else ""), markup=False)
+        # exit status from this run's inputs only (skips of earlier runs stay listed in the manifest);
+        # an input indexed by an earlier, interrupted run counts as done
+        asked = {r.path for r in records}
+        skipped_now = sum(1 for s in m["skipped"] if s["input"] in asked)
+        none_done = bool(skipped_now) and not any(r["path"] in asked for r in index.metadata(range(index.count)))
+        print_outputs((out, f"index of {index.count} images; skips listed in index.json"))
+        # "none of N" counts the distinct paths asked for, "--strict: k of N" the records
+        _exit_status(none_done, skipped_now, len(asked) if none_done else len(records), "images",
+                     f"could be indexed (reasons in {out / 'index.json'})", strict)
 
 
 @app.command("search")

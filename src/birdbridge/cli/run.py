@@ -28,6 +28,8 @@ def demo(
 def eval_cmd(
     config: Path = typer.Argument(..., help="Evaluation config (YAML), e.g. configs/synthetic/paper_table.yaml."),
     out: Path = typer.Option(..., "--out", "-o", help="Output directory: results.json, report.md, plots."),
+    root: Optional[Path] = typer.Option(None, "--root", help="Where `birdbridge data download` put the datasets: the "
+                                        "config's relative data paths are read below it (overrides its `root:`)."),
 ) -> None:
     """Run the paper's evaluation (methods x protocols, ablation, unseen species) from a config."""
     from transformers.utils import logging as hf_logging
@@ -35,7 +37,7 @@ def eval_cmd(
     from ..evaluate.runner import run_eval
 
     hf_logging.disable_progress_bar()  # one "Loading weights" bar per model load buries the log
-    run_eval(config, out, log=lambda msg: console.print(msg, markup=False))
+    run_eval(config, out, root=root, log=lambda msg: console.print(msg, markup=False))
     typer.echo((out / "report.md").read_text())
     print_outputs((out / "report.md", "the tables"), (out / "results.json", "every number"),
                   (out / "skipped.json", "inputs skipped, with reasons"), *sorted(out.glob("*.png")))
@@ -80,6 +82,7 @@ def train_cmd(
     """Distil the student onto the teacher's species-text space (one GPU, DDP, torchrun or SLURM)."""
     from ..config import load_yaml
     from ..data.loaders import load_collection
+    from ..data.shards import is_remote
     from ..distill.train import TrainConfig, distill
     from ..distributed import is_main_process
     from ..errors import ConfigError
@@ -94,9 +97,11 @@ def train_cmd(
         raise ConfigError(f"{config}: needs `data: {{kind, path, ...}}` and optional `train: {{...}}`"
                           + (f"; unknown top-level key {unknown[0]!r}" if unknown else ""))
     data = dict(data)
-    kind, path = data.pop("kind"), Path(data.pop("path"))
-    if not path.is_absolute():
-        path = (config.parent / path) if (config.parent / path).exists() else path  # relative to the config
+    kind, path = data.pop("kind"), data.pop("path")
+    if not is_remote(path):  # shards may live at a URL (s3://, gs://, ...): kept as written
+        path = Path(path)
+        if not path.is_absolute():
+            path = (config.parent / path) if (config.parent / path).exists() else path  # relative to the config
     overrides = {k: v for k, v in {"num_nodes": num_nodes, "strategy": strategy, "accelerator": accelerator}.items() if v is not None}
     if devices is not None:
         overrides["devices"] = int(devices) if devices.isdigit() else devices

@@ -404,9 +404,7 @@ def crop_or_pad(
     if policy == "random":
         rng = rng if rng is not None else np.random.default_rng()
     if length >= n:
-        off = {"start": 0, "center": (length - n) // 2}.get(policy)
-        if off is None:
-            off = int(rng.integers(0, length - n + 1))
+        off = crop_offset(length, n, policy, rng)
         return np.ascontiguousarray(wave[..., off : off + n])
     out = np.zeros(wave.shape[:-1] + (n,), np.float32)
     off = {"start": 0, "center": (n - length) // 2}.get(policy)
@@ -414,6 +412,20 @@ def crop_or_pad(
         off = int(rng.integers(0, n - length + 1))
     out[..., off : off + length] = wave
     return out
+
+
+def crop_offset(length: int, n: int, policy: CropPolicy = "random", rng: np.random.Generator | None = None) -> int:
+    """Where :func:`crop_or_pad` starts an ``n``-sample crop of a ``length``-sample clip (``length >= n``).
+
+    The one crop rule: loaders that decode only the cropped part of a file (``data.crop``,
+    the shard reader) draw the same offset from the same generator as a crop of the whole clip.
+    """
+    if policy == "start":
+        return 0
+    if policy == "center":
+        return (length - n) // 2
+    rng = rng if rng is not None else np.random.default_rng()
+    return int(rng.integers(0, length - n + 1))
 
 
 def window_starts(length: int, n: int, hop: int) -> list[int]:

@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-import json
-import logging
-import math
 import warnings
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
@@ -20,7 +17,7 @@ from ..encoders.heads import HeadSpec
 from ..encoders.identity import identify
 from ..encoders.student import AudioStudent, DistilledModel
 from ..encoders.teacher import DEFAULT_TEACHER, load_teacher
-from ..errors import BadInputError, ConfigError
+from ..errors import BadInputError, ConfigError, SkipLog
 from ..io import atomic_write_json
 from ..quiet import settle_lightning
 from ..taxonomy import MIXED, PROMPT_TYPES, TEMPLATE_SETS, resolve_prompt_types
@@ -99,33 +96,29 @@ def species_text_embeddings(cfg: TrainConfig, collection: Collection) -> dict[st
                           lambda: load_teacher(cfg.teacher))
 
 
-def _good_batch_counter():
-    """A callback counting training batches with at least one usable clip.
+def _all_ranks_skips(skips: SkipLog) -> SkipLog:
+    """Every rank's skips, in rank order (this process's own when there is no process group)."""
+    import torch.distributed as dist
 
-    Lightning advances ``global_step`` even for batches whose ``training_step`` returned
-    None (all clips bad), so the step count cannot tell a run that trained from one that
-    saw only bad files.
-    """
-    from lightning.pytorch.callbacks import Callback
-
-    class GoodBatchCounter(Callback):
-        n = 0
-
-        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-            if batch["waves"] is not None:
-                self.n += 1
-
-    return GoodBatchCounter()
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return skips
+    lists: list = [None] * dist.get_world_size()
+    dist.all_gather_object(lists, skips.to_list())
+    merged = SkipLog()
+    for part in lists:
+        for s in part:
+            merged.add(s["input"], s["reason"], s.get("detail", ""))
+    return merged
 
 
-def _trainer(cfg: TrainConfig, out_dir: Path, ckpt, good_batches, steps_per_epoch: int, data):
+def _trainer(cfg: TrainConfig, out_dir: Path, ckpt, steps_per_epoch: int, data):
     import lightning as L
     from lightning.pytorch.loggers import CSVLogger
 
     return L.Trainer(
         max_epochs=cfg.max_epochs, accelerator=cfg.accelerator, devices=cfg.devices, num_nodes=cfg.num_nodes,
         strategy=cfg.strategy, precision=_precision(cfg), logger=CSVLogger(out_dir, name="logs"),
-        callbacks=[ckpt, good_batches], enable_progress_bar=cfg.progress, enable_model_summary=False,
+        callbacks=[ckpt], enable_progress_bar=cfg.progress, enable_model_summary=False,
         log_every_n_steps=min(cfg.log_every_n_steps, steps_per_epoch), deterministic="warn",
         num_sanity_val_steps=0, limit_val_batches=1.0 if data.val_ds is not None else 0,
         use_distributed_sampler=False,  # DistillData's sampler shards each epoch itself
@@ -162,13 +155,12 @@ def distill(collection: Collection, cfg: TrainConfig, out_dir: str | Path, *, re
         freeze_encoder=cfg.freeze_encoder, init_temperature=cfg.init_temperature,
         learn_temperature=cfg.learn_temperature, seed=cfg.seed,
     )
-    good_batches = _good_batch_counter()
     ckpt = ModelCheckpoint(dirpath=out_dir / "checkpoints", save_last=True, every_n_train_steps=max(1, steps_per_epoch // 2),
                            save_top_k=0)
     from lightning.fabric.utilities.exceptions import MisconfigurationException
 
     try:
-        trainer = _trainer(cfg, out_dir, ckpt, good_batches, steps_per_epoch, data)
+        trainer = _trainer(cfg, out_dir, ckpt, steps_per_epoch, data)
     except MisconfigurationException as err:  # e.g. more devices than the node has, a bad strategy
         raise ConfigError(f"Lightning refused the training setup: {str(err).splitlines()[0]}") from None
     last = out_dir / "checkpoints" / "last.ckpt"
@@ -188,13 +180,17 @@ def distill(collection: Collection, cfg: TrainConfig, out_dir: str | Path, *, re
         "training": {k: v for k, v in asdict(cfg).items() if k not in ("student", "teacher")},
     }
     model = DistilledModel.from_student(module.student.cpu(), meta).eval()
+    skips = _all_ranks_skips(module.skips)  # under DDP each rank met its own bad clips
     if trainer.global_rank == 0:
-        atomic_write_json(out_dir / "skipped.json", {"n_skipped": len(module.skips), "counts": module.skips.counts(),
-                                                     "skipped": module.skips.to_list()})
+        atomic_write_json(out_dir / "skipped.json", {"n_skipped": len(skips), "counts": skips.counts(),
+                                                     "skipped": skips.to_list(),
+                                                     "steps_without_clips": module.steps_without_clips})
     resumed = resume and last.exists()
-    if good_batches.n == 0 and not resumed:
+    # Lightning advances global_step even for skipped steps, so it cannot tell a run that
+    # trained from one that saw only bad files
+    if module.trained_batches == 0 and not resumed:
         # every batch held only bad clips: an untrained model must not look like a result
-        raise BadInputError("no_training_audio", detail=f"no training step ran; {module.skips.summary()} "
+        raise BadInputError("no_training_audio", detail=f"no training step ran; {skips.summary()} "
                                                         f"(listed in {out_dir / 'skipped.json'})")
     if trainer.global_rank == 0:
         model.save_pretrained(out_dir / "model")

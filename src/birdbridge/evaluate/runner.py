@@ -126,6 +126,7 @@ class UnseenSpec:
 class EvalConfig:
     name: str = "eval"
     seed: int = 0
+    root: str | None = None  # relative data paths below are relative to this (`eval --root` overrides it)
     synthetic: SyntheticSpec | None = None
     train_data: DataSpec | None = None  # what distillation trains on (iNatSounds train)
     eval_data: DataSpec | None = None  # what is scored (SSW60)
@@ -186,8 +187,36 @@ class EvalConfig:
         return from_dict(TrainConfig, {**base, **self.train, **overrides}, where="train.")
 
 
-def load_eval_config(path: str | Path) -> EvalConfig:
-    return from_dict(EvalConfig, load_yaml(path))
+    def with_root(self, root: str | Path | None = None) -> "EvalConfig":
+        """A copy whose relative data paths are joined to ``root`` (default: the config's own ``root``).
+
+        What ``birdbridge data download --root DIR`` fills is then found with ``--root DIR``
+        alone. Absolute paths and URLs (shards on ``s3://`` ...) stay as written; without a
+        root, relative paths stay relative to the working directory.
+        """
+        base = root if root is not None else self.root
+        if base is None:
+            return self
+        base = Path(base).expanduser()
+
+        def rooted(p: str | None) -> str | None:
+            if not p or "://" in p or p.startswith("local:") or Path(p).expanduser().is_absolute():
+                return p
+            return str(base / p)
+
+        cfg = dataclasses.replace(self, root=str(base))
+        for name in ("train_data", "eval_data"):
+            if (spec := getattr(cfg, name)) is not None:
+                setattr(cfg, name, dataclasses.replace(spec, path=rooted(spec.path), media_root=rooted(spec.media_root)))
+        if (sc := cfg.soundscapes) is not None:
+            cfg.soundscapes = dataclasses.replace(sc, annotations=rooted(sc.annotations), taxonomy=rooted(sc.taxonomy),
+                                                  audio_root=rooted(sc.audio_root))
+        return cfg
+
+
+def load_eval_config(path: str | Path, root: str | Path | None = None) -> EvalConfig:
+    """The config at ``path``, its relative data paths joined to ``root`` (or its own ``root:``)."""
+    return from_dict(EvalConfig, load_yaml(path)).with_root(root)
 
 
 # --------------------------------------------------------------------------- models
@@ -254,15 +283,19 @@ def unseen_split(species, spec: UnseenSpec) -> tuple[list[str], list[str]]:
 
 
 # --------------------------------------------------------------------------- the run
-def run_eval(config: EvalConfig | str | Path, out: str | Path, *, log=print) -> dict:
-    """Run every configured method and protocol; write results.json, report.md and plots to ``out``."""
+def run_eval(config: EvalConfig | str | Path, out: str | Path, *, root: str | Path | None = None, log=print) -> dict:
+    """Run every configured method and protocol; write results.json, report.md and plots to ``out``.
+
+    ``root`` is where ``birdbridge data download`` put the datasets: the config's relative
+    data paths are read below it.
+    """
     import torch
 
     from ..io import atomic_write_json, atomic_write_text
     from . import report
     from .spaces import Evaluator
 
-    cfg = config if isinstance(config, EvalConfig) else load_eval_config(config)
+    cfg = config.with_root(root) if isinstance(config, EvalConfig) else load_eval_config(config, root)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     work = Path(cfg.work_dir).expanduser() if cfg.work_dir else out / "work"

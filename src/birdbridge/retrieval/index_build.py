@@ -48,11 +48,25 @@ def build_index(root: Path, teacher, records: list[ImageRecord], *, kind: str = 
                 rank: int = 0, world: int = 1, timeout_s: float = 24 * 3600.0) -> None:
     """Embed ``records`` into the index at ``root`` (see :meth:`ImageIndex.build`); rank 0 writes."""
     writer = _IndexWriter(root, teacher, kind, add, shard_size, batch_size, progress, rank, world, timeout_s)
-    if rank != 0:
-        writer.run(records)  # embeds its blocks; never writes into the index, so takes no lock
+    if world == 1:
+        with _writer_lock(root):
+            writer.run(records)
         return
-    with _writer_lock(root):
-        writer.run(records)
+    from ..distributed import agree, shared_group
+
+    # Join the group before anything that can fail on one rank only (rank 0's writer lock, the
+    # plan): a rank 0 that stopped before joining would leave the others waiting in the
+    # rendezvous until the timeout, and one that stopped after, in the first round's barrier.
+    with shared_group(rank, world, timeout_s), contextlib.ExitStack() as stack:
+        error = None
+        try:
+            if rank == 0:  # the only rank that writes into the index
+                stack.enter_context(_writer_lock(root))
+            plan = writer.plan(records)
+        except Exception as err:  # noqa: BLE001 - every rank must hear of it, whatever it is
+            error = err
+        agree(rank, world, error, " before the first round")
+        writer.run(records, plan)
 
 
 @contextlib.contextmanager
@@ -95,8 +109,11 @@ class _IndexWriter:
         p = self.root / MANIFEST
         return json.loads(p.read_text()) if p.is_file() else None
 
-    def run(self, records: list[ImageRecord]) -> None:
-        m, todo = self._plan(records)
+    def plan(self, records: list[ImageRecord]) -> tuple[dict, list[ImageRecord]]:
+        return self._plan(records)
+
+    def run(self, records: list[ImageRecord], plan: tuple[dict, list[ImageRecord]] | None = None) -> None:
+        m, todo = plan if plan is not None else self._plan(records)
         chunks = [todo[start : start + self.shard_size] for start in range(0, len(todo), self.shard_size)]
         if self.world > 1:
             self._run_sharded(m, chunks)
