@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import sys
 from pathlib import Path
 from typing import Optional
@@ -115,24 +116,39 @@ def search_cmd(
         else:
             typer.echo(text)
     else:
-        from rich.table import Table
+        if out:
+            from ..io import atomic_write_text
 
-        for r in results:
-            if not r.ok:
-                console.print(f"{r.path}: skipped ({r.error}{': ' + r.error_detail if r.error_detail else ''})", markup=False)
-                continue
-            t = Table(title=f"{r.path} ({r.duration_s:.1f} s, {len(r.windows)} windows, {r.aggregate})")
-            for col in ("#", "score", "species", "image", "window (s)"):
-                t.add_column(col)
-            for h in r.hits:
-                t.add_row(str(h.rank), f"{h.score:.3f}", h.common_name or h.scientific_name or "?", h.path,
-                          f"{h.window_start_s:.1f}-{h.window_end_s:.1f}")
-            Console(file=sys.stdout).print(t)
-            if r.species_guess:
-                typer.echo("species guess: " + ", ".join(f"{g['scientific_name']} {g['score']:.2f}" for g in r.species_guess[:3]))
+            # a file is read later, maybe by a script: no colours, and wide enough for full paths
+            buf = Console(file=io.StringIO(), width=240, color_system=None, soft_wrap=True)
+            _print_tables(results, buf)
+            atomic_write_text(out, buf.file.getvalue())
+            console.print(f"wrote {out}")
+        else:
+            _print_tables(results, Console(file=sys.stdout))
     failed = [r for r in results if not r.ok]
     _exit_status(bool(failed) and len(failed) == len(results), len(failed), len(results), "recordings",
                  f"could be searched ({', '.join(sorted({r.error for r in failed}))})", strict)
+
+
+def _print_tables(results, out: Console) -> None:
+    """One table of hits per recording (``--format table``), to the terminal or a file."""
+    from rich.table import Table
+
+    for r in results:
+        if not r.ok:
+            out.print(f"{r.path}: skipped ({r.error}{': ' + r.error_detail if r.error_detail else ''})", markup=False)
+            continue
+        t = Table(title=f"{r.path} ({r.duration_s:.1f} s, {len(r.windows)} windows, {r.aggregate})")
+        for col in ("#", "score", "species", "image", "window (s)"):
+            t.add_column(col)
+        for h in r.hits:
+            t.add_row(str(h.rank), f"{h.score:.3f}", h.common_name or h.scientific_name or "?", h.path,
+                      f"{h.window_start_s:.1f}-{h.window_end_s:.1f}")
+        out.print(t)
+        if r.species_guess:
+            out.print("species guess: " + ", ".join(f"{g['scientific_name']} {g['score']:.2f}" for g in r.species_guess[:3]),
+                      markup=False)
 
 
 @app.command("serve")
