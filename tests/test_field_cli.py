@@ -87,3 +87,28 @@ def test_search_table_out_writes_the_file(field, index_dir, tiny_distilled_dir, 
     assert "r0.wav" in text and "r1.wav" in text and "score" in text
     assert text.count("Sayornis") + text.count("Spinus") + text.count("Poecile") >= 6  # 3 hits x 2 recordings
     assert "r0.wav" not in res.stdout, "with --out the table goes to the file, not the terminal"
+
+
+def test_a_missing_input_fails_before_the_model_loads_and_writes_nothing(field, index_dir, tiny_clap_dir,
+                                                                          tiny_distilled_dir, tiny_open_clip_dir, tmp_path):
+    (tmp_path / "rec").mkdir()
+    tone(tmp_path / "rec" / "dawn01.wav", 1.0, 1000)
+    # a model that cannot load: had it been loaded first, its error would be the one shown
+    res = bb("embed-audio", "rec/dawn01.wav", "rec/dawn10.wav", "--model", tmp_path / "no-model-here",
+             "--out", "emb.npy", cwd=tmp_path)
+    assert res.returncode == 2, res.stderr
+    err = one_line(res.stderr)
+    assert "no such file: rec/dawn10.wav" in err and "did you mean rec/dawn01.wav" in err, err
+    assert not list(tmp_path.glob("emb*")), "nothing may be written"
+    res = bb("embed-audio", "rec/dawn10.wav", "--model", tiny_clap_dir, "--out", "emb.npy", cwd=tmp_path)
+    assert res.returncode == 2 and not list(tmp_path.glob("emb*"))
+    res = bb("embed-images", "nowhere.png", "--teacher", tiny_open_clip_dir, "--out", "img.npy", cwd=tmp_path)
+    assert res.returncode == 2 and "no such file: nowhere.png" in one_line(res.stderr) and not list(tmp_path.glob("img*"))
+    res = bb("search", "rec/dawn10.wav", "--model", tiny_distilled_dir, "--index", index_dir, "--format", "json",
+             "--out", "hits.json", cwd=tmp_path)
+    assert res.returncode == 2 and "no such file" in res.stderr and not (tmp_path / "hits.json").exists()
+    # a CSV of photos none of which exists (wrong folder): one line, no index directory
+    (tmp_path / "moved.csv").write_text("path,scientific_name\nphotos/a.png,Sayornis nigricans\nphotos/b.png,Spinus psaltria\n")
+    res = bb("index", "moved.csv", "--teacher", tiny_open_clip_dir, "--out", "idx", cwd=tmp_path)
+    assert res.returncode == 2 and "none of the 2 image files listed exists" in one_line(res.stderr), res.stderr
+    assert not (tmp_path / "idx").exists()

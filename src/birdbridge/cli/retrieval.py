@@ -41,6 +41,9 @@ def index_cmd(
         from ..errors import ConfigError
 
         raise ConfigError(f"no images found in {images}")
+    from ..retrieval.embed import require_some_present
+
+    require_some_present([r.path for r in records], "image")  # before the teacher loads
     # under torchrun/srun each rank embeds a block of every round of shards; rank 0 alone writes the index
     rank, world = rank_world()
     model = Teacher.load(teacher, device=rank_device(_device(device)))

@@ -71,10 +71,14 @@ def expand_inputs(args: Iterable[str | Path], kind: str = "audio") -> list[str]:
     """Command-line inputs -> file paths, in the order given.
 
     A directory gives its media files (``kind`` audio or images, by extension) recursively
-    in sorted order; ``@list.txt`` gives one path per line (``#`` comments allowed); a
-    ``.csv`` gives its ``path`` (or ``file``, ``filename``, ...) column. Relative paths in
-    a list or CSV are taken relative to that file. Anything else is kept as given, so a
-    missing file is reported as a skip by the embedding step, not dropped here.
+    in sorted order, hidden files and folders left out; ``@list.txt`` gives one path per
+    line (``#`` comments allowed); a ``.csv`` gives its ``path`` (or ``file``, ``filename``,
+    ...) column. Relative paths in a list or CSV are taken relative to that file.
+
+    What the user typed must exist: a missing argument is a :class:`ConfigError` at once,
+    before any model loads or output is written (it is a typo, not a bad file). A file a
+    list or CSV names may be missing -- it is reported as a skip by the embedding step, as
+    a dataset's missing files are -- unless none of the listed files exists.
     """
     from ..data.generic import AUDIO_EXTS, IMAGE_EXTS, read_csv_rows
     from ..errors import ConfigError
@@ -89,7 +93,9 @@ def expand_inputs(args: Iterable[str | Path], kind: str = "audio") -> list[str]:
             lines = [ln.strip() for ln in listing.read_text(encoding="utf-8-sig").splitlines()]
             out.extend(str(listing.parent / ln) for ln in lines if ln and not ln.startswith("#"))
         elif Path(arg).is_dir():
-            found = sorted(str(f) for f in Path(arg).rglob("*") if f.is_file() and f.suffix.lower() in exts)
+            root = Path(arg)
+            found = sorted(str(f) for f in root.rglob("*") if f.is_file() and f.suffix.lower() in exts
+                           and not any(part.startswith(".") for part in f.relative_to(root).parts))
             if not found:
                 raise ConfigError(f"folder {arg} holds no {kind} files ({', '.join(sorted(exts))})")
             out.extend(found)
@@ -99,9 +105,39 @@ def expand_inputs(args: Iterable[str | Path], kind: str = "audio") -> list[str]:
             if col is None:
                 raise ConfigError(f"{arg}: no file column (expected one of {', '.join(_PATH_COLUMNS)})")
             out.extend(str(Path(arg).parent / r[col]) for r in rows if r.get(col))
+        elif not Path(arg).exists():
+            raise ConfigError(f"no such file: {arg}{_near_miss(arg)}")
         else:
             out.append(arg)
+    require_some_present(out, kind)
     return out
+
+
+def require_some_present(paths: Sequence[str | Path], kind: str) -> None:
+    """A :class:`ConfigError` when none of ``paths`` exists (a wrong folder, not bad files)."""
+    import os
+
+    from ..errors import ConfigError
+
+    if paths and not any(os.path.exists(p) for p in paths):
+        first = str(paths[0])
+        where = "" if os.path.isabs(first) else f" (relative paths are read from {os.getcwd()})"
+        raise ConfigError(f"none of the {len(paths)} {kind} files listed exists, e.g. {first}{where}")
+
+
+def _near_miss(arg: str) -> str:
+    """``" (did you mean rec/r01.wav?)"`` from the sibling names closest to a mistyped one."""
+    import difflib
+    import os
+
+    p = Path(arg)
+    folder = p.parent if str(p.parent) else Path(".")
+    try:
+        names = os.listdir(folder)
+    except OSError:
+        return f" (no folder {folder} either)" if str(p.parent) not in ("", ".") else ""
+    close = difflib.get_close_matches(p.name, names, n=2, cutoff=0.6)
+    return f" (did you mean {' or '.join(str(folder / c) if str(p.parent) not in ('', '.') else c for c in close)}?)" if close else ""
 
 
 def _unit(x: np.ndarray) -> np.ndarray:
