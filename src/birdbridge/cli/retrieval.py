@@ -44,6 +44,13 @@ def index_cmd(
     from ..retrieval.embed import require_some_present
 
     require_some_present([r.path for r in records], "image")  # before the teacher loads
+    from ..retrieval.index_format import unnamed_note
+
+    note = unnamed_note(records)
+    if note:
+        from rich.markup import escape
+
+        console.print(f"[yellow]warning:[/] {escape(note)}", highlight=False)
     # under torchrun/srun each rank embeds a block of every round of shards; rank 0 alone writes the index
     rank, world = rank_world()
     model = Teacher.load(teacher, device=rank_device(_device(device)))
@@ -59,7 +66,11 @@ def index_cmd(
         return
     index = _run_with_progress("embedding images" + (f" ({world} ranks)" if world > 1 else ""), len(records), build)
     m = index.manifest
-    console.print(f"index {out}: {index.count} images ({index.count - before} new), {index.dim}-d, {index.kind}, "
+    updated = index.last_build.get("metadata_updated", 0)
+    news = f"{index.count - before} new" + (f", metadata of {updated} updated" if updated else "")
+    if before and index.count == before and not updated:
+        news += "; every image was indexed already, with the same metadata"
+    console.print(f"index {out}: {index.count} images ({news}), {index.dim}-d, {index.kind}, "
                   f"{m['n_skipped']} skipped {m['skip_counts'] or ''} in {time.time() - t0:.1f} s", markup=False)
     for s in m["skipped"][:10]:
         console.print(f"  skipped {s['input']}: {s['reason']}" + (f" ({s['detail']})" if s["detail"] else ""), markup=False)

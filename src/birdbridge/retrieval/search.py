@@ -165,7 +165,9 @@ def species_text_matrix(index: ImageIndex, model, species=None, cache_dir: str |
 
     species = list(species) if species is not None else index.species()
     if not species:
-        raise ConfigError("no species to guess from: the index has no species names; pass a species list")
+        raise ConfigError(f"no species to guess from: the index {index.root} has no species names (its photos were "
+                          "indexed without them); pass --species-list FILE, a CSV with a scientific_name column "
+                          "(species=load_species_list(FILE) in Python)")
     recipe = _model_meta(model).get("prompt_recipe") or {}
     types = resolve_prompt_types(recipe.get("prompt_type") or "taxonomic_common")
     template_set = recipe.get("template_set") or "single"
