@@ -96,7 +96,7 @@ def test_long_recording_is_searched_per_window(model, index, world, tmp_path):
     # longer search windows: fewer of them
     res_wide = search_audio(model, index, [long_path], k=5, window_s=3.0, hop_s=1.5)[0]
     assert len(res_wide.windows) < len(res_max.windows)
-    assert all(b - a == pytest.approx(3.0, abs=0.01) for a, b in res_wide.windows)
+    assert all(w.end_s - w.start_s == pytest.approx(3.0, abs=0.01) for w in res_wide.windows)
 
 
 def test_bad_recordings_are_reported_not_fatal(model, index, clips, tmp_path):

@@ -93,7 +93,7 @@ def search_cmd(
     window_s: Optional[float] = typer.Option(None, "--window-s", min=0.01, help="Search window (default: the model's window)."),
     hop_s: Optional[float] = typer.Option(None, "--hop-s", min=0.01, help="Window hop (default: half a window)."),
     aggregate: str = typer.Option("max", "--aggregate", help="Per-image score over windows: max (best window) or mean."),
-    fmt: str = typer.Option("table", "--format", "-f", help="table, json or html."),
+    fmt: str = typer.Option("table", "--format", "-f", help="table, json, html, or csv / raven: per-window species from the photos (as `detect` writes)."),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Write the output here (html defaults to search.html)."),
     species_list: Optional[Path] = typer.Option(None, "--species-list", help="CSV of species (scientific_name, ...) for a zero-shot species guess."),
     guess: bool = typer.Option(False, "--guess-species", help="Zero-shot species guess over the index's species."),
@@ -108,14 +108,27 @@ def search_cmd(
     from ..retrieval.embed import expand_inputs
     from ..retrieval.search import load_species_list, search_audio
 
-    if fmt not in ("table", "json", "html"):
-        raise ConfigError(f"--format must be table, json or html, not {fmt!r}")
+    from ..retrieval import tables
+
+    tables.check_format(fmt, ("table", "json", "html", "csv", "raven"))
     paths = expand_inputs(audio, "audio")
     species = load_species_list(species_list) if species_list else None
+    per_window = k if fmt in ("csv", "raven") else 0
+    if per_window:  # loaded here: a table's selections span the band the model hears
+        from ..encoders.factory import load_audio_embedder
+
+        model = load_audio_embedder(model)
     results = _run_with_progress("searching", len(paths), lambda cb: search_audio(
         model, index, paths, k=k, window_s=window_s, hop_s=hop_s, aggregate=aggregate, guess=guess, species=species,
-        cache_dir=cache_dir, allow_teacher_mismatch=allow_teacher_mismatch, progress=cb))
-    if fmt == "html":
+        cache_dir=cache_dir, allow_teacher_mismatch=allow_teacher_mismatch, per_window_k=per_window, progress=cb))
+    if fmt in ("csv", "raven"):
+        nyquist = model.sample_rate / 2
+        if out:
+            tables.write(results, fmt, out, high_freq_hz=nyquist)
+            console.print(f"wrote {sum(len(r.detections) for r in results)} rows to {out}", markup=False)
+        else:
+            typer.echo(tables.render(results, fmt, high_freq_hz=nyquist), nl=False)
+    elif fmt == "html":
         from ..retrieval.html import write_html
 
         target = write_html(results, out or Path("search.html"), subtitle=f"index {index}, model {model}")

@@ -3,7 +3,9 @@
 ``create_app(model, index, settings)`` returns a FastAPI app:
 
 ``POST /search``        multipart field ``audio`` (+ optional ``k`` as form field or query)
-                        → ``{results: [...], species_guess: ..., windows: [...], ...}``
+                        → a search result in the shared schema (docs/SEARCH_SCHEMA.md:
+                        ``{path, duration_s, k, windows, hits: [...], species_guess, ...}``,
+                        as ``birdbridge search --format json`` gives per recording)
 ``GET  /images/{id}``   an indexed image by integer id (``?max_side=N`` for a JPEG thumbnail);
                         only ids in the index resolve, a request never names a path
 ``GET  /``              the upload / microphone page
@@ -226,15 +228,11 @@ def create_app(model, index, settings: ServeSettings | None = None) -> FastAPI:
             return _error(504, "timeout", f"search took longer than {settings.request_timeout_s:.0f} s")
         except _UploadRejected as rej:
             return _error(rej.status, rej.reason, rej.detail)
-        body = result.to_dict()
-        hits = [{"rank": h["rank"], "id": h["id"], "score": h["score"], "name": Path(h["path"]).name,
-                 "species_id": h["species_id"], "scientific_name": h["scientific_name"], "common_name": h["common_name"],
-                 "author": h["author"], "license": h["license"], "source": h["source"],
-                 "image_url": f"/images/{h['id']}", "thumbnail_url": f"/images/{h['id']}?max_side=256",
-                 "best_window": {"index": h["best_window"], "start_s": h["window_start_s"], "end_s": h["window_end_s"]}}
-                for h in body["hits"]]
-        return {"results": hits, "species_guess": body["species_guess"], "windows": body["windows"],
-                "duration_s": body["duration_s"], "k": k_val, "aggregate": body["aggregate"]}
+        from ..retrieval.results import for_server
+
+        # the CLI's schema, with URLs instead of the server's file paths
+        return for_server(result, audio.filename or "upload",
+                          lambda i: (f"/images/{i}", f"/images/{i}?max_side=256")).to_dict()
 
     def _search_bytes(data: bytes, k: int):
         import soundfile as sf
