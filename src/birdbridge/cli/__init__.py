@@ -5,7 +5,7 @@
 """
 
 from ._app import app, console, main
-from . import data, detect, embed, retrieval, run  # noqa: E402,F401 - registers the verbs
+from . import data, embed, retrieval, detect, run  # noqa: E402,F401 - registers the verbs (in --help order)
 from .data import inspect_cmd
 from .detect import detect_cmd
 from .embed import embed_audio_cmd, embed_images_cmd, embed_text_cmd, models_cmd

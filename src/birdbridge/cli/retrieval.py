@@ -195,4 +195,4 @@ def serve_cmd(
 
     settings = ServeSettings(max_upload_bytes=int(max_upload_mb * 2**20), max_duration_s=max_duration_s,
                              request_timeout_s=timeout_s, guess_species=guess, cache_dir=str(cache_dir) if cache_dir else None)
-    serve(model, index, host=host, port=port, settings=settings)
+    serve(model, index, host=host, port=port, settings=settings, announce=lambda line: console.print(line, markup=False))

@@ -146,6 +146,7 @@ def create_app(model, index, settings: ServeSettings | None = None) -> FastAPI:
                   description="Upload a bird recording; get the indexed photos nearest to it in the teacher's space.")
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_upload_bytes + MULTIPART_SLACK)
     app.state.settings, app.state.index, app.state.model = settings, index, model
+    app.state.species_guess = len(species_text[0]) if species_text is not None else 0
 
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError):
@@ -275,11 +276,36 @@ def _page_html() -> str:
     return resources.files("birdbridge.serve").joinpath("static/index.html").read_text(encoding="utf-8")
 
 
+def describe(app: FastAPI, url: str) -> list[str]:
+    """What a server serves, in a few lines: where, which index and model, and how to ask it."""
+    index, model, settings = app.state.index, app.state.model, app.state.settings
+    model_teacher = (getattr(getattr(model, "model", None), "meta", None) or {}).get("teacher_id") or "?"
+    n_species = len(index.species())
+    guess = (f"on, over {app.state.species_guess} species" if app.state.species_guess
+             else "off" + (" (--no-guess-species)" if not settings.guess_species else " (the index names no species)"))
+    return [
+        f"serving {url}/ (search page), POST {url}/search, GET {url}/images/{{id}}, GET {url}/health",
+        f"  index  {Path(index.root).resolve()}: {index.count} images of {n_species} species, {index.dim}-d {index.kind}, "
+        f"teacher {index.teacher_id}",
+        f"  model  {model.name} (distilled onto teacher {model_teacher}; {model.sample_rate} Hz, "
+        f"{model.window_samples / model.sample_rate:g} s windows)",
+        f"  species guess {guess}; uploads up to {settings.max_upload_bytes / 2**20:g} MB and "
+        f"{settings.max_duration_s:g} s",
+        f"  ask it: curl -F audio=@clip.wav -F k=12 {url}/search   (multipart field 'audio'; 'k' optional)",
+    ]
+
+
 def serve(model, index, host: str = "127.0.0.1", port: int = 8000, settings: ServeSettings | None = None,
-          log_level: str = "info") -> None:
-    """Run the app with uvicorn (blocking)."""
+          log_level: str = "info", announce=None) -> None:
+    """Run the app with uvicorn (blocking); ``announce(line)`` first hears what is served (:func:`describe`)."""
     import uvicorn
 
     app = create_app(model, index, settings)
+    import socket
+
+    # listening on every interface: others reach it by this machine's name
+    url = f"http://{socket.gethostname() if host in ('0.0.0.0', '::') else host}:{port}"
+    for line in describe(app, url):
+        (announce or log.info)(line)
     uvicorn.run(app, host=host, port=port, log_level=log_level,
                 timeout_keep_alive=5, limit_concurrency=64)
