@@ -78,7 +78,7 @@ def test_cli_server_and_python_give_one_structure(setup, tiny_distilled_dir, tmp
     assert [g["species_id"] for g in cli["species_guess"]] == [g["species_id"] for g in server["species_guess"]]
     assert all(h["path"] and Path(h["path"]).is_file() and h["image_url"] is None for h in cli["hits"])
     assert all(h["path"] is None and h["image_url"] == f"/images/{h['id']}" for h in server["hits"])
-    assert server["path"] == "clip.wav" and cli["path"].endswith("clip.wav")
+    assert server["path"] == "upload" and cli["path"].endswith("clip.wav")
 
 
 def test_the_schema_document_names_every_field():

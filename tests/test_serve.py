@@ -110,7 +110,7 @@ def test_search_returns_k_results_and_serves_their_images(client, clips):
     assert body["windows"] and body["duration_s"] > 0
     assert body["species_guess"] and body["species_guess"][0]["species_id"] == species
     assert "/" not in body["hits"][0]["name"] and body["hits"][0]["path"] is None  # no server paths in answers
-    assert body["path"] == "clip.wav" and body["schema"] == "birdbridge.search/1"
+    assert body["path"] == "upload" and body["schema"] == "birdbridge.search/1"
     img = client.get(body["hits"][0]["image_url"])
     assert img.status_code == 200 and img.headers["content-type"] == "image/png"
     assert Image.open(io.BytesIO(img.content)).size[0] > 0

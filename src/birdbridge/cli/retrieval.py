@@ -104,7 +104,6 @@ def search_cmd(
     """Show the photos nearest to each recording (long recordings are searched window by window)."""
     import json
 
-    from ..errors import ConfigError
     from ..retrieval.embed import expand_inputs
     from ..retrieval.search import load_species_list, search_audio
 

@@ -8,7 +8,7 @@ teacher's text tower reads their names. The prompts follow the recipe stored in 
 checkpoint, and the text embeddings come from the on-disk cache
 (:mod:`birdbridge.distill.text_cache`), so a list is embedded once.
 
-Recordings are streamed window by window (:func:`~birdbridge.data.audio.iter_spans`):
+Recordings are streamed window by window (:func:`~birdbridge.data.stream.iter_spans`):
 an all-night recording is never decoded whole, and only a batch of windows is in
 memory. A score is the cosine between window and species text; ``min_score`` drops rows
 below it. Tables: :mod:`.tables` (CSV, Raven, Audacity, JSON).

@@ -264,7 +264,8 @@ def _windows(path, sr: int, n: int, hop: int, start_s, end_s):
     zero-padded instead of end-aligned (the length is not known before the end), and the
     silence check runs over the whole stream.
     """
-    from ..data.audio import SILENCE_PEAK, audio_info, iter_windows
+    from ..data.audio import SILENCE_PEAK, audio_info
+    from ..data.stream import iter_windows
 
     offset = start_s or 0.0
     info = audio_info(path)

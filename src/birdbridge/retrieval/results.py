@@ -75,7 +75,7 @@ class Detection:
 class SearchResult:
     """Everything one recording's search gives."""
 
-    path: str  # the recording (on the server: the uploaded file's name)
+    path: str  # the recording (in a server answer: "upload")
     duration_s: float = 0.0
     aggregate: str = "max"
     k: int = 0
@@ -115,14 +115,17 @@ class DetectionResult:
         return asdict(self)
 
 
-def for_server(result: SearchResult, upload_name: str, image_url: Callable[[int], tuple[str, str]]) -> SearchResult:
+UPLOAD = "upload"  # a server answer's `path`: the client's file name is never echoed (nor used as a path)
+
+
+def for_server(result: SearchResult, image_url: Callable[[int], tuple[str, str]]) -> SearchResult:
     """The same result as a server answers it: no file paths, image and thumbnail URLs instead."""
     hits = []
     for h in result.hits:
         url, thumb = image_url(h.id)
         hits.append(replace(h, path=None, image_url=url, thumbnail_url=thumb))
     dets = [replace(d, image=Path(d.image).name if d.image else None) for d in result.detections]
-    return replace(result, path=Path(upload_name or "upload").name, hits=hits, detections=dets)
+    return replace(result, path=UPLOAD, hits=hits, detections=dets)
 
 
 QueryResult = SearchResult  # the name before the schema was shared with the server

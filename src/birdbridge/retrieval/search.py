@@ -90,7 +90,8 @@ def stream_windows(model, path: str | Path, window_s: float | None = None, hop_s
     aligned to the end); a silent, empty or too short recording raises
     :class:`~birdbridge.errors.BadInputError` as :func:`~birdbridge.data.audio.load_audio` does.
     """
-    from ..data.audio import MIN_DURATION_S, iter_spans
+    from ..data.audio import MIN_DURATION_S
+    from ..data.stream import iter_spans
 
     win, hop = _window_samples(model, window_s, hop_s)
     sr = model.sample_rate

@@ -232,8 +232,7 @@ def create_app(model, index, settings: ServeSettings | None = None) -> FastAPI:
         from ..retrieval.results import for_server
 
         # the CLI's schema, with URLs instead of the server's file paths
-        return for_server(result, audio.filename or "upload",
-                          lambda i: (f"/images/{i}", f"/images/{i}?max_side=256")).to_dict()
+        return for_server(result, lambda i: (f"/images/{i}", f"/images/{i}?max_side=256")).to_dict()
 
     def _search_bytes(data: bytes, k: int):
         import soundfile as sf
