@@ -68,10 +68,10 @@ def index_cmd(
     m = index.manifest
     updated = index.last_build.get("metadata_updated", 0)
     news = f"{index.count - before} new" + (f", metadata of {updated} updated" if updated else "")
-    if before and index.count == before and not updated:
-        news += "; every image was indexed already, with the same metadata"
+    same = before and index.count == before and not updated
     console.print(f"index {out}: {index.count} images ({news}), {index.dim}-d, {index.kind}, "
-                  f"{m['n_skipped']} skipped {m['skip_counts'] or ''} in {time.time() - t0:.1f} s", markup=False)
+                  f"{m['n_skipped']} skipped {m['skip_counts'] or ''} in {time.time() - t0:.1f} s"
+                  + ("; every image was indexed already, with the same metadata" if same else ""), markup=False)
     for s in m["skipped"][:10]:
         console.print(f"  skipped {s['input']}: {s['reason']}" + (f" ({s['detail']})" if s["detail"] else ""), markup=False)
     # exit status from this run's inputs only (skips of earlier runs stay listed in the manifest);
