@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from ._app import app, console
+from ._app import app, console, print_outputs
 
 
 @app.command("inspect")
@@ -78,6 +78,7 @@ def download_cmd(
     for a in result["assets"]:
         extra = f" (sha256 recorded: {a['recorded'].split(':', 1)[1][:16]}…; no published checksum)" if a.get("recorded") else ""
         console.print(f"{a['status']:>10}  {root / a['target']}{extra}", markup=False, soft_wrap=True)
+    print_outputs(*((root / a["target"], a["status"]) for a in result["assets"]))
 
 
 @data_app.command("prepare")
@@ -122,6 +123,8 @@ def prepare_cmd(
                   f"{m['bytes'] / 1e9:.2f} GB in {m['n_chunks']} chunks) from {m['n_inputs']} recordings"
                   + (f", resumed after {m['resumed_parts']} finished part(s)" if m.get("resumed_parts") else ""), markup=False,
                   soft_wrap=True)
+    print_outputs((out, "shards (`data: {kind: shards, path: ...}` in a train config)"),
+                  (out / "skipped.json", "recordings skipped, with reasons"))
     if m["n_skipped"]:
         console.print(f"{m['n_skipped']} skipped {m['skip_counts']} (listed in {out / 'skipped.json'})", markup=False,
                       soft_wrap=True)

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 from typing import Optional
 
 import typer
+from rich.console import Console
 
+from ..console import make_console
 from ._app import DEVICE_HELP, _device, _exit_status, _run_with_progress, app, console, print_outputs
 
 
@@ -39,6 +42,16 @@ def index_cmd(
         from ..errors import ConfigError
 
         raise ConfigError(f"no images found in {images}")
+    from ..retrieval.embed import require_some_present
+
+    require_some_present([r.path for r in records], "image")  # before the teacher loads
+    from ..retrieval.index_format import unnamed_note
+
+    note = unnamed_note(records)
+    if note:
+        from rich.markup import escape
+
+        console.print(f"[yellow]warning:[/] {escape(note)}", highlight=False)
     # under torchrun/srun each rank embeds a block of every round of shards; rank 0 alone writes the index
     rank, world = rank_world()
     # one process group from the start: a rank that fails before the build (loading the teacher,
@@ -62,8 +75,12 @@ def index_cmd(
             return
         index = _run_with_progress("embedding images" + (f" ({world} ranks)" if world > 1 else ""), len(records), build)
         m = index.manifest
-        console.print(f"index {out}: {index.count} images ({index.count - before} new), {index.dim}-d, {index.kind}, "
-                      f"{m['n_skipped']} skipped {m['skip_counts'] or ''} in {time.time() - t0:.1f} s", markup=False)
+        updated = index.last_build.get("metadata_updated", 0)
+        news = f"{index.count - before} new" + (f", metadata of {updated} updated" if updated else "")
+        same = before and index.count == before and not updated
+        console.print(f"index {out}: {index.count} images ({news}), {index.dim}-d, {index.kind}, "
+                      f"{m['n_skipped']} skipped {m['skip_counts'] or ''} in {time.time() - t0:.1f} s"
+                      + ("; every image was indexed already, with the same metadata" if same else ""), markup=False)
         for s in m["skipped"][:10]:
             console.print(f"  skipped {s['input']}: {s['reason']}" + (f" ({s['detail']})" if s["detail"] else ""), markup=False)
         # exit status from this run's inputs only (skips of earlier runs stay listed in the manifest);
@@ -86,7 +103,7 @@ def search_cmd(
     window_s: Optional[float] = typer.Option(None, "--window-s", min=0.01, help="Search window (default: the model's window)."),
     hop_s: Optional[float] = typer.Option(None, "--hop-s", min=0.01, help="Window hop (default: half a window)."),
     aggregate: str = typer.Option("max", "--aggregate", help="Per-image score over windows: max (best window) or mean."),
-    fmt: str = typer.Option("table", "--format", "-f", help="table, json or html."),
+    fmt: str = typer.Option("table", "--format", "-f", help="table, json, html, or csv / raven: per-window species from the photos (as `detect` writes)."),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Write the output here (html defaults to search.html)."),
     species_list: Optional[Path] = typer.Option(None, "--species-list", help="CSV of species (scientific_name, ...) for a zero-shot species guess."),
     guess: bool = typer.Option(False, "--guess-species", help="Zero-shot species guess over the index's species."),
@@ -98,19 +115,31 @@ def search_cmd(
     """Show the photos nearest to each recording (long recordings are searched window by window)."""
     import json
 
-    from ..errors import ConfigError
     from ..retrieval.embed import expand_inputs
     from ..retrieval.search import load_species_list, search_audio
 
-    if fmt not in ("table", "json", "html"):
-        raise ConfigError(f"--format must be table, json or html, not {fmt!r}")
+    from ..retrieval import tables
+
+    tables.check_format(fmt, ("table", "json", "html", "csv", "raven"))
     device = _device(device)
     paths = expand_inputs(audio, "audio")
     species = load_species_list(species_list) if species_list else None
+    per_window = k if fmt in ("csv", "raven") else 0
+    if per_window:  # loaded here: a table's selections span the band the model hears
+        from ..encoders.factory import load_audio_embedder
+
+        model = load_audio_embedder(model, device=device)
     results = _run_with_progress("searching", len(paths), lambda cb: search_audio(
         model, index, paths, k=k, window_s=window_s, hop_s=hop_s, aggregate=aggregate, guess=guess, species=species,
-        cache_dir=cache_dir, allow_teacher_mismatch=allow_teacher_mismatch, device=device, progress=cb))
-    if fmt == "html":
+        cache_dir=cache_dir, allow_teacher_mismatch=allow_teacher_mismatch, per_window_k=per_window, device=device, progress=cb))
+    if fmt in ("csv", "raven"):
+        nyquist = model.sample_rate / 2
+        if out:
+            tables.write(results, fmt, out, high_freq_hz=nyquist)
+            print_outputs((out, f"{sum(len(r.detections) for r in results)} per-window rows ({fmt})"))
+        else:
+            typer.echo(tables.render(results, fmt, high_freq_hz=nyquist), nl=False)
+    elif fmt == "html":
         from ..retrieval.html import write_html
 
         target = write_html(results, out or Path("search.html"), subtitle=f"index {index}, model {model}")
@@ -125,26 +154,39 @@ def search_cmd(
         else:
             typer.echo(text)
     else:
-        from rich.table import Table
+        if out:
+            from ..io import atomic_write_text
 
-        from ..console import make_console
-
-        for r in results:
-            if not r.ok:
-                console.print(f"{r.path}: skipped ({r.error}{': ' + r.error_detail if r.error_detail else ''})", markup=False)
-                continue
-            t = Table(title=f"{r.path} ({r.duration_s:.1f} s, {len(r.windows)} windows, {r.aggregate})")
-            for col in ("#", "score", "species", "image", "window (s)"):
-                t.add_column(col)
-            for h in r.hits:
-                t.add_row(str(h.rank), f"{h.score:.3f}", h.common_name or h.scientific_name or "?", h.path,
-                          f"{h.window_start_s:.1f}-{h.window_end_s:.1f}")
-            make_console().print(t)
-            if r.species_guess:
-                typer.echo("species guess: " + ", ".join(f"{g['scientific_name']} {g['score']:.2f}" for g in r.species_guess[:3]))
+            # a file is read later, maybe by a script: no colours, and wide enough for full paths
+            buf = Console(file=io.StringIO(), width=240, color_system=None, soft_wrap=True)
+            _print_tables(results, buf)
+            atomic_write_text(out, buf.file.getvalue())
+            print_outputs((out, "result tables"))
+        else:
+            _print_tables(results, make_console())
     failed = [r for r in results if not r.ok]
     _exit_status(bool(failed) and len(failed) == len(results), len(failed), len(results), "recordings",
                  f"could be searched ({', '.join(sorted({r.error for r in failed}))})", strict)
+
+
+def _print_tables(results, out: Console) -> None:
+    """One table of hits per recording (``--format table``), to the terminal or a file."""
+    from rich.table import Table
+
+    for r in results:
+        if not r.ok:
+            out.print(f"{r.path}: skipped ({r.error}{': ' + r.error_detail if r.error_detail else ''})", markup=False)
+            continue
+        t = Table(title=f"{r.path} ({r.duration_s:.1f} s, {len(r.windows)} windows, {r.aggregate})")
+        for col in ("#", "score", "species", "image", "window (s)"):
+            t.add_column(col)
+        for h in r.hits:
+            t.add_row(str(h.rank), f"{h.score:.3f}", h.common_name or h.scientific_name or "?", h.path,
+                      f"{h.window_start_s:.1f}-{h.window_end_s:.1f}")
+        out.print(t)
+        if r.species_guess:
+            out.print("species guess: " + ", ".join(f"{g['scientific_name']} {g['score']:.2f}" for g in r.species_guess[:3]),
+                      markup=False)
 
 
 @app.command("serve")
@@ -168,4 +210,4 @@ def serve_cmd(
     settings = ServeSettings(max_upload_bytes=int(max_upload_mb * 2**20), max_duration_s=max_duration_s,
                              request_timeout_s=timeout_s, guess_species=guess, cache_dir=str(cache_dir) if cache_dir else None)
     serve(model, index, host=host, port=port, settings=settings, allow_teacher_mismatch=allow_teacher_mismatch,
-          device=device)
+          device=device, announce=lambda line: console.print(line, markup=False))

@@ -45,8 +45,8 @@ def eval_cmd(
 
 @app.command("score")
 def score_cmd(
-    queries: Path = typer.Argument(..., help="Query parquet: `embedding` (list of floats) and `label` columns."),
-    gallery: Path = typer.Argument(..., help="Gallery parquet with the same columns."),
+    queries: Path = typer.Argument(..., help="Query parquet: `embedding` (list of floats) and `label` columns, or an embed-audio/embed-images .parquet (vectors in the .npy beside it)."),
+    gallery: Path = typer.Argument(..., help="Gallery parquet, the same way."),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Write the results JSON here."),
     ranks: Optional[str] = typer.Option(None, "--ranks", help="Comma-separated extra ranks (columns), e.g. genus,family."),
 ) -> None:

@@ -3,7 +3,8 @@
 Everything goes through libsndfile (``soundfile``), which recognises WAV, FLAC, OGG/Vorbis,
 Opus and MP3 by content, so a mislabelled extension never matters. Files are opened lazily
 and only the requested frames are decoded: iNatSounds has recordings of more than 20
-minutes and soundscapes run for hours, so nothing here reads a whole file unless asked.
+minutes and soundscapes run for hours, so nothing here reads a whole file unless asked;
+:mod:`.stream` cuts windows from a file block by block without ever decoding it whole.
 
 Resampling uses soxr at "HQ" quality by default: 20-bit precision, linear phase, and a
 pass band that ends a few percent below the input Nyquist. "VHQ" (28-bit, a slightly wider
@@ -29,7 +30,7 @@ from __future__ import annotations
 import os
 import struct
 from pathlib import Path
-from typing import Iterator, Literal
+from typing import Literal
 
 import numpy as np
 import soundfile as sf
@@ -285,89 +286,6 @@ def load_audio(
         wave = np.ascontiguousarray(wave.T)
     _check_wave(wave, p, sr, min_duration_s, reject_silent, silence_peak)
     return wave
-
-
-# --------------------------------------------------------------------------- streaming
-
-
-def iter_windows(
-    path: str | Path,
-    sr: int,
-    window_s: float,
-    hop_s: float | None = None,
-    *,
-    pad_last: bool = True,
-    start_s: float | None = None,
-    end_s: float | None = None,
-    block_s: float = _BLOCK_S,
-    quality: str = DEFAULT_QUALITY,
-) -> Iterator[tuple[float, np.ndarray]]:
-    """Yield ``(start_s, window)`` mono float32 windows of ``window_s`` every ``hop_s`` seconds.
-
-    The file is read in blocks of ``block_s`` and resampled with a streaming soxr resampler,
-    so memory stays bounded for hours-long files and block edges are seamless: windows
-    equal those cut from a fully decoded file. Window starts are multiples of the hop
-    (in output samples). With ``pad_last`` a final zero-padded window covers any tail the
-    full windows missed (and a file shorter than one window gives one padded window).
-
-    Silence is not rejected here (soundscapes legitimately contain it). Errors found
-    mid-file raise :class:`BadInputError` after the windows before them were yielded.
-    """
-    hop_s = window_s if hop_s is None else hop_s
-    if window_s <= 0 or hop_s <= 0:
-        raise ValueError("window_s and hop_s must be positive")
-    win, hop = int(round(window_s * sr)), int(round(hop_s * sr))
-    p = Path(path)
-    f = _open(p)
-    with f:
-        _check_frames(f, p)
-        native = f.samplerate
-        start, stop = _segment_frames(f, start_s, end_s, None)
-        if stop <= start:
-            raise BadInputError("empty", p, "segment starts after the end of the file")
-        _check_wav_end(f, p, stop)
-        offset_s = start / native
-        stream = soxr.ResampleStream(native, sr, 1, dtype="float32", quality=quality) if native != sr else None
-        block = max(1, int(block_s * native))
-        if start:
-            f.seek(start)
-        buf = np.zeros(0, np.float32)
-        buf_start = 0  # output-sample index of buf[0], relative to the segment start
-        nxt = 0  # output-sample index of the next window start
-        last_end = 0
-        emitted = False
-        remaining = stop - start
-        read = 0
-        while remaining > 0:
-            try:
-                with native_stderr():
-                    raw = f.read(min(block, remaining), dtype="float32", always_2d=True)
-            except (sf.LibsndfileError, RuntimeError) as err:
-                raise BadInputError("decode_error", p, _short(err)) from None
-            got = len(raw)
-            read += got
-            remaining = remaining - got if got else 0
-            if got and not np.isfinite(raw).all():
-                raise BadInputError("non_finite", p)
-            mono = _mix(raw, True) if got else np.zeros(0, np.float32)
-            out = stream.resample_chunk(mono, last=remaining <= 0) if stream is not None else mono
-            buf = np.concatenate([buf, out]) if len(buf) else np.asarray(out, np.float32)
-            while nxt + win <= buf_start + len(buf):
-                i = nxt - buf_start
-                yield offset_s + nxt / sr, buf[i : i + win].copy()
-                emitted, last_end = True, nxt + win
-                nxt += hop
-            drop = min(max(0, nxt - buf_start), len(buf))
-            buf, buf_start = buf[drop:], buf_start + drop
-            if got == 0:
-                break
-        if read < stop - start and (stop - start - read > _SHORTFALL_FRAMES or read == 0):
-            raise BadInputError("decode_error", p, f"truncated: got {read} of {stop - start} frames")
-        total = buf_start + len(buf)
-        if pad_last and nxt < total and (not emitted or last_end < total):
-            i = nxt - buf_start
-            tail = buf[i:]
-            yield offset_s + nxt / sr, np.concatenate([tail, np.zeros(win - len(tail), np.float32)])
 
 
 # --------------------------------------------------------------------------- windows in memory

@@ -125,6 +125,33 @@ def _trainer(cfg: TrainConfig, out_dir: Path, ckpt, steps_per_epoch: int, data):
     )
 
 
+def training_items(collection: Collection, cfg: TrainConfig) -> list:
+    """The labelled recordings of ``cfg.train_split``, or a :class:`BadInputError` that says how to get some."""
+    from collections import Counter
+
+    items = collection.audio_split(cfg.train_split)
+    labelled = [a for a in items if a.species_id]
+    if labelled:
+        return labelled
+    where = f"{collection.name} ({collection.meta.get('source') or collection.root})"
+    if items:
+        raise BadInputError("no_training_audio", detail=f"none of the {len(items)} recordings of split "
+                            f"{cfg.train_split!r} in {where} has a species: put them in species folders or "
+                            "give a CSV with a scientific_name column")
+    splits = Counter(a.split for a in collection.audio)
+    if not collection.audio:
+        detail = f"{where} has no recordings"
+    elif set(splits) == {""}:
+        detail = (f"{where} has no split column (no recording has a split) and train_split is {cfg.train_split!r}: "
+                  "add a `split` column (train, val, test) or set `train_split` in the config's `train:` section "
+                  "(`train_split: \"\"` trains on every recording)")
+    else:
+        have = ", ".join(f"{s or '(none)'} {n}" for s, n in sorted(splits.items()))
+        detail = (f"split {cfg.train_split!r} of {where} is empty (its splits: {have}): "
+                  "fix the `split` column or set `train_split` in the config's `train:` section")
+    raise BadInputError("no_training_audio", detail=detail)
+
+
 def distill(collection: Collection, cfg: TrainConfig, out_dir: str | Path, *, resume: bool = False) -> DistilledModel:
     """Train the student + head on ``collection``'s train split and save ``out_dir/model``."""
     import lightning as L
@@ -135,15 +162,14 @@ def distill(collection: Collection, cfg: TrainConfig, out_dir: str | Path, *, re
     check_accelerator(cfg.accelerator, cfg.devices)  # before any model loads: one line, not a traceback
     settle_lightning()  # its INFO banners only with --verbose
     out_dir = Path(out_dir)
+    train_items = training_items(collection, cfg)  # before any model loads: a data mistake fails at once
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     text = species_text_embeddings(cfg, collection)
     out_dim = next(iter(text.values())).shape[1]
     torch.manual_seed(cfg.seed)  # head init independent of what the teacher load consumed
     student = build_student(cfg, out_dim)
-    train_items = collection.audio_split(cfg.train_split)
-    if not train_items:
-        raise BadInputError("no_training_audio", detail=f"split {cfg.train_split!r} of {collection.name} is empty")
-    data = DistillData(collection, train_items, collection.audio_split(cfg.val_split), sample_rate=student.sample_rate,
+    val_items = [a for a in collection.audio_split(cfg.val_split) if a.species_id]
+    data = DistillData(collection, train_items, val_items, sample_rate=student.sample_rate,
                        n_samples=student.window_samples, batch_size=cfg.batch_size, num_workers=cfg.num_workers,
                        seed=cfg.seed, cache_decoded=cfg.cache_decoded_audio)
     # one-process count; under DDP the module reads per-rank steps from the trainer

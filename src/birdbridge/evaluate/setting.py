@@ -86,7 +86,8 @@ def _load_data(spec, role: str) -> Collection:
     if spec.media_root is not None:
         opts["media_root"] = spec.media_root
     try:
-        return load_collection(spec.kind, spec.path, **opts)
+        # scoring needs a species per item: a folder's loose files have none
+        return load_collection(spec.kind, spec.path, **opts).labelled()
     except TypeError as err:  # an option the loader does not take
         raise ConfigError(f"{role}.options: {err}") from None
 
