@@ -14,12 +14,12 @@ from birdbridge.data.audio import (
     SILENCE_PEAK,
     audio_info,
     crop_or_pad,
-    iter_windows,
     load_audio,
     resample,
     sliding_windows,
     window_starts,
 )
+from birdbridge.data.stream import iter_windows
 from birdbridge.errors import BadInputError
 
 SR = 22050
