@@ -9,7 +9,12 @@ import json
 import sys
 from pathlib import Path
 
+from .report_data import gpu_data_section, loader_section, projection_section
 from .targets import TARGETS
+
+
+def _load(here: Path, name: str) -> dict | None:
+    return json.loads((here / name).read_text()) if (here / name).is_file() else None
 
 
 def _f(v, fmt: str = ".3g") -> str:
@@ -233,6 +238,13 @@ def render(r: dict) -> str:
         "## Decode + resample",
         "",
         *_decode(r),
+        "## Training loader: files vs shards",
+        "",
+        *loader_section(r),
+        "## Projection: the paper's run",
+        "",
+        *projection_section(r, _load(Path(__file__).resolve().parent, "gpu_results.json"),
+                            _load(Path(__file__).resolve().parent, "gpu_data.json")),
         "## Models",
         "",
         *_models(r),
@@ -242,6 +254,7 @@ def render(r: dict) -> str:
         "## GPU",
         "",
         *_gpu(Path(__file__).resolve().parent),
+        *gpu_data_section(_load(Path(__file__).resolve().parent, "gpu_data.json")),
     ]
     return "\n".join(lines)
 

@@ -5,4 +5,6 @@ TARGETS = {  # key: (comparison, threshold, what)
     "frontend_speedup": (">=", 10.0, "audio front end, torch vs HF extractor"),
     "search_ms_per_query": ("<=", 5.0, "search ms/query over 1M x 768"),
     "search_recall_at_10": (">=", 0.95, "search recall@10 vs exact"),
+    "loader_shards_over_raw": (">=", 5.0, "training loader, shards vs raw files (10 s 48 kHz clips/s, one core)"),
+    "loader_clips_per_s_per_core": (">=", 125.0, "training loader from shards, 10 s 48 kHz clips/s per core"),
 }

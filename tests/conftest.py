@@ -76,3 +76,23 @@ def demo_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("demo")
     results = run_demo(out, seed=0, console=Console(quiet=True))
     return out, results
+
+
+@pytest.fixture(scope="session")
+def tiny_distilled_dir(tmp_path_factory, tiny_clap_dir, tiny_open_clip_dir) -> Path:
+    """A random-weight distilled checkpoint in the tiny teacher's space (search, detect).
+
+    Its answers mean nothing; it has the real checkpoint's layout and metadata (teacher id,
+    prompt recipe), so every verb that takes ``--model`` runs on it in seconds.
+    """
+    from birdbridge.encoders.clap import load_clap
+    from birdbridge.encoders.heads import HeadSpec
+    from birdbridge.encoders.student import AudioStudent, DistilledModel
+    from birdbridge.encoders.teacher import Teacher
+
+    clap, fe = load_clap(str(tiny_clap_dir))
+    dim = Teacher.load(str(tiny_open_clip_dir)).dim
+    meta = {"student_id": str(tiny_clap_dir), "teacher_id": str(tiny_open_clip_dir),
+            "prompt_recipe": {"prompt_type": "taxonomic", "template_set": "single"}}
+    model = DistilledModel.from_student(AudioStudent.from_clap(clap, fe, HeadSpec(kind="linear", out_dim=dim)), meta)
+    return model.eval().save_pretrained(tmp_path_factory.mktemp("tiny_distilled") / "model")

@@ -14,13 +14,13 @@ from birdbridge.data.audio import (
     SILENCE_PEAK,
     audio_info,
     crop_or_pad,
-    iter_windows,
     load_audio,
     pad_to_length,
     resample,
     sliding_windows,
     window_starts,
 )
+from birdbridge.data.stream import iter_windows
 from birdbridge.errors import BadInputError
 
 SR = 22050

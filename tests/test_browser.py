@@ -1,7 +1,9 @@
 """The search page in a real headless Chromium: upload a clip, click search, see the singer.
 
-Uses Debian's ``/usr/bin/chromium`` (``make test`` installs it) through the PyPI
-``playwright`` package; no browser is ever downloaded.
+Uses Debian's ``/usr/bin/chromium`` (``make browser``, part of ``make test``, installs it)
+through the PyPI ``playwright`` package; no browser is ever downloaded. The answer is the
+shared search schema (docs/SEARCH_SCHEMA.md); a failed upload must clear the previous
+clip's photos and species guess.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ def browser_ready():
         pytest.skip("the 'playwright' Python package is not installed (pip install -e '.[dev]')")
 
 
-def test_upload_search_and_see_the_right_species(browser_ready, demo_run, tmp_path):
+def test_upload_search_and_see_the_right_species_then_a_failed_upload_clears_it(browser_ready, demo_run, tmp_path):
     from playwright.sync_api import sync_playwright
 
     from birdbridge.data.synthetic import load_world
@@ -67,7 +69,21 @@ def test_upload_search_and_see_the_right_species(browser_ready, demo_run, tmp_pa
             assert figures[0].get_attribute("data-species") == species
             assert world.species_by_id[species].scientific_name in figures[0].inner_text()
             assert "8 images" in page.inner_text("#status")
+            assert "species guess" in page.inner_text("#guess")
             page.screenshot(path=str(shot), full_page=True)
+            # a failed upload next: the previous clip's photos and guess must not stay as if they were its answer
+            bad = tmp_path / "notes.wav"
+            bad.write_text("field notes, not a recording\n")
+            page.set_input_files("#file", str(bad))
+            page.click("#search")
+            page.wait_for_selector("#status.err", timeout=60_000)
+            assert "415" in page.inner_text("#status") and "not_audio" in page.inner_text("#status")
+            assert page.query_selector_all("#results figure") == [] and page.inner_text("#guess").strip() == ""
+            # and a good clip after it is answered again
+            page.set_input_files("#file", str(world.resolve(clip.path)))
+            page.click("#search")
+            page.wait_for_selector("#results figure.hit", timeout=60_000)
+            assert page.query_selector_all("#results figure.hit")[0].get_attribute("data-species") == species
         finally:
             browser.close()
     data = shot.read_bytes()

@@ -69,7 +69,10 @@ def test_rows_in_input_order_and_bad_inputs_skipped(tiny_clap_dir, media, tmp_pa
     from birdbridge.encoders.factory import load_audio_embedder
 
     out = tmp_path / "emb.npy"
-    inputs = [media / "long.wav", media / "missing.wav", media / "short.wav", media / "text.wav", media / "mid.flac"]
+    # a file a list names may be missing (a skip); one typed on the command line may not (test_field_cli.py)
+    listing = tmp_path / "missing.txt"
+    listing.write_text(f"{media / 'missing.wav'}\n")
+    inputs = [media / "long.wav", f"@{listing}", media / "short.wav", media / "text.wav", media / "mid.flac"]
     result = _run("embed-audio", *inputs, "--model", tiny_clap_dir, "--out", out)
     assert result.exit_code == 0, result.output
     vec, rows, side = _read(out)
@@ -129,7 +132,9 @@ def test_folder_list_and_csv_inputs(tiny_clap_dir, media, tmp_path):
 
 def test_no_input_usable_exits_nonzero_and_strict(tiny_clap_dir, media, tmp_path):
     out = tmp_path / "none.npy"
-    result = _run("embed-audio", media / "text.wav", media / "nope.wav", "--model", tiny_clap_dir, "--out", out)
+    listing = tmp_path / "nope.txt"
+    listing.write_text(f"{media / 'nope.wav'}\n")
+    result = _run("embed-audio", media / "text.wav", f"@{listing}", "--model", tiny_clap_dir, "--out", out)
     assert result.exit_code == 1
     assert "none of the 2 recordings could be embedded" in " ".join(result.stderr.split())
     _, _, side = _read(out)

@@ -103,7 +103,10 @@ def test_batchnorm_is_synchronised_across_gpu_ranks(monkeypatch, tmp_path, accel
 
     from birdbridge.distill import train as train_mod
 
+    from birdbridge import devices
+
     monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda)
+    monkeypatch.setattr(devices, "_cuda_count", lambda: int(cuda))  # the up-front device check asks torch too
     cfg = TrainConfig.from_dict({"accelerator": accelerator})
     assert cfg.uses_gpu() is want
     got = {}

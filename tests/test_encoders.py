@@ -199,5 +199,5 @@ def test_model_id_kinds(model_id, kind):
 
 
 def test_missing_local_directory_says_so():
-    with pytest.raises(ModelNotAvailableError, match="no such directory"):
+    with pytest.raises(ModelNotAvailableError, match="no such model folder"):
         load_audio_embedder("runs/does-not-exist/model")

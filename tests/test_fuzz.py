@@ -19,7 +19,8 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from badcorpus import _photo, tone
-from birdbridge.data.audio import iter_windows, load_audio
+from birdbridge.data.audio import load_audio
+from birdbridge.data.stream import iter_windows
 from birdbridge.data.images import load_image
 from birdbridge.errors import BadInputError
 

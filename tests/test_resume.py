@@ -18,6 +18,11 @@ depends on is either in the checkpoint or a function of the config:
   happens inside the optimiser step, so checkpoints hold the clamped value the unbroken
   run goes on with.
 
+The same holds when the clips come from shards (``data: {kind: shards}``, written by
+``birdbridge data prepare``): a shard run killed mid-epoch resumes to the unbroken shard
+run's weights, and those equal a run on the files themselves (lossless shards at the
+files' rate give the very same crops).
+
 Not covered: a different thread count or device (float reductions reorder), a resumed
 run with another world size (a warning says the epoch's remaining batches differ).
 """
@@ -222,3 +227,54 @@ def test_starting_an_epoch_leaves_the_global_rng_alone(world):
         before = torch.get_rng_state()
         iter(loader)
         assert torch.equal(torch.get_rng_state(), before)
+
+
+# --------------------------------------------------------------------------- from shards
+
+
+@pytest.fixture(scope="module")
+def shard_runs(runs, world):
+    """Shards of the world (its 16-bit 16 kHz WAVs kept at their rate, so lossless) and two unbroken runs:
+    one from those shards, one from the same files."""
+    tmp = runs["tmp"]
+    clean = world / "clean.csv"  # the same recordings without the broken one, which prepare would skip
+    clean.write_text("\n".join(ln for ln in (world / "world.csv").read_text().splitlines() if "broken.wav" not in ln) + "\n")
+    prep = subprocess.run([str(BIN), "data", "prepare", "csv", str(clean), "--out", str(tmp / "shards"), "--sample-rate",
+                           "native", "--workers", "1"], env=_env(), capture_output=True, text=True, timeout=300)
+    assert prep.returncode == 0, prep.stderr
+    cfg = yaml.safe_load(runs["config"].read_text())
+    cfg["data"] = {"kind": "csv", "path": str(clean)}
+    files_cfg = tmp / "clean.yaml"
+    files_cfg.write_text(yaml.safe_dump(cfg))
+    cfg["data"] = {"kind": "shards", "path": str(tmp / "shards")}
+    cfg["train"]["num_workers"] = 2
+    shard_cfg = tmp / "shards.yaml"
+    shard_cfg.write_text(yaml.safe_dump(cfg))
+    for config, out in ((files_cfg, tmp / "clean-ref"), (shard_cfg, tmp / "shards-ref")):
+        res = _train(config, out)
+        assert res.returncode == 0, res.stderr[-2000:]
+    return {"config": shard_cfg, "files_ref": tmp / "clean-ref", "ref": tmp / "shards-ref"}
+
+
+def _weights(out: Path) -> dict:
+    from safetensors.torch import load_file
+
+    return load_file(out / "model" / "model.safetensors")
+
+
+def test_training_from_shards_equals_training_from_the_files(shard_runs):
+    """Same recordings, same (seed, epoch, index) crops: the shard run's weights are the file run's, bit for bit."""
+    a, b = _weights(shard_runs["files_ref"]), _weights(shard_runs["ref"])
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_training_from_shards_killed_mid_epoch_resumes_bit_identically(runs, shard_runs):
+    out = runs["tmp"] / "shards-crash"
+    killed = _kill_at_step(shard_runs["config"], out, STEPS_PER_EPOCH + 2)
+    assert killed == STEPS_PER_EPOCH + 2
+    res = _train(shard_runs["config"], out, "--resume")
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert _ckpt_step(out)[0] == STEPS_PER_EPOCH * EPOCHS
+    ref, got = _weights(shard_runs["ref"]), _weights(out)
+    differing = [k for k in ref if not torch.equal(ref[k], got[k])]
+    assert not differing, f"resumed weights differ from the unbroken shard run's in {differing[:5]}"

@@ -135,12 +135,14 @@ def test_write_json_nan_to_null_and_atomic_failure(tmp_path, monkeypatch):
     write_json({"metrics": {"map": float("nan"), "x": np.float32(0.5), "k": {np.int64(3): 1.0}}}, out)
     back = json.loads(out.read_text())
     assert back == {"metrics": {"map": None, "x": 0.5, "k": {"3": 1.0}}}
-    assert oct(out.stat().st_mode & 0o777) == oct(0o644)
+    from birdbridge.io import current_umask
+
+    assert oct(out.stat().st_mode & 0o777) == oct(0o666 & ~current_umask())  # as any file the user makes
 
     def crash(src, dst):
         raise OSError("disk gone")
 
-    monkeypatch.setattr("birdbridge.evaluate.score.os.replace", crash)
+    monkeypatch.setattr("birdbridge.io.os.replace", crash)  # score.write_json uses the one atomic writer
     with pytest.raises(OSError, match="disk gone"):
         write_json({"metrics": {"map": 0.9}}, out)
     assert json.loads(out.read_text()) == back  # old file intact

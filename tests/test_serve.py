@@ -105,19 +105,20 @@ def test_search_returns_k_results_and_serves_their_images(client, clips):
     resp = _post(client, Path(path).read_bytes(), k="5")
     assert resp.status_code == 200, resp.text
     body = resp.json()
-    assert len(body["results"]) == 5 and body["k"] == 5
-    assert body["results"][0]["species_id"] == species
+    assert len(body["hits"]) == 5 and body["k"] == 5
+    assert body["hits"][0]["species_id"] == species
     assert body["windows"] and body["duration_s"] > 0
     assert body["species_guess"] and body["species_guess"][0]["species_id"] == species
-    assert "/" not in body["results"][0]["name"]  # no server paths in answers
-    img = client.get(body["results"][0]["image_url"])
+    assert "/" not in body["hits"][0]["name"] and body["hits"][0]["path"] is None  # no server paths in answers
+    assert body["path"] == "upload" and body["schema"] == "birdbridge.search/1"
+    img = client.get(body["hits"][0]["image_url"])
     assert img.status_code == 200 and img.headers["content-type"] == "image/png"
     assert Image.open(io.BytesIO(img.content)).size[0] > 0
-    thumb = client.get(body["results"][0]["thumbnail_url"].replace("256", "16"))
+    thumb = client.get(body["hits"][0]["thumbnail_url"].replace("256", "16"))
     assert thumb.headers["content-type"] == "image/jpeg" and max(Image.open(io.BytesIO(thumb.content)).size) <= 16
     # k as a query parameter, and the default
-    assert len(client.post("/search?k=3", files={"audio": ("a", Path(path).read_bytes())}).json()["results"]) == 3
-    assert len(_post(client, Path(path).read_bytes()).json()["results"]) == 7
+    assert len(client.post("/search?k=3", files={"audio": ("a", Path(path).read_bytes())}).json()["hits"]) == 3
+    assert len(_post(client, Path(path).read_bytes()).json()["hits"]) == 7
 
 
 def test_server_answers_match_the_python_api(client, clips, demo_run, index_dir):
@@ -126,9 +127,9 @@ def test_server_answers_match_the_python_api(client, clips, demo_run, index_dir)
     direct = search_audio(str(demo_run[0] / "model"), index_dir, [p for p, _ in clips], k=6)
     for (path, species), ref in zip(clips, direct):
         body = _post(client, Path(path).read_bytes(), name="x", k="6").json()
-        assert [h["id"] for h in body["results"]] == [h.id for h in ref.hits]
-        assert [h["score"] for h in body["results"]] == pytest.approx([h.score for h in ref.hits], abs=1e-4)
-        assert body["results"][0]["species_id"] == species
+        assert [h["id"] for h in body["hits"]] == [h.id for h in ref.hits]
+        assert [h["score"] for h in body["hits"]] == pytest.approx([h.score for h in ref.hits], abs=1e-4)
+        assert body["hits"][0]["species_id"] == species
 
 
 def test_images_endpoint_serves_only_indexed_ids(client, index_dir):
@@ -160,7 +161,7 @@ def test_content_is_sniffed_not_trusted(client, clips, tmp_path):
     _assert_clean_error(_post(client, png.getvalue(), name="song.mp3", ctype="audio/mpeg"), 415, "not_audio")
     # real audio with a misleading name and type is accepted
     ok = _post(client, Path(clips[1][0]).read_bytes(), name="photo.jpg", ctype="image/jpeg", k="2")
-    assert ok.status_code == 200 and len(ok.json()["results"]) == 2
+    assert ok.status_code == 200 and len(ok.json()["hits"]) == 2
 
 
 def test_bad_parameters_and_unusable_audio_get_422(client, clips):
@@ -261,7 +262,7 @@ def test_real_server_with_curl(demo_run, index_dir, clips, tmp_path):
                              capture_output=True, text=True, timeout=120)
         assert out.returncode == 0, out.stderr
         body = json.loads(out.stdout)
-        assert len(body["results"]) == 4 and body["results"][0]["species_id"] == species
+        assert len(body["hits"]) == 4 and body["hits"][0]["species_id"] == species
         bad = subprocess.run(["curl", "-sS", "-o", "/dev/null", "-w", "%{http_code}", "-F", f"audio=@{Path(__file__)}",
                               f"{url}/search"], capture_output=True, text=True, timeout=60)
         assert bad.stdout == "415"

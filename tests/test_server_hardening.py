@@ -90,7 +90,7 @@ def test_every_bad_upload_gets_a_clean_4xx(client, tmp_path):
         statuses[name] = resp.status_code
         if AUDIO_EXPECTED[name] is None:
             assert resp.status_code == 200, (name, resp.text[:300])
-            assert resp.json()["results"], name
+            assert resp.json()["hits"], name
         else:
             _clean_error(resp, {413, 415, 422})
     assert statuses["random_bytes.wav"] == statuses["text_file.wav"] == 415

@@ -21,7 +21,7 @@ import pytest
 import soundfile as sf
 import torch
 
-from birdbridge.distributed import load_embeddings, merge_embeddings, part_path, rank_world, run_sharded, shard_indices
+from birdbridge.distributed import merge_embeddings, part_path, rank_world, run_sharded, shard_indices
 
 WORKER = textwrap.dedent(
     """

@@ -66,11 +66,35 @@ def local_rank() -> int:
     return 0
 
 
-def rank_device(device: str) -> str:
-    """``cuda`` becomes ``cuda:LOCAL_RANK`` when several processes share a node, so each rank gets its own GPU."""
-    if device == "cuda" and rank_world()[1] > 1:
-        return f"cuda:{local_rank()}"
-    return device
+def local_world() -> int | None:
+    """Processes on this node, when the launcher says (torchrun, SLURM, Open MPI)."""
+    for name in ("LOCAL_WORLD_SIZE", "SLURM_NTASKS_PER_NODE", "OMPI_COMM_WORLD_LOCAL_SIZE"):
+        v = os.environ.get(name, "").split("(")[0]  # SLURM may write "8(x2)"
+        if v.isdigit():
+            return int(v)
+    return None
+
+
+def rank_device(device: str, device_count: int | None = None) -> str:
+    """The GPU this rank should use when ``device`` is ``cuda`` and several processes run.
+
+    torchrun (and ``srun --gpus-per-node``) show every process all of the node's GPUs:
+    ``cuda:LOCAL_RANK``. ``srun --gpus-per-task=N`` shows each task only its own N GPUs
+    (``CUDA_VISIBLE_DEVICES``), numbered from 0 while ``SLURM_LOCALID`` runs on: fewer
+    visible GPUs than local processes means the GPUs are per process, so ``cuda:0``.
+    ``device_count`` defaults to ``torch.cuda.device_count()`` (which honours
+    ``CUDA_VISIBLE_DEVICES``).
+    """
+    if device != "cuda" or rank_world()[1] <= 1:
+        return device
+    if device_count is None:
+        import torch
+
+        device_count = torch.cuda.device_count()
+    local, on_node = local_rank(), local_world()
+    if device_count <= 1 or (on_node is not None and device_count < on_node):
+        return "cuda:0"
+    return f"cuda:{local % device_count}"
 
 
 def is_main_process() -> bool:
@@ -184,6 +208,13 @@ class _Sync:
             # a CPU (gloo) group even when the default group is NCCL: only files move here
             dist.monitored_barrier(timeout=timedelta(seconds=self.timeout_s)) if dist.get_backend() == "gloo" else dist.barrier()
 
+    def agree(self, error: BaseException | None, when: str = "") -> None:
+        """See :func:`agree`; with file barriers only this rank's own error is raised."""
+        if self.use_dist:
+            agree(self.rank, self.world, error, when)
+        elif error is not None:
+            raise error
+
     def report(self, ok: bool, message: str = "") -> None:
         from .io import atomic_write_text
 
@@ -219,6 +250,29 @@ class _Sync:
             import torch.distributed as dist
 
             dist.destroy_process_group()
+
+
+def agree(rank: int, world: int, error: BaseException | None, when: str = "") -> None:
+    """Every rank says whether it can go on; all stop at once if one cannot.
+
+    Under a process group each rank contributes ``None`` or its error message
+    (``all_gather_object``). The failing rank re-raises its own error; every other rank
+    raises :class:`ShardError` naming it -- instead of waiting in the next collective for a
+    rank that has already exited (which only a timeout, hours later, would end). Without a
+    process group (one process, or file barriers) this only re-raises ``error``.
+    """
+    import torch.distributed as dist
+
+    if world > 1 and dist.is_available() and dist.is_initialized():
+        msgs: list = [None] * world
+        dist.all_gather_object(msgs, None if error is None else f"{type(error).__name__}: {error}")
+        if error is None:
+            failed = [(r, m) for r, m in enumerate(msgs) if m is not None]
+            if failed:
+                r, m = failed[0]
+                raise ShardError(f"rank {r} failed{when}: {m}")
+    if error is not None:
+        raise error
 
 
 @contextlib.contextmanager
@@ -291,8 +345,10 @@ def run_sharded(
             part.save(part_path(out, rank))
         except BaseException as err:
             sync.report(False, f"{type(err).__name__}: {err}")
+            sync.agree(err)  # under a process group the others learn now, not at a barrier rank 0 never reaches
             raise
         sync.report(True)
+        sync.agree(None)  # raises ShardError when another rank failed
         if rank != 0:
             sync.barrier()  # rank 0 merges in between
             return None

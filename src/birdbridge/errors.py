@@ -7,7 +7,6 @@ is counted and written next to the outputs, so nothing is dropped silently.
 
 from __future__ import annotations
 
-import json
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -36,6 +35,10 @@ class ConfigError(BirdbridgeError, ValueError):
 
 class ModelNotAvailableError(BirdbridgeError, OSError):
     """Model weights cannot be found locally and cannot be downloaded."""
+
+
+class DeviceNotAvailableError(ConfigError):
+    """A device (``--device cuda``, ``--accelerator gpu``) that this machine does not have."""
 
 
 @dataclass
@@ -73,4 +76,6 @@ class SkipLog:
         return f"{len(self.skips)} inputs skipped ({parts})"
 
     def write_json(self, path: str | Path) -> None:
-        Path(path).write_text(json.dumps({"n_skipped": len(self), "counts": self.counts(), "skipped": self.to_list()}, indent=2))
+        from .io import atomic_write_json
+
+        atomic_write_json(path, {"n_skipped": len(self), "counts": self.counts(), "skipped": self.to_list()})

@@ -1,4 +1,11 @@
-"""Atomic writes: a reader never sees a half-written file or directory."""
+"""Atomic writes: a reader never sees a half-written file or directory.
+
+Outputs follow the user's umask like any other file: ``mkstemp``/``mkdtemp`` create
+0600/0700 whatever the umask, and a file renamed into place keeps those bits, so the
+temp file or folder gets the mode ``open()``/``mkdir()`` would have given it (0666 or
+0777 less the umask) before it is renamed. Colleagues on a shared lab account or group
+project folder can then read results, and a private umask (077) still keeps them private.
+"""
 
 from __future__ import annotations
 
@@ -23,6 +30,7 @@ def atomic_dir(target: str | Path) -> Iterator[Path]:
     recover_dir(target)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
     try:
+        os.chmod(tmp, 0o777 & ~current_umask())
         yield tmp
         old = None
         if target.exists():
@@ -59,6 +67,7 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
+        os.fchmod(fd, 0o666 & ~current_umask())
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
@@ -68,6 +77,21 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
+
+
+def current_umask() -> int:
+    """The process umask, read without changing it (``os.umask`` can only be read by setting it,
+    which would briefly loosen it for every other thread)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o077)  # no /proc (macOS): set-and-restore, with the strict value in between
+    os.umask(mask)
+    return mask
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:

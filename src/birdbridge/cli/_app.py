@@ -4,6 +4,11 @@ Verb modules (``data``, ``embed``, ``retrieval``, ``run``) register their comman
 :data:`app` when the package is imported; this module imports none of them.
 Errors a user can act on (:class:`~birdbridge.errors.BirdbridgeError`) are printed as
 one line and exit with status 2; tracebacks are for bugs only.
+
+Output: a verb prints its own progress and results; third-party logs, progress bars and
+known-benign warnings show only with ``birdbridge --verbose VERB`` (:mod:`birdbridge.quiet`).
+Off a terminal (logs, SLURM) nothing is wrapped or truncated (:mod:`birdbridge.console`).
+Every verb that writes files ends with :func:`print_outputs`: where they are.
 """
 
 from __future__ import annotations
@@ -27,8 +32,16 @@ console = Console(stderr=True)
 
 
 @app.callback()
-def _root() -> None:
+def _root(
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Also show third-party logs, progress bars and warnings "
+                                 "(Lightning, transformers, TFLite, mpg123); by default only birdbridge's own output."),
+) -> None:
     """birdbridge: bird sound in, pictures of the singer out."""
+    from ..console import fit_to_stream
+    from ..quiet import configure
+
+    configure(verbose)
+    fit_to_stream(console)
 
 
 @app.command()
@@ -44,11 +57,27 @@ def _out_npy(out: Path) -> Path:
 
 
 def _device(device: str) -> str:
-    if device != "auto":
-        return device
-    import torch
+    """``--device`` checked before anything loads (one line when this machine lacks it)."""
+    from ..devices import resolve_device
 
-    return "cuda" if torch.cuda.is_available() else "cpu"
+    return resolve_device(device)
+
+
+DEVICE_HELP = "cpu, cuda, cuda:N, mps, or auto (cuda when there is one)."
+
+
+def print_outputs(*outputs, what: str = "outputs") -> None:
+    """The last lines of a verb: where each file or folder it wrote is, as absolute paths.
+
+    ``outputs`` are paths, or ``(path, note)`` pairs; paths that were not written are left out.
+    """
+    rows = [(Path(o[0]), o[1]) if isinstance(o, tuple) else (Path(o), "") for o in outputs if o is not None]
+    rows = [(p.resolve(), note) for p, note in rows if p.exists()]
+    if not rows:
+        return
+    console.print(f"{what}:", markup=False)
+    for path, note in rows:
+        console.print(f"  {path}{'/' if path.is_dir() else ''}" + (f"  ({note})" if note else ""), markup=False)
 
 
 def _run_with_progress(label: str, total: int, job):
@@ -87,6 +116,8 @@ def _save_and_report(emb, out: Path, n_inputs: int, what: str, strict: bool) -> 
         console.print(f"  skipped {skip.input}: {skip.reason}" + (f" ({skip.detail})" if skip.detail else ""), markup=False)
     if len(emb.skips) > 10:
         console.print(f"  ... and {len(emb.skips) - 10} more (all listed in {path.with_suffix('.json')})")
+    print_outputs((path, "vectors"), (path.with_suffix(".parquet"), "one row per vector"),
+                  (path.with_suffix(".json"), "provenance and skips"))
     _exit_status(n_ok == 0, len(emb.skips), n_inputs, what,
                  f"could be embedded (reasons in {path.with_suffix('.json')})", strict)
 
@@ -95,5 +126,9 @@ def main() -> None:
     try:
         app()
     except BirdbridgeError as err:
-        console.print(f"[bold red]error:[/] {err}")
+        from rich.markup import escape
+
+        # soft_wrap: one line however long (a URL or path cut by the terminal width is no use);
+        # escape: the message may hold [brackets]
+        console.print(f"[bold red]error:[/] {escape(str(err))}", soft_wrap=True)
         sys.exit(2)

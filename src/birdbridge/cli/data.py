@@ -1,4 +1,4 @@
-"""Dataset verbs: ``inspect``."""
+"""Dataset verbs: ``inspect``, and the ``data`` group: ``data download``, ``data prepare``."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from ._app import app, console
+from ._app import app, console, print_outputs
 
 
 @app.command("inspect")
@@ -39,3 +39,95 @@ def inspect_cmd(
     if strict and n_bad:
         console.print(f"[bold red]error:[/] --strict: {n_bad} media files are bad or missing")
         raise typer.Exit(1)
+
+
+data_app = typer.Typer(name="data", help="Fetch the paper's datasets and prepare training shards.", no_args_is_help=True)
+app.add_typer(data_app, name="data")
+
+
+def _bytes_progress():
+    from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn, TransferSpeedColumn
+
+    return Progress(TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
+                    TimeRemainingColumn(), console=console)
+
+
+@data_app.command("download")
+def download_cmd(
+    kind: list[str] = typer.Argument(..., help="One or more of inat_sounds, ssw60, soundscapes, ebird_taxonomy, or all."),
+    root: Path = typer.Option(..., "--root", help="Directory the datasets go into (the paper config's --root)."),
+    mirror: Optional[str] = typer.Option(None, "--mirror", help="A copy with the layout KIND/FILE (URL or directory); "
+                                         "default $BIRDBRIDGE_DATA_MIRROR, else the datasets' own URLs."),
+    checksums: Optional[Path] = typer.Option(None, "--checksums", help="md5sum/sha256sum-style file over KIND/FILE names; "
+                                             "overrides the built-in checksums."),
+    split: Optional[list[str]] = typer.Option(None, "--split", help="iNatSounds split(s) to fetch (repeatable; default all)."),
+    keep_archives: bool = typer.Option(False, "--keep-archives", help="Keep the verified archives in ROOT/.downloads "
+                                       "(then usable as a --mirror)."),
+    timeout: float = typer.Option(30.0, "--timeout", help="Seconds to wait for a server to answer."),
+) -> None:
+    """Download, verify and unpack datasets into ROOT; resumes, and skips what is already there."""
+    from ..data.download import download
+
+    with _bytes_progress() as prog:
+        def report(label, total):
+            task = prog.add_task(label, total=total)
+            return lambda n: prog.advance(task, n)
+
+        result = download(kind, root, mirror=mirror, checksums=checksums, splits=split, keep_archives=keep_archives,
+                          timeout_s=timeout, report=report)
+    for a in result["assets"]:
+        extra = f" (sha256 recorded: {a['recorded'].split(':', 1)[1][:16]}…; no published checksum)" if a.get("recorded") else ""
+        console.print(f"{a['status']:>10}  {root / a['target']}{extra}", markup=False, soft_wrap=True)
+    print_outputs(*((root / a["target"], a["status"]) for a in result["assets"]))
+
+
+@data_app.command("prepare")
+def prepare_cmd(
+    kind: str = typer.Argument(..., help="Dataset kind as in `inspect`: inat_sounds, ssw60, soundscape, csv, folder."),
+    path: Path = typer.Argument(..., help="Annotation file (JSON/CSV) or dataset folder."),
+    out: Path = typer.Option(..., "--out", "-o", help="Shard directory to write (LitData chunks + birdbridge.json)."),
+    sample_rate: str = typer.Option("48000", "--sample-rate", help="Rate the audio is stored at (Hz), or 'native'."),
+    encoding: str = typer.Option("pcm16", "--encoding", help="pcm16 (fastest to read) or flac (smaller)."),
+    split: Optional[list[str]] = typer.Option(None, "--split", help="Keep these splits only (repeatable)."),
+    workers: Optional[int] = typer.Option(None, "--workers", help="Decoding processes (default: all cores)."),
+    part_size: int = typer.Option(1000, "--part-size", help="Recordings per committed part (the resume step)."),
+    media_root: Optional[Path] = typer.Option(None, "--media-root", help="inat_sounds: folder the JSON's paths are relative to."),
+    taxonomy: Optional[Path] = typer.Option(None, "--taxonomy", help="Soundscapes: CSV mapping eBird codes to species."),
+    media: Optional[str] = typer.Option(None, "--media", help="csv/folder: audio, images or auto (by extension)."),
+    strict: bool = typer.Option(False, "--strict", help="Exit non-zero when any recording was skipped."),
+) -> None:
+    """Decode a dataset's recordings once into shards that training streams (`data: {kind: shards}`)."""
+    from ..data.shards import prepare_shards
+    from ..errors import ConfigError
+
+    if sample_rate != "native" and not sample_rate.isdigit():
+        raise ConfigError(f"--sample-rate must be a number of Hz or 'native', got {sample_rate!r}")
+    opts: dict = {}
+    if media_root is not None:
+        opts["media_root"] = str(media_root)
+    if taxonomy is not None:
+        opts["taxonomy_csv"] = str(taxonomy)
+    if media is not None:
+        opts["kind"] = media
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  TimeRemainingColumn(), console=console) as prog:
+        task = prog.add_task("recordings", total=None)
+        m = prepare_shards(kind, path, out, sample_rate=None if sample_rate == "native" else int(sample_rate),
+                           encoding=encoding, splits=split, options=opts, num_workers=workers, part_size=part_size,
+                           progress=lambda n: prog.advance(task, n),
+                           on_start=lambda total, done: prog.update(task, total=total, completed=done))
+    what = "already complete" if m.get("already_complete") else f"wrote {m['n_samples']} samples"
+    console.print(f"{out}: {what} ({m['hours']:.2f} h of audio at {m['sample_rate']} Hz, {m['encoding']}, "
+                  f"{m['bytes'] / 1e9:.2f} GB in {m['n_chunks']} chunks) from {m['n_inputs']} recordings"
+                  + (f", resumed after {m['resumed_parts']} finished part(s)" if m.get("resumed_parts") else ""), markup=False,
+                  soft_wrap=True)
+    print_outputs((out, "shards (`data: {kind: shards, path: ...}` in a train config)"),
+                  (out / "skipped.json", "recordings skipped, with reasons"))
+    if m["n_skipped"]:
+        console.print(f"{m['n_skipped']} skipped {m['skip_counts']} (listed in {out / 'skipped.json'})", markup=False,
+                      soft_wrap=True)
+        if strict:
+            console.print("[bold red]error:[/] --strict: recordings were skipped")
+            raise typer.Exit(1)

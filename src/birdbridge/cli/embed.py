@@ -6,33 +6,34 @@ from pathlib import Path
 from typing import Optional
 
 import typer
-from rich.console import Console
 
-from ._app import _device, _out_npy, _run_with_progress, _save_and_report, app, console
+from ._app import DEVICE_HELP, _device, _out_npy, _run_with_progress, _save_and_report, app, console
 
 
 @app.command("embed-audio")
 def embed_audio_cmd(
-    inputs: list[str] = typer.Argument(..., help="Audio files, folders (searched recursively), CSVs with a path column, or @list.txt."),
+    inputs: list[str] = typer.Argument(..., help="Audio files, folders (searched recursively), CSVs with a path column (their other columns, e.g. species and split, are kept in the .parquet), or @list.txt."),
     model: str = typer.Option(..., "--model", "-m", help="Distilled checkpoint (teacher space), CLAP id/dir (its own space), or 'birdnet'."),
     out: Path = typer.Option(..., "--out", "-o", help="Output .npy (float32 unit rows); .parquet and .json sidecars go beside it."),
     per_window: bool = typer.Option(False, "--per-window", help="One row per window instead of one per recording."),
     hop_s: Optional[float] = typer.Option(None, "--hop-s", min=0.001, help="Window hop in seconds (default: half the model's window)."),
     batch_size: int = typer.Option(32, "--batch-size", min=1, help="Windows per forward pass."),
-    device: str = typer.Option("auto", "--device", help="cpu, cuda, or auto."),
+    device: str = typer.Option("auto", "--device", help=DEVICE_HELP),
     strict: bool = typer.Option(False, "--strict", help="Exit non-zero when any input was skipped."),
 ) -> None:
     """Embed recordings: long ones over sliding windows, averaged and renormalised (or kept per window)."""
     from ..encoders.factory import load_audio_embedder
-    from ..retrieval.embed import embed_audio, expand_inputs
+    from ..retrieval.embed import embed_audio, expand_labelled_inputs
 
     from ..distributed import rank_device, run_sharded
 
-    paths = expand_inputs(inputs, "audio")
-    embedder = load_audio_embedder(model, device=rank_device(_device(device)))
+    device = rank_device(_device(device))  # an absent device fails before anything loads
+    paths, labels = expand_labelled_inputs(inputs, "audio")  # a CSV's label columns go into the .parquet rows
+    embedder = load_audio_embedder(model, device=device)
     # under torchrun/srun each rank embeds one block; rank 0 merges in input order
     emb = run_sharded(lambda xs: _run_with_progress(f"embedding audio ({embedder.space} space)", len(xs), lambda cb: embed_audio(
-        embedder, xs, hop_s=hop_s, per_window=per_window, batch_size=batch_size, progress=cb)), paths, _out_npy(out),
+        embedder, [p for p, _ in xs], hop_s=hop_s, per_window=per_window, batch_size=batch_size,
+        labels=[lab for _, lab in xs], progress=cb)), list(zip(paths, labels)), _out_npy(out),
         key=f"audio {model} {hop_s} {per_window}")
     if emb is not None:
         _save_and_report(emb, out, len(paths), "recordings", strict)
@@ -40,23 +41,25 @@ def embed_audio_cmd(
 
 @app.command("embed-images")
 def embed_images_cmd(
-    inputs: list[str] = typer.Argument(..., help="Image files, folders (searched recursively), CSVs with a path column, or @list.txt."),
+    inputs: list[str] = typer.Argument(..., help="Image files, folders (searched recursively), CSVs with a path column (their other columns are kept in the .parquet), or @list.txt."),
     teacher: str = typer.Option("hf-hub:imageomics/bioclip-2", "--teacher", "-t", help="open_clip teacher: hf-hub:ID, local-dir:DIR or a directory."),
     out: Path = typer.Option(..., "--out", "-o", help="Output .npy (float32 unit rows); .parquet and .json sidecars go beside it."),
     batch_size: int = typer.Option(64, "--batch-size", min=1, help="Images per forward pass."),
-    device: str = typer.Option("auto", "--device", help="cpu, cuda, or auto."),
+    device: str = typer.Option("auto", "--device", help=DEVICE_HELP),
     strict: bool = typer.Option(False, "--strict", help="Exit non-zero when any input was skipped."),
 ) -> None:
     """Embed photos with the teacher's image tower (the gallery side of retrieval)."""
     from ..encoders.teacher import Teacher
-    from ..retrieval.embed import embed_images, expand_inputs
+    from ..retrieval.embed import embed_images, expand_labelled_inputs
 
     from ..distributed import rank_device, run_sharded
 
-    paths = expand_inputs(inputs, "images")
-    model = Teacher.load(teacher, device=rank_device(_device(device)))
+    device = rank_device(_device(device))
+    paths, labels = expand_labelled_inputs(inputs, "images")
+    model = Teacher.load(teacher, device=device)
     emb = run_sharded(lambda xs: _run_with_progress("embedding images", len(xs), lambda cb: embed_images(
-        model, xs, batch_size=batch_size, progress=cb)), paths, _out_npy(out), key=f"images {teacher}")
+        model, [p for p, _ in xs], batch_size=batch_size, labels=[lab for _, lab in xs], progress=cb)),
+        list(zip(paths, labels)), _out_npy(out), key=f"images {teacher}")
     if emb is not None:
         _save_and_report(emb, out, len(paths), "images", strict)
 
@@ -107,6 +110,7 @@ def models_cmd(as_json: bool = typer.Option(False, "--json", help="Print the tab
 
     from rich.table import Table
 
+    from ..console import make_console
     from ..encoders.registry import known_models
 
     infos = known_models()
@@ -125,5 +129,5 @@ def models_cmd(as_json: bool = typer.Option(False, "--json", help="Print the tab
     for i in infos:
         table.add_row(i.id, f"{i.role}/{i.space}", "[green]yes[/]" if i.cached else "[red]no[/]",
                       f"{escape(i.description)}\n[dim]{escape(i.detail)}[/]")
-    Console().print(table)
+    make_console().print(table)
     console.print("Any HF CLAP id/dir, open_clip hf-hub:/local-dir: id, or distilled checkpoint dir also works.")

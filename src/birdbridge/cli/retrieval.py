@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
-import sys
+import io
 from pathlib import Path
 from typing import Optional
 
 import typer
 from rich.console import Console
 
-from ._app import _device, _exit_status, _run_with_progress, app, console
+from ..console import make_console
+from ._app import DEVICE_HELP, _device, _exit_status, _run_with_progress, app, console, print_outputs
 
 
 @app.command("index")
@@ -23,50 +24,74 @@ def index_cmd(
     split: Optional[list[str]] = typer.Option(None, "--split", help="Only images of this split (repeatable)."),
     batch_size: int = typer.Option(64, "--batch-size", min=1, help="Images per forward pass."),
     shard_size: int = typer.Option(1024, "--shard-size", min=1, help="Images per committed shard (the resume granularity)."),
-    device: str = typer.Option("auto", "--device", help="cpu, cuda, or auto."),
+    device: str = typer.Option("auto", "--device", help=DEVICE_HELP),
     strict: bool = typer.Option(False, "--strict", help="Exit non-zero when any image was skipped."),
 ) -> None:
     """Embed a photo collection with the teacher and store it as a searchable index."""
     import time
 
-    from ..distributed import rank_device, rank_world
+    from ..distributed import agree, rank_device, rank_world, shared_group
     from ..encoders.teacher import Teacher
     from ..retrieval.index import ImageIndex, choose_kind, records_from_source
 
     t0 = time.time()
+    device = rank_device(_device(device))  # as is an absent --device
     choose_kind(kind, 0)  # a typo in --kind fails before the teacher is loaded
     records = records_from_source(images, dataset, splits=split or ())
     if not records:
         from ..errors import ConfigError
 
         raise ConfigError(f"no images found in {images}")
+    from ..retrieval.embed import require_some_present
+
+    require_some_present([r.path for r in records], "image")  # before the teacher loads
+    from ..retrieval.index_format import unnamed_note
+
+    note = unnamed_note(records)
+    if note:
+        from rich.markup import escape
+
+        console.print(f"[yellow]warning:[/] {escape(note)}", highlight=False)
     # under torchrun/srun each rank embeds a block of every round of shards; rank 0 alone writes the index
     rank, world = rank_world()
-    model = Teacher.load(teacher, device=rank_device(_device(device)))
-    before = ImageIndex.open(out).count if (out / "index.json").is_file() else 0
+    # one process group from the start: a rank that fails before the build (loading the teacher,
+    # rank 0's writer lock) stops every rank with its message instead of leaving them in the rendezvous
+    with shared_group(rank, world):
+        error = None
+        try:
+            model = Teacher.load(teacher, device=device)
+            before = ImageIndex.open(out).count if (out / "index.json").is_file() else 0
+        except Exception as err:  # noqa: BLE001 - every rank must hear of it
+            error = err
+        agree(rank, world, error, " before the build")
 
-    def build(cb):
-        return ImageIndex.build(out, model, records, kind=kind, add=add, shard_size=shard_size, batch_size=batch_size,
-                                progress=cb, rank=rank, world=world)
+        def build(cb):
+            return ImageIndex.build(out, model, records, kind=kind, add=add, shard_size=shard_size, batch_size=batch_size,
+                                    progress=cb, rank=rank, world=world)
 
-    if rank != 0:
-        build(None)
-        console.print(f"rank {rank}/{world}: embedded its part of {out}; rank 0 writes the index", markup=False)
-        return
-    index = _run_with_progress("embedding images" + (f" ({world} ranks)" if world > 1 else ""), len(records), build)
-    m = index.manifest
-    console.print(f"index {out}: {index.count} images ({index.count - before} new), {index.dim}-d, {index.kind}, "
-                  f"{m['n_skipped']} skipped {m['skip_counts'] or ''} in {time.time() - t0:.1f} s", markup=False)
-    for s in m["skipped"][:10]:
-        console.print(f"  skipped {s['input']}: {s['reason']}" + (f" ({s['detail']})" if s["detail"] else ""), markup=False)
-    # exit status from this run's inputs only (skips of earlier runs stay listed in the manifest);
-    # an input indexed by an earlier, interrupted run counts as done
-    asked = {r.path for r in records}
-    skipped_now = sum(1 for s in m["skipped"] if s["input"] in asked)
-    none_done = bool(skipped_now) and not any(r["path"] in asked for r in index.metadata(range(index.count)))
-    # "none of N" counts the distinct paths asked for, "--strict: k of N" the records
-    _exit_status(none_done, skipped_now, len(asked) if none_done else len(records), "images",
-                 f"could be indexed (reasons in {out / 'index.json'})", strict)
+        if rank != 0:
+            build(None)
+            console.print(f"rank {rank}/{world}: embedded its part of {out}; rank 0 writes the index", markup=False)
+            return
+        index = _run_with_progress("embedding images" + (f" ({world} ranks)" if world > 1 else ""), len(records), build)
+        m = index.manifest
+        updated = index.last_build.get("metadata_updated", 0)
+        news = f"{index.count - before} new" + (f", metadata of {updated} updated" if updated else "")
+        same = before and index.count == before and not updated
+        console.print(f"index {out}: {index.count} images ({news}), {index.dim}-d, {index.kind}, "
+                      f"{m['n_skipped']} skipped {m['skip_counts'] or ''} in {time.time() - t0:.1f} s"
+                      + ("; every image was indexed already, with the same metadata" if same else ""), markup=False)
+        for s in m["skipped"][:10]:
+            console.print(f"  skipped {s['input']}: {s['reason']}" + (f" ({s['detail']})" if s["detail"] else ""), markup=False)
+        # exit status from this run's inputs only (skips of earlier runs stay listed in the manifest);
+        # an input indexed by an earlier, interrupted run counts as done
+        asked = {r.path for r in records}
+        skipped_now = sum(1 for s in m["skipped"] if s["input"] in asked)
+        none_done = bool(skipped_now) and not any(r["path"] in asked for r in index.metadata(range(index.count)))
+        print_outputs((out, f"index of {index.count} images; skips listed in index.json"))
+        # "none of N" counts the distinct paths asked for, "--strict: k of N" the records
+        _exit_status(none_done, skipped_now, len(asked) if none_done else len(records), "images",
+                     f"could be indexed (reasons in {out / 'index.json'})", strict)
 
 
 @app.command("search")
@@ -78,61 +103,90 @@ def search_cmd(
     window_s: Optional[float] = typer.Option(None, "--window-s", min=0.01, help="Search window (default: the model's window)."),
     hop_s: Optional[float] = typer.Option(None, "--hop-s", min=0.01, help="Window hop (default: half a window)."),
     aggregate: str = typer.Option("max", "--aggregate", help="Per-image score over windows: max (best window) or mean."),
-    fmt: str = typer.Option("table", "--format", "-f", help="table, json or html."),
+    fmt: str = typer.Option("table", "--format", "-f", help="table, json, html, or csv / raven: per-window species from the photos (as `detect` writes)."),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Write the output here (html defaults to search.html)."),
     species_list: Optional[Path] = typer.Option(None, "--species-list", help="CSV of species (scientific_name, ...) for a zero-shot species guess."),
     guess: bool = typer.Option(False, "--guess-species", help="Zero-shot species guess over the index's species."),
     cache_dir: Optional[Path] = typer.Option(None, "--cache-dir", help="Text-embedding cache (default ~/.cache/birdbridge/text)."),
     allow_teacher_mismatch: bool = typer.Option(False, "--allow-teacher-mismatch", help="Only warn when the model's teacher is not the index's."),
+    device: str = typer.Option("auto", "--device", help=DEVICE_HELP),
     strict: bool = typer.Option(False, "--strict", help="Exit non-zero when any recording was skipped."),
 ) -> None:
     """Show the photos nearest to each recording (long recordings are searched window by window)."""
     import json
 
-    from ..errors import ConfigError
     from ..retrieval.embed import expand_inputs
     from ..retrieval.search import load_species_list, search_audio
 
-    if fmt not in ("table", "json", "html"):
-        raise ConfigError(f"--format must be table, json or html, not {fmt!r}")
+    from ..retrieval import tables
+
+    tables.check_format(fmt, ("table", "json", "html", "csv", "raven"))
+    device = _device(device)
     paths = expand_inputs(audio, "audio")
     species = load_species_list(species_list) if species_list else None
+    per_window = k if fmt in ("csv", "raven") else 0
+    if per_window:  # loaded here: a table's selections span the band the model hears
+        from ..encoders.factory import load_audio_embedder
+
+        model = load_audio_embedder(model, device=device)
     results = _run_with_progress("searching", len(paths), lambda cb: search_audio(
         model, index, paths, k=k, window_s=window_s, hop_s=hop_s, aggregate=aggregate, guess=guess, species=species,
-        cache_dir=cache_dir, allow_teacher_mismatch=allow_teacher_mismatch, progress=cb))
-    if fmt == "html":
+        cache_dir=cache_dir, allow_teacher_mismatch=allow_teacher_mismatch, per_window_k=per_window, device=device, progress=cb))
+    if fmt in ("csv", "raven"):
+        nyquist = model.sample_rate / 2
+        if out:
+            tables.write(results, fmt, out, high_freq_hz=nyquist)
+            print_outputs((out, f"{sum(len(r.detections) for r in results)} per-window rows ({fmt})"))
+        else:
+            typer.echo(tables.render(results, fmt, high_freq_hz=nyquist), nl=False)
+    elif fmt == "html":
         from ..retrieval.html import write_html
 
         target = write_html(results, out or Path("search.html"), subtitle=f"index {index}, model {model}")
-        console.print(f"wrote {target}")
+        print_outputs((target, "search page"))
     elif fmt == "json":
         text = json.dumps([r.to_dict() for r in results], indent=2)
         if out:
             from ..io import atomic_write_text
 
             atomic_write_text(out, text + "\n")
-            console.print(f"wrote {out}")
+            print_outputs((out, "results as JSON"))
         else:
             typer.echo(text)
     else:
-        from rich.table import Table
+        if out:
+            from ..io import atomic_write_text
 
-        for r in results:
-            if not r.ok:
-                console.print(f"{r.path}: skipped ({r.error}{': ' + r.error_detail if r.error_detail else ''})", markup=False)
-                continue
-            t = Table(title=f"{r.path} ({r.duration_s:.1f} s, {len(r.windows)} windows, {r.aggregate})")
-            for col in ("#", "score", "species", "image", "window (s)"):
-                t.add_column(col)
-            for h in r.hits:
-                t.add_row(str(h.rank), f"{h.score:.3f}", h.common_name or h.scientific_name or "?", h.path,
-                          f"{h.window_start_s:.1f}-{h.window_end_s:.1f}")
-            Console(file=sys.stdout).print(t)
-            if r.species_guess:
-                typer.echo("species guess: " + ", ".join(f"{g['scientific_name']} {g['score']:.2f}" for g in r.species_guess[:3]))
+            # a file is read later, maybe by a script: no colours, and wide enough for full paths
+            buf = Console(file=io.StringIO(), width=240, color_system=None, soft_wrap=True)
+            _print_tables(results, buf)
+            atomic_write_text(out, buf.file.getvalue())
+            print_outputs((out, "result tables"))
+        else:
+            _print_tables(results, make_console())
     failed = [r for r in results if not r.ok]
     _exit_status(bool(failed) and len(failed) == len(results), len(failed), len(results), "recordings",
                  f"could be searched ({', '.join(sorted({r.error for r in failed}))})", strict)
+
+
+def _print_tables(results, out: Console) -> None:
+    """One table of hits per recording (``--format table``), to the terminal or a file."""
+    from rich.table import Table
+
+    for r in results:
+        if not r.ok:
+            out.print(f"{r.path}: skipped ({r.error}{': ' + r.error_detail if r.error_detail else ''})", markup=False)
+            continue
+        t = Table(title=f"{r.path} ({r.duration_s:.1f} s, {len(r.windows)} windows, {r.aggregate})")
+        for col in ("#", "score", "species", "image", "window (s)"):
+            t.add_column(col)
+        for h in r.hits:
+            t.add_row(str(h.rank), f"{h.score:.3f}", h.common_name or h.scientific_name or "?", h.path,
+                      f"{h.window_start_s:.1f}-{h.window_end_s:.1f}")
+        out.print(t)
+        if r.species_guess:
+            out.print("species guess: " + ", ".join(f"{g['scientific_name']} {g['score']:.2f}" for g in r.species_guess[:3]),
+                      markup=False)
 
 
 @app.command("serve")
@@ -146,10 +200,14 @@ def serve_cmd(
     timeout_s: float = typer.Option(60.0, "--timeout-s", min=0.1, help="Per-search time limit."),
     guess: bool = typer.Option(True, "--guess-species/--no-guess-species", help="Zero-shot species guess in answers."),
     cache_dir: Optional[Path] = typer.Option(None, "--cache-dir", help="Text-embedding cache (default ~/.cache/birdbridge/text)."),
+    allow_teacher_mismatch: bool = typer.Option(False, "--allow-teacher-mismatch", help="Only warn when the model's teacher is not the index's."),
+    device: str = typer.Option("auto", "--device", help=DEVICE_HELP),
 ) -> None:
     """Serve a search page and JSON API (POST /search, GET /images/{id}) with uvicorn."""
     from ..serve.app import ServeSettings, serve
 
+    device = _device(device)
     settings = ServeSettings(max_upload_bytes=int(max_upload_mb * 2**20), max_duration_s=max_duration_s,
                              request_timeout_s=timeout_s, guess_species=guess, cache_dir=str(cache_dir) if cache_dir else None)
-    serve(model, index, host=host, port=port, settings=settings)
+    serve(model, index, host=host, port=port, settings=settings, allow_teacher_mismatch=allow_teacher_mismatch,
+          device=device, announce=lambda line: console.print(line, markup=False))

@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from ._app import app, console
+from ._app import app, console, print_outputs
 
 
 @app.command()
@@ -18,13 +18,18 @@ def demo(
     """Run the paper's whole loop offline on a synthetic world and report retrieval mAP."""
     from ..demo.run import run_demo
 
-    run_demo(out, seed)
+    run_demo(out, seed, console=console)
+    print_outputs((out / "report.md", "the table"), (out / "results.json", "every number"),
+                  (out / "search.html", "photos found for held-out clips"), (out / "model", "distilled model"),
+                  (out / "index", "image index"), (out / "teacher", "stand-in teacher"))
 
 
 @app.command("eval")
 def eval_cmd(
     config: Path = typer.Argument(..., help="Evaluation config (YAML), e.g. configs/synthetic/paper_table.yaml."),
     out: Path = typer.Option(..., "--out", "-o", help="Output directory: results.json, report.md, plots."),
+    root: Optional[Path] = typer.Option(None, "--root", help="Where `birdbridge data download` put the datasets: the "
+                                        "config's relative data paths are read below it (overrides its `root:`)."),
 ) -> None:
     """Run the paper's evaluation (methods x protocols, ablation, unseen species) from a config."""
     from transformers.utils import logging as hf_logging
@@ -32,14 +37,16 @@ def eval_cmd(
     from ..evaluate.runner import run_eval
 
     hf_logging.disable_progress_bar()  # one "Loading weights" bar per model load buries the log
-    run_eval(config, out, log=lambda msg: console.print(msg, markup=False))
+    run_eval(config, out, root=root, log=lambda msg: console.print(msg, markup=False))
     typer.echo((out / "report.md").read_text())
+    print_outputs((out / "report.md", "the tables"), (out / "results.json", "every number"),
+                  (out / "skipped.json", "inputs skipped, with reasons"), *sorted(out.glob("*.png")))
 
 
 @app.command("score")
 def score_cmd(
-    queries: Path = typer.Argument(..., help="Query parquet: `embedding` (list of floats) and `label` columns."),
-    gallery: Path = typer.Argument(..., help="Gallery parquet with the same columns."),
+    queries: Path = typer.Argument(..., help="Query parquet: `embedding` (list of floats) and `label` columns, or an embed-audio/embed-images .parquet (vectors in the .npy beside it)."),
+    gallery: Path = typer.Argument(..., help="Gallery parquet, the same way."),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Write the results JSON here."),
     ranks: Optional[str] = typer.Option(None, "--ranks", help="Comma-separated extra ranks (columns), e.g. genus,family."),
 ) -> None:
@@ -58,6 +65,7 @@ def score_cmd(
                    f"({m['n_queries_scored']} scored, {m['n_queries_without_relevant']} without a relevant item)")
     if result["skipped"]:
         typer.echo(f"{len(result['skipped'])} rows skipped: " + json.dumps(result["skipped"][:5]))
+    print_outputs((out, "results as JSON") if out is not None else None)
 
 
 @app.command("train")
@@ -74,9 +82,13 @@ def train_cmd(
     """Distil the student onto the teacher's species-text space (one GPU, DDP, torchrun or SLURM)."""
     from ..config import load_yaml
     from ..data.loaders import load_collection
+    from ..data.shards import is_remote
     from ..distill.train import TrainConfig, distill
     from ..distributed import is_main_process
     from ..errors import ConfigError
+
+    from ..devices import check_accelerator
+    from ..encoders.hub import anchored
 
     doc = load_yaml(config)
     unknown = sorted(set(doc) - {"data", "train"})
@@ -85,13 +97,20 @@ def train_cmd(
         raise ConfigError(f"{config}: needs `data: {{kind, path, ...}}` and optional `train: {{...}}`"
                           + (f"; unknown top-level key {unknown[0]!r}" if unknown else ""))
     data = dict(data)
-    kind, path = data.pop("kind"), Path(data.pop("path"))
-    if not path.is_absolute():
-        path = (config.parent / path) if (config.parent / path).exists() else path  # relative to the config
+    kind, path = data.pop("kind"), data.pop("path")
+    if not is_remote(path):  # shards may live at a URL (s3://, gs://, ...): kept as written
+        path = Path(path)
+        if not path.is_absolute():
+            path = (config.parent / path) if (config.parent / path).exists() else path  # relative to the config
     overrides = {k: v for k, v in {"num_nodes": num_nodes, "strategy": strategy, "accelerator": accelerator}.items() if v is not None}
     if devices is not None:
         overrides["devices"] = int(devices) if devices.isdigit() else devices
-    cfg = TrainConfig.from_dict({**(doc.get("train") or {}), **overrides})
+    train = dict(doc.get("train") or {})
+    for key in ("student", "teacher"):  # model folders, like data.path, may be written relative to the config
+        if isinstance(train.get(key), str):
+            train[key] = anchored(train[key], config.parent)
+    cfg = TrainConfig.from_dict({**train, **overrides})
+    check_accelerator(cfg.accelerator, cfg.devices)  # before the data and models load
     distill(load_collection(kind, path, **data), cfg, out, resume=resume)
     if is_main_process():
         typer.echo(f"model written to {out / 'model'}")
@@ -101,6 +120,8 @@ def train_cmd(
         if skipped["n_skipped"]:
             console.print(f"{skipped['n_skipped']} training clips skipped {skipped['counts']} (listed in {out / 'skipped.json'})",
                           markup=False)
-            if strict:
-                console.print("[bold red]error:[/] --strict: training clips were skipped")
-                raise typer.Exit(1)
+        print_outputs((out / "model", "distilled model"), (out / "checkpoints", "Lightning checkpoints (--resume)"),
+                      (out / "logs", "training metrics (CSV)"), (out / "skipped.json", "clips skipped, with reasons"))
+        if skipped["n_skipped"] and strict:
+            console.print("[bold red]error:[/] --strict: training clips were skipped")
+            raise typer.Exit(1)

@@ -3,7 +3,8 @@
 Everything goes through libsndfile (``soundfile``), which recognises WAV, FLAC, OGG/Vorbis,
 Opus and MP3 by content, so a mislabelled extension never matters. Files are opened lazily
 and only the requested frames are decoded: iNatSounds has recordings of more than 20
-minutes and soundscapes run for hours, so nothing here reads a whole file unless asked.
+minutes and soundscapes run for hours, so nothing here reads a whole file unless asked;
+:mod:`.stream` cuts windows from a file block by block without ever decoding it whole.
 
 Resampling uses soxr at "HQ" quality by default: 20-bit precision, linear phase, and a
 pass band that ends a few percent below the input Nyquist. "VHQ" (28-bit, a slightly wider
@@ -29,13 +30,14 @@ from __future__ import annotations
 import os
 import struct
 from pathlib import Path
-from typing import Iterator, Literal
+from typing import Literal
 
 import numpy as np
 import soundfile as sf
 import soxr
 
 from ..errors import BadInputError
+from ..quiet import native_stderr
 
 MIN_DURATION_S = 0.05  # 50 ms: shorter than any bird syllable a model could use
 # -120 dBFS: below 16-bit quantisation (3e-5), so only digitally silent files are rejected,
@@ -62,16 +64,47 @@ def _open(path: str | Path) -> sf.SoundFile:
         raise BadInputError("unreadable", p, "not a regular file")
     if p.stat().st_size == 0:
         raise BadInputError("empty", p, "0-byte file")
+    if _is_text(p):
+        # libsndfile would hand a text file named .mp3 to mpg123, which resyncs over it and
+        # fails as "File does not exist or is not a regular file"
+        raise BadInputError("unreadable", p, "not an audio file (it holds text)")
     try:
-        return sf.SoundFile(str(p))
+        with native_stderr():  # mpg123 writes its resync notes straight to fd 2
+            return sf.SoundFile(str(p))
     except (sf.LibsndfileError, RuntimeError, OSError, ValueError, TypeError) as err:
         raise BadInputError("unreadable", p, _short(err)) from None
+
+
+# Audio formats whose header is plain text (NIST SPHERE): never taken for a text file.
+_TEXT_HEADERS = (b"NIST_1A",)
+
+
+def _is_text(p: Path) -> bool:
+    """True when the file's first 4 KiB are UTF-8 text without NUL bytes (no audio format is)."""
+    try:
+        with open(p, "rb") as fh:
+            head = fh.read(4096)
+    except OSError:
+        return False
+    if not head or b"\x00" in head or head.startswith(_TEXT_HEADERS):
+        return False
+    try:
+        text = head.decode("utf-8")
+    except UnicodeDecodeError as err:
+        if err.start < len(head) - 3:  # not just a character cut at the 4 KiB boundary
+            return False
+        text = head[: err.start].decode("utf-8")
+    return all(c.isprintable() or c in "\t\n\r\f\v" for c in text)
 
 
 def _short(err: Exception) -> str:
     msg = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
     # libsndfile repeats the path in its messages; the path is already in the error.
-    return msg.split(": ", 1)[-1] if msg.startswith("Error opening") else msg
+    msg = msg.split(": ", 1)[-1] if msg.startswith("Error opening") else msg
+    if msg.startswith("File does not exist or is not a regular file"):
+        # what libsndfile says when its MPEG probe gives up on a file that exists
+        return "not an audio file libsndfile can decode (format not recognised)"
+    return msg
 
 
 def _wav_truncation(path: Path) -> str | None:
@@ -237,9 +270,10 @@ def load_audio(
         _check_wav_end(f, p, stop)
         want = stop - start
         try:
-            if start:
-                f.seek(start)
-            raw = f.read(want, dtype="float32", always_2d=True)
+            with native_stderr():  # mpg123's notes on damaged frames
+                if start:
+                    f.seek(start)
+                raw = f.read(want, dtype="float32", always_2d=True)
         except (sf.LibsndfileError, RuntimeError) as err:
             raise BadInputError("decode_error", p, _short(err)) from None
     if len(raw) < want and (want - len(raw) > _SHORTFALL_FRAMES or len(raw) == 0):
@@ -252,88 +286,6 @@ def load_audio(
         wave = np.ascontiguousarray(wave.T)
     _check_wave(wave, p, sr, min_duration_s, reject_silent, silence_peak)
     return wave
-
-
-# --------------------------------------------------------------------------- streaming
-
-
-def iter_windows(
-    path: str | Path,
-    sr: int,
-    window_s: float,
-    hop_s: float | None = None,
-    *,
-    pad_last: bool = True,
-    start_s: float | None = None,
-    end_s: float | None = None,
-    block_s: float = _BLOCK_S,
-    quality: str = DEFAULT_QUALITY,
-) -> Iterator[tuple[float, np.ndarray]]:
-    """Yield ``(start_s, window)`` mono float32 windows of ``window_s`` every ``hop_s`` seconds.
-
-    The file is read in blocks of ``block_s`` and resampled with a streaming soxr resampler,
-    so memory stays bounded for hours-long files and block edges are seamless: windows
-    equal those cut from a fully decoded file. Window starts are multiples of the hop
-    (in output samples). With ``pad_last`` a final window covers any tail the full windows
-    missed (and a file shorter than one window gives one window), padded by
-    :func:`pad_to_length`, as the model's front end would pad that short clip.
-
-    Silence is not rejected here (soundscapes legitimately contain it). Errors found
-    mid-file raise :class:`BadInputError` after the windows before them were yielded.
-    """
-    hop_s = window_s if hop_s is None else hop_s
-    if window_s <= 0 or hop_s <= 0:
-        raise ValueError("window_s and hop_s must be positive")
-    win, hop = int(round(window_s * sr)), int(round(hop_s * sr))
-    p = Path(path)
-    f = _open(p)
-    with f:
-        _check_frames(f, p)
-        native = f.samplerate
-        start, stop = _segment_frames(f, start_s, end_s, None)
-        if stop <= start:
-            raise BadInputError("empty", p, "segment starts after the end of the file")
-        _check_wav_end(f, p, stop)
-        offset_s = start / native
-        stream = soxr.ResampleStream(native, sr, 1, dtype="float32", quality=quality) if native != sr else None
-        block = max(1, int(block_s * native))
-        if start:
-            f.seek(start)
-        buf = np.zeros(0, np.float32)
-        buf_start = 0  # output-sample index of buf[0], relative to the segment start
-        nxt = 0  # output-sample index of the next window start
-        last_end = 0
-        emitted = False
-        remaining = stop - start
-        read = 0
-        while remaining > 0:
-            try:
-                raw = f.read(min(block, remaining), dtype="float32", always_2d=True)
-            except (sf.LibsndfileError, RuntimeError) as err:
-                raise BadInputError("decode_error", p, _short(err)) from None
-            got = len(raw)
-            read += got
-            remaining = remaining - got if got else 0
-            if got and not np.isfinite(raw).all():
-                raise BadInputError("non_finite", p)
-            mono = _mix(raw, True) if got else np.zeros(0, np.float32)
-            out = stream.resample_chunk(mono, last=remaining <= 0) if stream is not None else mono
-            buf = np.concatenate([buf, out]) if len(buf) else np.asarray(out, np.float32)
-            while nxt + win <= buf_start + len(buf):
-                i = nxt - buf_start
-                yield offset_s + nxt / sr, buf[i : i + win].copy()
-                emitted, last_end = True, nxt + win
-                nxt += hop
-            drop = min(max(0, nxt - buf_start), len(buf))
-            buf, buf_start = buf[drop:], buf_start + drop
-            if got == 0:
-                break
-        if read < stop - start and (stop - start - read > _SHORTFALL_FRAMES or read == 0):
-            raise BadInputError("decode_error", p, f"truncated: got {read} of {stop - start} frames")
-        total = buf_start + len(buf)
-        if pad_last and nxt < total and (not emitted or last_end < total):
-            i = nxt - buf_start
-            yield offset_s + nxt / sr, pad_to_length(buf[i:], win)
 
 
 # --------------------------------------------------------------------------- windows in memory
@@ -396,9 +348,7 @@ def crop_or_pad(
     if policy == "random":
         rng = rng if rng is not None else np.random.default_rng()
     if length >= n:
-        off = {"start": 0, "center": (length - n) // 2}.get(policy)
-        if off is None:
-            off = int(rng.integers(0, length - n + 1))
+        off = crop_offset(length, n, policy, rng)
         return np.ascontiguousarray(wave[..., off : off + n])
     out = np.zeros(wave.shape[:-1] + (n,), np.float32)
     off = {"start": 0, "center": (n - length) // 2}.get(policy)
@@ -406,6 +356,20 @@ def crop_or_pad(
         off = int(rng.integers(0, n - length + 1))
     out[..., off : off + length] = wave
     return out
+
+
+def crop_offset(length: int, n: int, policy: CropPolicy = "random", rng: np.random.Generator | None = None) -> int:
+    """Where :func:`crop_or_pad` starts an ``n``-sample crop of a ``length``-sample clip (``length >= n``).
+
+    The one crop rule: loaders that decode only the cropped part of a file (``data.crop``,
+    the shard reader) draw the same offset from the same generator as a crop of the whole clip.
+    """
+    if policy == "start":
+        return 0
+    if policy == "center":
+        return (length - n) // 2
+    rng = rng if rng is not None else np.random.default_rng()
+    return int(rng.integers(0, length - n + 1))
 
 
 def window_starts(length: int, n: int, hop: int) -> list[int]:

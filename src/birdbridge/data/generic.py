@@ -21,6 +21,11 @@ Folder format: ``root/<Scientific_name>/<files>`` (underscores become spaces), o
 optional ``root/species.csv`` (``folder`` or ``scientific_name`` plus any CSV columns above)
 for common names and ranks. Media type comes from the extension only to *find* files;
 decoding always sniffs the content.
+
+Every media file under ``root`` is an item, as ``birdbridge embed-audio root`` finds it:
+files directly in ``root`` and in media-type folders (``audio/``, ``images/``,
+``recordings/``, ``photos/`` ... -- :data:`MEDIA_FOLDERS`, never species) have no species
+(``species_id=None``); a media-type folder's own subfolders are species folders again.
 """
 
 from __future__ import annotations
@@ -37,6 +42,9 @@ from .records import AudioItem, Collection, ImageItem
 AUDIO_EXTS = frozenset({".wav", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".aif", ".aiff", ".au", ".w64", ".rf64", ".caf"})
 IMAGE_EXTS = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"})
 SPLIT_NAMES = frozenset({"train", "val", "valid", "validation", "dev", "test"})
+# Folders named for what they hold, not for a species (phoebe/audio, phoebe/images, ...).
+MEDIA_FOLDERS = frozenset({"audio", "sound", "sounds", "recordings", "wav", "wavs", "mp3", "flac", "images", "image",
+                           "photos", "photo", "pictures", "img", "imgs", "jpg", "media"})
 _RANK_COLUMNS = {  # Species field -> accepted column names, first non-empty wins
     "kingdom": ("kingdom",),
     "phylum": ("phylum",),
@@ -211,22 +219,42 @@ def _species_csv(root: Path) -> dict[str, dict[str, str]]:
 
 
 def load_folder(root: str | Path, kind: str = "auto", *, name: str | None = None) -> Collection:
-    """Load ``root/<Scientific_name>/*`` (or ``root/<split>/<Scientific_name>/*``)."""
+    """Load ``root/<Scientific_name>/*`` (or ``root/<split>/<Scientific_name>/*``); loose files have no species."""
     if kind not in ("audio", "images", "auto"):
         raise ConfigError(f"kind must be audio, images or auto, not {kind!r}")
     root = Path(root)
     if not root.is_dir():
         raise ConfigError(f"not a folder: {root}")
-    top = sorted(d for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
+
+    def subdirs(d: Path) -> list[Path]:
+        return sorted(x for x in d.iterdir() if x.is_dir() and not x.name.startswith("."))
+
+    containers = [root] + [d for d in subdirs(root) if d.name.lower() in MEDIA_FOLDERS]
+    top = [d for c in containers for d in subdirs(c) if d.name.lower() not in MEDIA_FOLDERS or c is not root]
     split_layout = bool(top) and all(d.name.lower() in SPLIT_NAMES for d in top)
-    groups = [(d.name, s) for d in top for s in sorted(x for x in d.iterdir() if x.is_dir())] if split_layout else [("", d) for d in top]
+    groups = [(d.name, s) for d in top for s in subdirs(d)] if split_layout else [("", d) for d in top]
     info = _species_csv(root)
     table, skips = _SpeciesTable(), SkipLog()
     audio: list[AudioItem] = []
     images: list[ImageItem] = []
+
+    def add(f: Path, sid: str | None, split: str) -> None:
+        rel = f.relative_to(root).as_posix()
+        media = _media_kind(rel)
+        if media is None or (kind != "auto" and media != kind):
+            if media is None and sid is not None:  # a species folder holds media; loose notes and CSVs are no news
+                skips.add(rel, "unknown_media_type")
+            return
+        if media == "audio":
+            audio.append(AudioItem(rel, sid, split))
+        else:
+            images.append(ImageItem(rel, sid, split))
+
+    for c in containers:  # loose files: no species
+        for f in sorted(c.iterdir()):
+            if f.is_file() and not f.name.startswith("."):
+                add(f, None, "")
     for split, d in groups:
-        if d.name.startswith("."):
-            continue
         row = dict(info.get(d.name) or info.get(clean_name(d.name)) or {})
         row["scientific_name"] = clean_name(row.get("scientific_name") or d.name)
         try:
@@ -235,18 +263,8 @@ def load_folder(root: str | Path, kind: str = "auto", *, name: str | None = None
             skips.add(d, "bad_row", str(err))
             continue
         for f in sorted(d.rglob("*")):
-            if not f.is_file() or any(part.startswith(".") for part in f.relative_to(d).parts):
-                continue
-            rel = f.relative_to(root).as_posix()
-            media = _media_kind(rel)
-            if media is None or (kind != "auto" and media != kind):
-                if media is None:
-                    skips.add(rel, "unknown_media_type")
-                continue
-            if media == "audio":
-                audio.append(AudioItem(rel, sid, split))
-            else:
-                images.append(ImageItem(rel, sid, split))
+            if f.is_file() and not any(part.startswith(".") for part in f.relative_to(d).parts):
+                add(f, sid, split)
     return Collection(
         name=name or root.name,
         species=table.sorted(),

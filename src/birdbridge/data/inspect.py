@@ -126,7 +126,8 @@ def inspect_dataset(
     for a in coll.audio:
         audio_per_class[cls_of.get(a.species_id, "?")] += 1
     per_species = Counter(a.species_id for a in coll.audio) + Counter(i.species_id for i in coll.images)
-    counts = [per_species.get(s.id, 0) for s in species]
+    # a species listed but without any item (a taxonomy's long tail) is not a species with 0 items
+    counts = [c for c in (per_species.get(s.id, 0) for s in species) if c > 0]
     report: dict = {
         "kind": kind,
         "path": str(path),
@@ -134,8 +135,11 @@ def inspect_dataset(
         "n_recordings": len(coll.audio),
         "n_images": len(coll.images),
         "n_species": len(species),
-        "n_species_with_audio": len({a.species_id for a in coll.audio}),
-        "n_species_with_images": len({i.species_id for i in coll.images}),
+        "n_species_with_audio": len({a.species_id for a in coll.audio if a.species_id}),
+        "n_species_with_images": len({i.species_id for i in coll.images if i.species_id}),
+        "n_species_without_items": len(species) - len(counts),
+        "n_without_species": {"audio": sum(1 for a in coll.audio if not a.species_id),
+                              "images": sum(1 for i in coll.images if not i.species_id)},
         "n_bird_species": sum(1 for s in species if s.class_ == "Aves"),
         "species_per_class": dict(Counter(s.class_ or "?" for s in species).most_common()),
         "recordings_per_class": dict(audio_per_class.most_common()),
@@ -150,6 +154,9 @@ def inspect_dataset(
     for k in ("n_files", "n_events", "unknown_codes"):
         if k in coll.meta:
             report[k] = coll.meta[k]
+    hint = _species_hint(kind, Path(path), report["n_without_species"])
+    if hint:
+        report["species_note"] = hint
     if coll.images:
         report["image_sources"] = dict(Counter(i.extra.get("source", "-") for i in coll.images))
 
@@ -170,6 +177,21 @@ def inspect_dataset(
     return report
 
 
+def _species_hint(kind: str, path: Path, unnamed: dict) -> str:
+    """How to give species to files that have none (loose files in a folder)."""
+    n_audio, n_images = unnamed["audio"], unnamed["images"]
+    if not n_audio and not n_images:
+        return ""
+    what = " and ".join(f"{n:,} {w}" for n, w in ((n_audio, "recordings"), (n_images, "images")) if n)
+    text = (f"{what} have no species (not in a species folder): put them in folders named Genus_species/, "
+            "or list them in a CSV with path,scientific_name columns")
+    csvs = sorted(p.name for p in path.glob("*.csv")) if kind == "folder" and path.is_dir() else []
+    csvs.sort(key=lambda n: not any(w in n.lower() for w in (("rec", "audio", "sound") if n_audio else ("im", "photo"))))
+    if csvs:
+        text += f"; this folder has {', '.join(csvs)}: `birdbridge inspect csv {path / csvs[0]}` reads species from it"
+    return text
+
+
 def format_inspect(report: dict) -> str:
     """A plain-text summary (the CLI prints it; ``--json`` prints the report itself)."""
     lines = [f"{report['name']}  ({report['kind']}: {report['path']})"]
@@ -184,6 +206,11 @@ def format_inspect(report: dict) -> str:
         row("species with recordings", f"{report['n_species_with_audio']:,}")
     if report["n_images"]:
         row("species with images", f"{report['n_species_with_images']:,}")
+    unnamed = report.get("n_without_species", {})
+    if unnamed.get("audio") or unnamed.get("images"):
+        row("without species", f"{unnamed.get('audio', 0):,} recordings, {unnamed.get('images', 0):,} images")
+    if report.get("n_species_without_items"):
+        row("species without items", f"{report['n_species_without_items']:,}")
     if "n_evaluation_species" in report:
         row("evaluation species", f"{report['n_evaluation_species']:,}")
     for k in ("n_files", "n_events"):
@@ -194,7 +221,8 @@ def format_inspect(report: dict) -> str:
     if len(report["species_per_class"]) > 1:
         row("species per class", ", ".join(f"{c} {n:,}" for c, n in report["species_per_class"].items()))
     ips = report["items_per_species"]
-    row("items per species", f"min {ips['min']}, median {ips['median']}, max {ips['max']}")
+    if ips["max"]:
+        row("items per species", f"min {ips['min']}, median {ips['median']}, max {ips['max']} (species with items)")
     for kind in ("audio", "images"):
         if report["splits"][kind]:
             row(f"{kind} splits", ", ".join(f"{s} {n:,}" for s, n in sorted(report["splits"][kind].items())))
@@ -214,5 +242,7 @@ def format_inspect(report: dict) -> str:
             row(label, ", ".join(f"{r} {n:,}" for r, n in sorted(s["counts"].items())))
             for ex in s["examples"][:5]:
                 lines.append(f"    {ex['input']}: {ex['reason']}" + (f" ({ex['detail']})" if ex["detail"] else ""))
+    if report.get("species_note"):
+        row("note", report["species_note"])
     row("time", f"{report['seconds']:.2f} s")
     return "\n".join(lines)

@@ -33,6 +33,12 @@ def _soundscape(path, **opts):
     return load_soundscapes_any(path, **opts).collection
 
 
+def _shards(path, **opts):
+    from .shards import load_shards
+
+    return load_shards(path, **opts)
+
+
 def _synthetic(path, **opts):
     from .synthetic import load_world
 
@@ -46,6 +52,7 @@ LOADERS: dict[str, Callable[..., Collection]] = {
     "csv": load_csv,
     "folder": load_folder,
     "synthetic": _synthetic,
+    "shards": _shards,  # written by `birdbridge data prepare` (data/shards.py)
 }
 
 
@@ -59,7 +66,7 @@ def loader_kinds() -> Iterable[str]:
 
 
 def load_collection(kind: str, path: str | Path, /, **opts) -> Collection:
-    """One entry point for every dataset kind: ``inat_sounds, ssw60, soundscape, csv, folder``.
+    """One entry point for every dataset kind: ``inat_sounds, ssw60, soundscape, csv, folder, shards``.
 
     ``opts`` go to the kind's loader (e.g. ``classes=None`` for iNatSounds, ``kind="images"``
     for csv/folder, ``taxonomy_csv=`` for soundscapes); ``kind`` and ``path`` are

@@ -73,6 +73,14 @@ class Collection:
             meta=dict(self.meta),
         )
 
+    def labelled(self) -> "Collection":
+        """This collection without items that have no species (loose files of a folder); ``self`` if none."""
+        if all(a.species_id for a in self.audio) and all(i.species_id for i in self.images):
+            return self
+        return Collection(name=self.name, species=self.species, audio=[a for a in self.audio if a.species_id],
+                          images=[i for i in self.images if i.species_id], root=self.root, skips=self.skips,
+                          meta=dict(self.meta))
+
     def resolve(self, path: str) -> Path:
         p = Path(path)
         return p if p.is_absolute() or not self.root else Path(self.root) / p

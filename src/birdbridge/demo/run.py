@@ -21,6 +21,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from .. import __version__
+from ..console import make_console
 from ..data.synthetic import SyntheticWorld, load_world
 from ..distill.train import TrainConfig, distill
 from ..encoders.factory import StudentEmbedder
@@ -75,7 +76,7 @@ def evaluate_retrieval(embedder, teacher: Teacher, collection, split: str = "tes
 
 def run_demo(out: str | Path, seed: int = 0, *, teacher_steps: int = 150, clap_steps: int = 400,
              train_overrides: dict | None = None, console: Console | None = None) -> dict:
-    console = console or Console(stderr=True)
+    console = console or make_console(stderr=True)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(seed)
@@ -143,7 +144,7 @@ def run_demo(out: str | Path, seed: int = 0, *, teacher_steps: int = 150, clap_s
     }
     atomic_write_json(out / "results.json", results)
     atomic_write_text(out / "report.md", render_report(results))
-    print_table(results, Console())
+    print_table(results, make_console())
     # Pictures for the ears: index the held-out photos, search with a few held-out clips.
     results.update(show_pictures(out, collection, teacher, StudentEmbedder(model, str(out / "model")), console))
     atomic_write_json(out / "results.json", results)

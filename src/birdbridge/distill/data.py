@@ -1,4 +1,4 @@
-"""Training batches: decoded, resampled, randomly cropped clips with their species index.
+"""Training batches: randomly cropped, decoded, resampled clips with their species index.
 
 A bad file never kills a worker: ``__getitem__`` returns a skip record instead of a
 clip, the collate function separates them, and the LightningModule adds them to the
@@ -16,6 +16,7 @@ import torch
 from torch.utils.data import Dataset, Sampler
 
 from ..data.audio import crop_or_pad, load_audio
+from ..data.crop import load_crop
 from ..data.records import AudioItem, Collection
 from ..errors import BadInputError
 
@@ -65,25 +66,84 @@ class AudioClipDataset(Dataset):
     def __len__(self) -> int:
         return len(self.items)
 
-    def _decode(self, i: int) -> np.ndarray:
-        if i in self._cache:
-            return self._cache[i]
+    def _crop(self, i: int, rng: np.random.Generator) -> np.ndarray:
         it = self.items[i]
-        wave = load_audio(self.collection.resolve(it.path), self.sample_rate, start_s=it.start_s, end_s=it.end_s)
-        if self.cache_decoded:
-            self._cache[i] = wave
-        return wave
+        path = self.collection.resolve(it.path)
+        # short clips: HF CLAP's "repeatpad" (whole copies, then zeros), the rule evaluation uses
+        if not self.cache_decoded:  # decode only the crop (data.crop): the same crop, less work
+            return load_crop(path, self.sample_rate, self.n_samples, self.crop, rng, start_s=it.start_s,
+                             end_s=it.end_s, pad="repeatpad")
+        if i not in self._cache:
+            self._cache[i] = load_audio(path, self.sample_rate, start_s=it.start_s, end_s=it.end_s)
+        return crop_or_pad(self._cache[i], self.n_samples, self.crop, rng, pad="repeatpad")
 
     def __getitem__(self, key: int | tuple[int, int]):
         epoch, i = key if isinstance(key, tuple) else (self.epoch, key)
+        rng = np.random.default_rng([self.seed, epoch, i])
         try:
-            wave = self._decode(i)
+            wave = self._crop(i, rng)
         except BadInputError as err:
             return SkippedItem(self.items[i].path, err.reason, err.detail)
-        rng = np.random.default_rng([self.seed, epoch, i])
-        # short clips: HF CLAP's "repeatpad" (whole copies, then zeros), as in evaluation
-        wave = crop_or_pad(wave, self.n_samples, self.crop, rng, pad="repeatpad")
         return torch.from_numpy(wave), self.labels[i]
+
+
+class ShardClipDataset(AudioClipDataset):
+    """:class:`AudioClipDataset` reading prepared shards (``data: {kind: shards}``) instead of files.
+
+    Same keys, same ``(seed, epoch, index)`` crops: a shard stored at the model's rate is
+    the whole-file resample the file path crops from, so the crops are the file path's
+    (to int16 rounding). Files that could not be decoded were skipped by ``data prepare``.
+    """
+
+    def __init__(self, collection: Collection, items: Sequence[AudioItem], sample_rate: int, n_samples: int, *,
+                 crop: str = "random", seed: int = 0, cache_decoded: bool = False):
+        from ..data.shards import ShardReader
+
+        super().__init__(collection, items, sample_rate, n_samples, crop=crop, seed=seed)
+        self.reader = ShardReader(collection.meta["shards"], collection.meta.get("cache_dir"))
+        self.index = [int(it.extra["shard_index"]) for it in self.items]
+
+    def _crop(self, i: int, rng: np.random.Generator) -> np.ndarray:
+        return self.reader.crop(self.index[i], self.sample_rate, self.n_samples, self.crop, rng, pad="repeatpad")
+
+    def __getitems__(self, keys: list) -> "ClipBatch":
+        """A whole batch, each crop converted straight into its row of one preallocated tensor.
+
+        Reading a shard crop costs less than stacking it afterwards: filling the batch in
+        place saves a copy of every clip (``benchmarks/bench_loader.py``)."""
+        waves = _batch_tensor(len(keys), self.n_samples)
+        rows = waves.numpy()
+        labels = []
+        for row, key in enumerate(keys):
+            epoch, i = key if isinstance(key, tuple) else (self.epoch, key)
+            rng = np.random.default_rng([self.seed, epoch, i])
+            self.reader.crop_into(rows[row], self.index[i], self.sample_rate, self.crop, rng, pad="repeatpad")
+            labels.append(self.labels[i])
+        return ClipBatch(waves, torch.tensor(labels, dtype=torch.long))
+
+
+def _batch_tensor(b: int, n: int) -> torch.Tensor:
+    """An empty float32 ``[b, n]`` batch; in a loader worker, in shared memory, as ``default_collate``
+    allocates it: the batch then reaches the main process without being copied there."""
+    elem = torch.empty(0, dtype=torch.float32)
+    if torch.utils.data.get_worker_info() is None:
+        return elem.new_empty((b, n))
+    return elem.new(elem._typed_storage()._new_shared(b * n, device=elem.device)).resize_(b, n)
+
+
+@dataclass
+class ClipBatch:
+    """A batch a dataset assembled itself (``__getitems__``); :func:`collate_clips` passes it through."""
+
+    waves: torch.Tensor
+    labels: torch.Tensor
+
+
+def clip_dataset(collection: Collection, items: Sequence[AudioItem], sample_rate: int, n_samples: int,
+                 **kw) -> AudioClipDataset:
+    """The clip dataset for ``collection``: shards when it came from ``data prepare``, else files."""
+    cls = ShardClipDataset if collection.meta.get("format") == "shards" else AudioClipDataset
+    return cls(collection, items, sample_rate, n_samples, **kw)
 
 
 class EpochShuffleSampler(Sampler):
@@ -139,6 +199,8 @@ def collate_clips(batch):
     DDP every rank must contribute equally sized tensors to the loss's all-gather, and a
     repeated clip only adds a positive pair of its own species, which the multi-positive
     loss handles (the skip itself is still counted and reported)."""
+    if isinstance(batch, ClipBatch):
+        return {"waves": batch.waves, "labels": batch.labels, "skipped": []}
     good = [b for b in batch if not isinstance(b, SkippedItem)]
     skipped = [b for b in batch if isinstance(b, SkippedItem)]
     if not good:

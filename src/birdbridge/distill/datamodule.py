@@ -28,7 +28,7 @@ from torch.utils.data import DataLoader
 from torch.utils.data.distributed import DistributedSampler
 
 from ..data.records import AudioItem, Collection
-from .data import AudioClipDataset, EpochShuffleSampler, collate_clips
+from .data import EpochShuffleSampler, clip_dataset, collate_clips
 
 log = logging.getLogger(__name__)
 
@@ -48,9 +48,9 @@ class DistillData(L.LightningDataModule):
         cache_decoded: bool = False,
     ):
         super().__init__()
-        self.train_ds = AudioClipDataset(collection, train_items, sample_rate, n_samples, crop="random", seed=seed,
-                                         cache_decoded=cache_decoded)
-        self.val_ds = (AudioClipDataset(collection, val_items, sample_rate, n_samples, crop="center", seed=seed)
+        self.train_ds = clip_dataset(collection, train_items, sample_rate, n_samples, crop="random", seed=seed,
+                                     cache_decoded=cache_decoded)
+        self.val_ds = (clip_dataset(collection, val_items, sample_rate, n_samples, crop="center", seed=seed)
                        if val_items else None)
         self.batch_size, self.num_workers, self.seed = batch_size, num_workers, seed
         self.sampler: EpochShuffleSampler | None = None

@@ -83,6 +83,9 @@ class DistillModule(L.LightningModule):
         self.encoder_mode = "eval" if freeze_encoder else encoder_mode
         self.seed = seed
         self.skips = SkipLog()
+        self.trained_batches = 0  # steps this process trained (not restored from a checkpoint)
+        self.steps_without_clips = 0  # steps skipped on every rank because one rank's batch had no usable clip
+        self._skip_step = False
         if freeze_encoder:
             self.student.audio_model.requires_grad_(False)
             self.student.audio_projection.requires_grad_(False)
@@ -131,11 +134,29 @@ class DistillModule(L.LightningModule):
         types = torch.tensor([rng.randrange(n_types) for _ in range(len(labels))], device=labels.device)
         return self.text_table[types, labels]
 
+    def _all_ranks_have_clips(self, have: bool) -> bool:
+        """Under DDP, whether every rank's batch holds a usable clip (one tiny all-gather per step).
+
+        A rank whose clips were all unreadable has nothing to put into the loss's feature
+        gather; if it skipped the step alone, the other ranks would wait in that gather
+        (and in DDP's gradient all-reduce) for ever. So either every rank trains the step
+        or none does."""
+        if not self._distributed():
+            return have
+        flags = self.all_gather(torch.tensor([float(have)], device=self.device))
+        return bool(flags.min() > 0)
+
     def training_step(self, batch, batch_idx):
         for s in batch["skipped"]:
             self.skips.add(s.path, s.reason, s.detail)
-        if batch["waves"] is None:
-            return None  # every clip in this batch was bad; Lightning skips the step
+        if self._skip_step or batch["waves"] is None:  # every clip of some rank's batch was bad (on_train_batch_start)
+            self.steps_without_clips += 1
+            if not self._distributed():
+                return None  # Lightning skips the step
+            # Lightning refuses None under DDP: a zero loss over every trainable parameter keeps
+            # DDP's gradient all-reduce the same on every rank; optimizer_step then drops the gradients
+            return sum(p.sum() for p in self.parameters() if p.requires_grad) * 0.0
+        self.trained_batches += 1
         waves, labels = batch["waves"], batch["labels"]
         audio = self.student(waves, crop="start")  # the dataset already cropped
         scale = self.logit_scale()
@@ -149,8 +170,18 @@ class DistillModule(L.LightningModule):
         self.log("train/logit_scale", scale.detach(), batch_size=len(labels))
         return loss
 
-    def optimizer_step(self, *args, **kwargs) -> None:
-        super().optimizer_step(*args, **kwargs)
+    def optimizer_step(self, epoch, batch_idx, optimizer, optimizer_closure=None) -> None:
+        if self._skip_step and optimizer_closure is not None:
+            inner = optimizer_closure
+
+            def optimizer_closure():
+                out = inner()
+                # no gradients at all: AdamW leaves every parameter and its moments alone, as when
+                # one process skips a step by returning None
+                optimizer.zero_grad(set_to_none=True)
+                return out
+
+        super().optimizer_step(epoch, batch_idx, optimizer, optimizer_closure)
         # Clamp right after the update, not in on_train_batch_end: checkpoint callbacks
         # run before the module's batch-end hook, so a clamp there would leave an
         # unclamped scale in a checkpoint that the unbroken run never trained with.
@@ -171,12 +202,15 @@ class DistillModule(L.LightningModule):
         if getattr(self, "_pending_rng", None) is not None:
             set_rng_states(self._pending_rng)
             self._pending_rng = None
+        # before the optimiser step starts, which needs to know (optimizer_step)
+        self._skip_step = not self._all_ranks_have_clips(batch["waves"] is not None)
 
     @torch.no_grad()
     def validation_step(self, batch, batch_idx):
         for s in batch["skipped"]:
             self.skips.add(s.path, s.reason, s.detail)
-        if batch["waves"] is None:
+        # all ranks or none: a rank that never logs the metric would leave the others in its epoch-end sync
+        if not self._all_ranks_have_clips(batch["waves"] is not None):
             return
         audio = self.student(batch["waves"], crop="start")
         logits = audio @ self.text_table.mean(0).T

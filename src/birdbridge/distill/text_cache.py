@@ -2,9 +2,9 @@
 
 The teacher is frozen, so the embedding of "a photo of Setophaga coronata." never
 changes: the training loop reads rows from this cache and never runs the teacher's
-text tower. The key covers everything the rows depend on: the teacher's identity
-(id + a fingerprint of local weight files), prompt type, template set and the species
-list with every name field that enters a prompt.
+text tower. The key covers everything the rows depend on: the teacher's identity (a
+fingerprint of its weights, :mod:`birdbridge.encoders.identity`, not its path), prompt
+type, template set and the species list with every name field that enters a prompt.
 """
 
 from __future__ import annotations
@@ -16,28 +16,28 @@ from typing import Callable, Sequence
 
 import torch
 
-from ..encoders import hub
 from ..io import atomic_write_bytes
 from ..taxonomy import Species, prompt_body
 
 RECIPE_VERSION = 1  # bump when prompt formatting changes, so old caches are not reused
 
 
-def teacher_fingerprint(model_id: str) -> str:
-    """Stable identity of the teacher's weights without loading it."""
-    h = hashlib.sha256(model_id.encode())
-    kind, ref = hub.split_model_id(model_id)
-    if kind == "local":
-        for f in sorted(Path(ref).glob("*.safetensors")) + sorted(Path(ref).glob("*.bin")) + sorted(Path(ref).glob("*.json")):
-            st = f.stat()
-            # small files are hashed; big ones identified by size + mtime (hashing 1.7 GB each run is slow)
-            h.update(f.read_bytes() if st.st_size < 256 * 2**20 else f"{f.name}:{st.st_size}:{st.st_mtime_ns}".encode())
-    return h.hexdigest()[:16]
+def teacher_key(teacher_id: str, fingerprint: str | None = None) -> str:
+    """What the rows depend on about the teacher: its weights' fingerprint (so a moved or
+    renamed folder keeps its cache), or for a teacher that cannot be fingerprinted here
+    (a hub id not cached yet) its normalised id."""
+    from ..encoders.identity import identify
+
+    if fingerprint:
+        return fingerprint
+    record = identify(teacher_id)
+    return record.fingerprint or record.id
 
 
-def cache_key(teacher_id: str, species: Sequence[Species], prompt_type: str, template_set: str) -> str:
+def cache_key(teacher_id: str, species: Sequence[Species], prompt_type: str, template_set: str,
+              fingerprint: str | None = None) -> str:
     h = hashlib.sha256()
-    h.update(json.dumps([RECIPE_VERSION, teacher_fingerprint(teacher_id), prompt_type, template_set]).encode())
+    h.update(json.dumps([RECIPE_VERSION, teacher_key(teacher_id, fingerprint), prompt_type, template_set]).encode())
     for sp in species:
         h.update(f"{sp.id}\x00{prompt_body(sp, prompt_type)}\x01".encode())
     return h.hexdigest()[:24]
@@ -61,13 +61,15 @@ class TextEmbeddingCache:
         prompt_type: str,
         template_set: str,
         load_teacher: Callable[[], object],
+        fingerprint: str | None = None,
         *,
         progress: bool = False,
     ) -> torch.Tensor:
-        """``load_teacher`` is called only on a miss, so a warm cache never builds the teacher."""
-        from safetensors.torch import load_file, save_file
+        """``load_teacher`` is called only on a miss, so a warm cache never builds the teacher.
+        ``fingerprint``: the teacher's recorded fingerprint, when the caller has one."""
+        from safetensors.torch import load_file, save
 
-        key = cache_key(teacher_id, species, prompt_type, template_set)
+        key = cache_key(teacher_id, species, prompt_type, template_set, fingerprint)
         path = self.path_for(key)
         if path.exists():
             self.hits += 1
@@ -82,18 +84,11 @@ class TextEmbeddingCache:
             "recipe_version": str(RECIPE_VERSION),
             "species_ids": json.dumps([s.id for s in species]),
         }
-        self.cache_dir.mkdir(parents=True, exist_ok=True)
-        import tempfile
-
-        with tempfile.NamedTemporaryFile(dir=self.cache_dir, suffix=".tmp", delete=False) as tmp:
-            tmp_path = Path(tmp.name)
-        save_file({"embeddings": emb}, str(tmp_path), metadata=meta)
-        atomic_write_bytes(path, tmp_path.read_bytes())
-        tmp_path.unlink(missing_ok=True)
+        atomic_write_bytes(path, save({"embeddings": emb}, metadata=meta))
         return emb
 
-    def get_many(self, teacher_id, species, prompt_types, template_set, load_teacher, *,
-                 progress: bool = False) -> dict[str, torch.Tensor]:
+    def get_many(self, teacher_id, species, prompt_types, template_set, load_teacher,
+                 fingerprint: str | None = None, *, progress: bool = False) -> dict[str, torch.Tensor]:
         teacher_box: list = []
 
         def lazy():
@@ -101,4 +96,5 @@ class TextEmbeddingCache:
                 teacher_box.append(load_teacher())
             return teacher_box[0]
 
-        return {pt: self.get(teacher_id, species, pt, template_set, lazy, progress=progress) for pt in prompt_types}
+        return {pt: self.get(teacher_id, species, pt, template_set, lazy, fingerprint, progress=progress)
+                for pt in prompt_types}

@@ -12,11 +12,15 @@ import torch
 from ..config import from_dict
 from ..data.records import Collection
 from ..encoders.clap import DEFAULT_STUDENT, load_clap
+from ..devices import check_accelerator
+from ..encoders import hub
 from ..encoders.heads import HeadSpec
+from ..encoders.identity import identify
 from ..encoders.student import AudioStudent, DistilledModel
 from ..encoders.teacher import DEFAULT_TEACHER, load_teacher
-from ..errors import BadInputError, ConfigError
+from ..errors import BadInputError, ConfigError, SkipLog
 from ..io import atomic_write_json
+from ..quiet import settle_lightning
 from ..taxonomy import MIXED, PROMPT_TYPES, TEMPLATE_SETS, resolve_prompt_types
 from .text_cache import TextEmbeddingCache
 
@@ -120,43 +124,84 @@ def species_text_embeddings(cfg: TrainConfig, collection: Collection) -> dict[st
                           lambda: load_teacher(cfg.teacher, device=device))
 
 
-def _good_batch_counter():
-    """A callback counting training batches with at least one usable clip.
+def _all_ranks_skips(skips: SkipLog) -> SkipLog:
+    """Every rank's skips, in rank order (this process's own when there is no process group)."""
+    import torch.distributed as dist
 
-    Lightning advances ``global_step`` even for batches whose ``training_step`` returned
-    None (all clips bad), so the step count cannot tell a run that trained from one that
-    saw only bad files.
-    """
-    from lightning.pytorch.callbacks import Callback
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return skips
+    lists: list = [None] * dist.get_world_size()
+    dist.all_gather_object(lists, skips.to_list())
+    merged = SkipLog()
+    for part in lists:
+        for s in part:
+            merged.add(s["input"], s["reason"], s.get("detail", ""))
+    return merged
 
-    class GoodBatchCounter(Callback):
-        n = 0
 
-        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-            if batch["waves"] is not None:
-                self.n += 1
+def _trainer(cfg: TrainConfig, out_dir: Path, ckpt, steps_per_epoch: int, data):
+    import lightning as L
+    from lightning.pytorch.loggers import CSVLogger
 
-    return GoodBatchCounter()
+    return L.Trainer(
+        max_epochs=cfg.max_epochs, accelerator=cfg.accelerator, devices=cfg.devices, num_nodes=cfg.num_nodes,
+        strategy=cfg.strategy, precision=_precision(cfg), logger=CSVLogger(out_dir, name="logs"),
+        callbacks=[ckpt], enable_progress_bar=cfg.progress, enable_model_summary=False,
+        log_every_n_steps=min(cfg.log_every_n_steps, steps_per_epoch), deterministic="warn",
+        num_sanity_val_steps=0, limit_val_batches=1.0 if data.val_ds is not None else 0,
+        use_distributed_sampler=False,  # DistillData's sampler shards each epoch itself
+        # BatchNorm statistics over the global batch under DDP (Lightning applies this only
+        # with more than one process). torch's SyncBatchNorm runs on GPUs only: CPU (gloo)
+        # runs keep per-rank batch statistics, and DDP broadcasts rank 0's running ones.
+        sync_batchnorm=cfg.uses_gpu(),
+    )
+
+
+def training_items(collection: Collection, cfg: TrainConfig) -> list:
+    """The labelled recordings of ``cfg.train_split``, or a :class:`BadInputError` that says how to get some."""
+    from collections import Counter
+
+    items = collection.audio_split(cfg.train_split)
+    labelled = [a for a in items if a.species_id]
+    if labelled:
+        return labelled
+    where = f"{collection.name} ({collection.meta.get('source') or collection.root})"
+    if items:
+        raise BadInputError("no_training_audio", detail=f"none of the {len(items)} recordings of split "
+                            f"{cfg.train_split!r} in {where} has a species: put them in species folders or "
+                            "give a CSV with a scientific_name column")
+    splits = Counter(a.split for a in collection.audio)
+    if not collection.audio:
+        detail = f"{where} has no recordings"
+    elif set(splits) == {""}:
+        detail = (f"{where} has no split column (no recording has a split) and train_split is {cfg.train_split!r}: "
+                  "add a `split` column (train, val, test) or set `train_split` in the config's `train:` section "
+                  "(`train_split: \"\"` trains on every recording)")
+    else:
+        have = ", ".join(f"{s or '(none)'} {n}" for s, n in sorted(splits.items()))
+        detail = (f"split {cfg.train_split!r} of {where} is empty (its splits: {have}): "
+                  "fix the `split` column or set `train_split` in the config's `train:` section")
+    raise BadInputError("no_training_audio", detail=detail)
 
 
 def distill(collection: Collection, cfg: TrainConfig, out_dir: str | Path, *, resume: bool = False) -> DistilledModel:
     """Train the student + head on ``collection``'s train split and save ``out_dir/model``."""
     import lightning as L
     from lightning.pytorch.callbacks import ModelCheckpoint
-    from lightning.pytorch.loggers import CSVLogger
     from .datamodule import DistillData
     from .module import DistillModule
 
+    check_accelerator(cfg.accelerator, cfg.devices)  # before any model loads: one line, not a traceback
+    settle_lightning()  # its INFO banners only with --verbose
     out_dir = Path(out_dir)
+    train_items = training_items(collection, cfg)  # before any model loads: a data mistake fails at once
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     text = species_text_embeddings(cfg, collection)
     out_dim = next(iter(text.values())).shape[1]
     torch.manual_seed(cfg.seed)  # head init independent of what the teacher load consumed
     student = build_student(cfg, out_dim)
-    train_items = collection.audio_split(cfg.train_split)
-    if not train_items:
-        raise BadInputError("no_training_audio", detail=f"split {cfg.train_split!r} of {collection.name} is empty")
-    data = DistillData(collection, train_items, collection.audio_split(cfg.val_split), sample_rate=student.sample_rate,
+    val_items = [a for a in collection.audio_split(cfg.val_split) if a.species_id]
+    data = DistillData(collection, train_items, val_items, sample_rate=student.sample_rate,
                        n_samples=student.window_samples, batch_size=cfg.batch_size, num_workers=cfg.num_workers,
                        seed=cfg.seed, cache_decoded=cfg.cache_decoded_audio)
     # one-process count; under DDP the module reads per-rank steps from the trainer
@@ -168,21 +213,14 @@ def distill(collection: Collection, cfg: TrainConfig, out_dir: str | Path, *, re
         freeze_encoder=cfg.freeze_encoder, encoder_mode=cfg.encoder_mode, init_temperature=cfg.init_temperature,
         learn_temperature=cfg.learn_temperature, seed=cfg.seed,
     )
-    good_batches = _good_batch_counter()
     ckpt = ModelCheckpoint(dirpath=out_dir / "checkpoints", save_last=True, every_n_train_steps=max(1, steps_per_epoch // 2),
                            save_top_k=0)
-    trainer = L.Trainer(
-        max_epochs=cfg.max_epochs, accelerator=cfg.accelerator, devices=cfg.devices, num_nodes=cfg.num_nodes,
-        strategy=cfg.strategy, precision=_precision(cfg), logger=CSVLogger(out_dir, name="logs"),
-        callbacks=[ckpt, good_batches], enable_progress_bar=cfg.progress, enable_model_summary=False,
-        log_every_n_steps=min(cfg.log_every_n_steps, steps_per_epoch), deterministic="warn",
-        num_sanity_val_steps=0, limit_val_batches=1.0 if data.val_ds is not None else 0,
-        use_distributed_sampler=False,  # DistillData's sampler shards each epoch itself
-        # BatchNorm statistics over the global batch under DDP (Lightning applies this only
-        # with more than one process). torch's SyncBatchNorm runs on GPUs only: CPU (gloo)
-        # runs keep per-rank batch statistics, and DDP broadcasts rank 0's running ones.
-        sync_batchnorm=cfg.uses_gpu(),
-    )
+    from lightning.fabric.utilities.exceptions import MisconfigurationException
+
+    try:
+        trainer = _trainer(cfg, out_dir, ckpt, steps_per_epoch, data)
+    except MisconfigurationException as err:  # e.g. more devices than the node has, a bad strategy
+        raise ConfigError(f"Lightning refused the training setup: {str(err).splitlines()[0]}") from None
     last = out_dir / "checkpoints" / "last.ckpt"
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", ".*does not have many workers.*")
@@ -196,22 +234,28 @@ def distill(collection: Collection, cfg: TrainConfig, out_dir: str | Path, *, re
             # the configured mode (or a frozen encoder): the eval-mode modules are intended
             warnings.filterwarnings("ignore", ".*module\\(s\\) in eval mode at the start of training.*")
         trainer.fit(module, datamodule=data, ckpt_path=str(last) if resume and last.exists() else None)
+    # the teacher as it is (weights fingerprint + absolute id), so the model and any index
+    # built with it agree from any directory and after the folders move (encoders/identity.py)
     meta = {
-        "student_id": cfg.student,
-        "teacher_id": cfg.teacher,
+        "student_id": hub.normalise_model_id(cfg.student),
+        **identify(cfg.teacher).to_meta(),
         "prompt_recipe": {"prompt_types": list(cfg.resolved_prompt_types), "template_set": cfg.template_set},
         # lets an evaluation check that a given model never heard its held-out species
         "train_species": sorted({it.species_id for it in train_items}),
         "training": {k: v for k, v in asdict(cfg).items() if k not in ("student", "teacher")},
     }
     model = DistilledModel.from_student(module.student.cpu(), meta).eval()
+    skips = _all_ranks_skips(module.skips)  # under DDP each rank met its own bad clips
     if trainer.global_rank == 0:
-        atomic_write_json(out_dir / "skipped.json", {"n_skipped": len(module.skips), "counts": module.skips.counts(),
-                                                     "skipped": module.skips.to_list()})
+        atomic_write_json(out_dir / "skipped.json", {"n_skipped": len(skips), "counts": skips.counts(),
+                                                     "skipped": skips.to_list(),
+                                                     "steps_without_clips": module.steps_without_clips})
     resumed = resume and last.exists()
-    if good_batches.n == 0 and not resumed:
+    # Lightning advances global_step even for skipped steps, so it cannot tell a run that
+    # trained from one that saw only bad files
+    if module.trained_batches == 0 and not resumed:
         # every batch held only bad clips: an untrained model must not look like a result
-        raise BadInputError("no_training_audio", detail=f"no training step ran; {module.skips.summary()} "
+        raise BadInputError("no_training_audio", detail=f"no training step ran; {skips.summary()} "
                                                         f"(listed in {out_dir / 'skipped.json'})")
     if trainer.global_rank == 0:
         model.save_pretrained(out_dir / "model")

@@ -30,6 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from birdbridge.errors import BadInputError, ModelNotAvailableError
+from birdbridge.quiet import native_stderr
 
 MODEL_FILE = "BirdNET_GLOBAL_6K_V2.4_Model_FP32.tflite"
 LABELS_FILE = "BirdNET_GLOBAL_6K_V2.4_Labels.txt"
@@ -90,7 +91,7 @@ class BirdNetEncoder:
         if not model_path.is_file():
             raise ModelNotAvailableError(f"BirdNET model file not found: {model_path}")
         Interpreter = _interpreter_class()
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), native_stderr():  # LiteRT prints its delegate line to fd 2
             # LiteRT warns that preserving all tensors is "for debugging"; it is the only
             # way to read an intermediate tensor, and memory stays ~0.4 GB at batch 1.
             warnings.filterwarnings("ignore", message=".*experimental_preserve_all_tensors.*")
@@ -129,7 +130,8 @@ class BirdNetEncoder:
     def _resize(self, batch: int) -> None:
         if batch != self.batch_size:
             self._interp.resize_tensor_input(self._input_index, [batch, self.window_samples])
-            self._interp.allocate_tensors()
+            with native_stderr():
+                self._interp.allocate_tensors()
             self.batch_size = batch
 
     # ---------------------------------------------------------------- windows

@@ -6,25 +6,18 @@ from pathlib import Path
 
 from ..errors import ModelNotAvailableError
 from . import hub
+from .ids import KNOWN_STUDENTS  # noqa: F401 - re-exported: the known CLAP students
 
 DEFAULT_STUDENT = "davidrrobinson/BioLingual"
-KNOWN_STUDENTS = {
-    "davidrrobinson/BioLingual": "BioLingual: CLAP (HTSAT-tiny audio, RoBERTa text, 512-d), bioacoustic captions",
-    "laion/clap-htsat-unfused": "LAION CLAP, HTSAT-tiny, unfused (general audio)",
-    "laion/clap-htsat-fused": "LAION CLAP, HTSAT-tiny, fused (refused: needs 4-channel fusion features)",
-}
 
 
 def _resolve(model_id: str) -> str:
     kind, ref = hub.split_model_id(model_id)
+    if kind == "builtin":
+        raise ModelNotAvailableError(f"{model_id!r} is not a CLAP model (it has its own loader)")
     if kind == "local":
-        if not Path(ref).is_dir():
-            raise ModelNotAvailableError(f"CLAP model {model_id!r}: no such directory {ref}")
-        if not (Path(ref) / "config.json").exists():
-            raise ModelNotAvailableError(f"CLAP model {model_id!r}: no config.json in directory {ref}")
-        return ref
-    if hub.is_offline() and not hub.is_cached(ref, "config.json"):
-        raise hub.not_available(model_id, ref)
+        return str(hub.local_folder(model_id, "CLAP model", required=("config.json",)))
+    hub.prepare_hub(model_id, ref, "config.json")
     return ref
 
 

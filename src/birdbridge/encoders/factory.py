@@ -40,7 +40,8 @@ class StudentEmbedder:
         self.dim = model.audio_projection.linear2.out_features if clap_space else model.dim
         # Written into embedding sidecars: which student/teacher a distilled space came from.
         meta = getattr(model, "meta", {}) if not clap_space else {}
-        self.provenance = {k: meta[k] for k in ("student_id", "teacher_id", "prompt_recipe") if meta.get(k) is not None}
+        self.provenance = {k: meta[k] for k in ("student_id", "teacher_id", "teacher_fingerprint", "prompt_recipe")
+                           if meta.get(k) is not None}
 
     @torch.no_grad()
     def embed_windows(self, waves: list[np.ndarray]) -> np.ndarray:
@@ -66,21 +67,27 @@ class BirdNetEmbedder:
 
 
 def load_audio_embedder(model_id: str, device: str = "cpu") -> AudioEmbedder:
+    """``model_id`` through the one resolver (:func:`.hub.split_model_id`); ``device`` must exist
+    (check it with :func:`birdbridge.devices.resolve_device` first). BirdNET runs on the CPU."""
     from .student import AudioStudent, DistilledModel, is_distilled_checkpoint
 
-    if model_id.lower() == "birdnet":
-        return BirdNetEmbedder()
     kind, ref = hub.split_model_id(model_id)
-    if kind == "local" and is_distilled_checkpoint(ref):
-        return StudentEmbedder(DistilledModel.from_pretrained(ref), model_id, device=device)
-    if kind == "hub" and hub.is_cached(ref, "config.json"):
-        import json
-
-        from huggingface_hub import try_to_load_from_cache
-
-        cfg = json.loads(open(try_to_load_from_cache(ref, "config.json")).read())
-        if cfg.get("model_type") == "birdbridge-distilled-audio":
+    if kind == "builtin":
+        return BirdNetEmbedder()
+    if kind == "local":
+        hub.local_folder(model_id)  # a missing folder fails here, with close matches
+        if is_distilled_checkpoint(ref):
             return StudentEmbedder(DistilledModel.from_pretrained(ref), model_id, device=device)
+    if kind == "hub":
+        hub.prepare_hub(model_id, ref, "config.json")
+        if hub.is_cached(ref, "config.json"):
+            import json
+
+            from huggingface_hub import try_to_load_from_cache
+
+            cfg = json.loads(open(try_to_load_from_cache(ref, "config.json")).read())
+            if cfg.get("model_type") == "birdbridge-distilled-audio":
+                return StudentEmbedder(DistilledModel.from_pretrained(ref), model_id, device=device)
     from .clap import load_clap
     from .heads import HeadSpec
 

@@ -12,10 +12,7 @@ import importlib.util
 from dataclasses import asdict, dataclass
 
 from . import hub
-from .clap import KNOWN_STUDENTS
-from .teacher import KNOWN_TEACHERS
-
-BIRDNET_ID = "birdnet"
+from .ids import BIRDNET_ID, KNOWN_STUDENTS, KNOWN_TEACHERS
 BIRDNET_DESCRIPTION = (
     "BirdNET V2.4 (frozen, 1024-d embedding, 3 s windows at 48 kHz); "
     "model and labels CC BY-NC-SA 4.0 (non-commercial)"

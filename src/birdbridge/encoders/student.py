@@ -9,6 +9,7 @@ model's device inside the step instead of per clip on the CPU.
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +25,11 @@ from .heads import HeadSpec, ProjectionHead
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
 MODEL_TYPE = "birdbridge-distilled-audio"
+# What a checkpoint records about its making; teacher_* identify the teacher (encoders/identity.py).
+# train_species: ids, so an evaluation can check that a given model never heard its held-out species
+META_KEYS = ("student_id", "teacher_id", "teacher_fingerprint", "teacher_relpath", "prompt_recipe", "training",
+             "train_species")
+LEGACY_META_KEYS = ("student_id", "teacher_id", "prompt_recipe", "training")
 
 
 class AudioStudent(nn.Module):
@@ -80,6 +86,7 @@ class DistilledModel(AudioStudent):
     def __init__(self, *args, meta: dict[str, Any] | None = None, **kwargs):
         super().__init__(*args, **kwargs)
         self.meta = dict(meta or {})
+        self.source_dir: Path | None = None  # set by from_pretrained
 
     @classmethod
     def from_student(cls, student: AudioStudent, meta: dict[str, Any]) -> "DistilledModel":
@@ -94,6 +101,8 @@ class DistilledModel(AudioStudent):
             "birdbridge_version": __version__,
             "student_id": self.meta.get("student_id"),
             "teacher_id": self.meta.get("teacher_id"),
+            "teacher_fingerprint": self.meta.get("teacher_fingerprint"),
+            "teacher_relpath": self.meta.get("teacher_relpath"),
             "prompt_recipe": self.meta.get("prompt_recipe"),
             "training": self.meta.get("training"),
             "train_species": self.meta.get("train_species"),  # ids, so an evaluation can check held-out species
@@ -109,8 +118,14 @@ class DistilledModel(AudioStudent):
 
         directory = Path(directory)
         state = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items() if not k.startswith("frontend.")}
+        cfg = self.config_dict()
+        from .identity import locate
+
+        teacher_dir = locate(self.meta, self.source_dir)
+        # beside the absolute id: the teacher found again when the whole folder moves together
+        cfg["teacher_relpath"] = os.path.relpath(teacher_dir, directory.resolve()) if teacher_dir is not None else None
         with atomic_dir(directory) as tmp:
-            (tmp / CONFIG_NAME).write_text(json.dumps(self.config_dict(), indent=2, sort_keys=True, default=str))
+            (tmp / CONFIG_NAME).write_text(json.dumps(cfg, indent=2, sort_keys=True, default=str))
             save_file(state, str(tmp / WEIGHTS_NAME), metadata={"format": "pt"})
         return directory
 
@@ -131,9 +146,10 @@ class DistilledModel(AudioStudent):
             ClapProjectionLayer(audio_cfg),
             ProjectionHead(HeadSpec(**cfg["head"])),
             fe,
-            meta={k: cfg.get(k) for k in ("student_id", "teacher_id", "prompt_recipe", "training")}
-            | ({"train_species": cfg["train_species"]} if cfg.get("train_species") is not None else {}),
+            # older checkpoints lack the teacher_fingerprint/relpath keys; None means "not recorded"
+            meta={k: cfg.get(k) for k in META_KEYS if k in LEGACY_META_KEYS or cfg.get(k) is not None},
         )
+        model.source_dir = directory  # the anchor for the teacher's relative path
         state = load_file(str(directory / WEIGHTS_NAME))
         missing, unexpected = model.load_state_dict(state, strict=False)
         missing = [k for k in missing if not k.startswith("frontend.")]
@@ -167,16 +183,17 @@ def is_distilled_checkpoint(path: str | Path) -> bool:
 
 def _resolve_checkpoint(model_id: str) -> Path:
     kind, ref = hub.split_model_id(model_id)
+    if kind == "builtin":
+        raise ModelNotAvailableError(f"{model_id!r} is not a distilled birdbridge checkpoint")
     if kind == "local":
-        p = Path(ref)
         from ..io import recover_dir
 
-        recover_dir(p)  # a save killed between its two renames left the previous checkpoint aside
+        recover_dir(Path(ref))  # a save killed between its two renames left the previous checkpoint aside
+        p = hub.local_folder(model_id)
         if not (p / CONFIG_NAME).is_file() or not (p / WEIGHTS_NAME).is_file():
             raise ModelNotAvailableError(f"{model_id}: expected {CONFIG_NAME} and {WEIGHTS_NAME} in {p}")
         return p
-    if hub.is_offline() and not hub.is_cached(ref, CONFIG_NAME):
-        raise hub.not_available(model_id, ref)
+    hub.prepare_hub(model_id, ref, CONFIG_NAME)
     try:
         from huggingface_hub import snapshot_download
 

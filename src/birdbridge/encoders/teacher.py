@@ -7,7 +7,6 @@ gallery. It is never trained, so it is loaded in eval mode with gradients off.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 from typing import Iterable, Sequence
@@ -19,12 +18,9 @@ import torch.nn.functional as F
 from ..errors import BadInputError, ModelNotAvailableError
 from ..taxonomy import Species, prompts
 from . import hub
+from .ids import KNOWN_TEACHERS  # noqa: F401 - re-exported: the known teachers
 
 DEFAULT_TEACHER = "hf-hub:imageomics/bioclip-2"
-KNOWN_TEACHERS = {
-    "hf-hub:imageomics/bioclip-2": "BioCLIP-2 (ViT-L/14, 768-d), trained on TreeOfLife-200M",
-    "hf-hub:imageomics/bioclip": "BioCLIP (ViT-B/16, 512-d), trained on TreeOfLife-10M",
-}
 # BioCLIP's authors (pybioclip's TreeOfLife classifier) resize photos to 224x224
 # without cropping, so a bird near the frame edge is not cut away; open_clip's default
 # (resize shortest side + centre crop) is right for models trained that way.
@@ -59,7 +55,10 @@ class Teacher:
         import open_clip
 
         kind, ref = hub.split_model_id(model_id)
+        if kind == "builtin":
+            raise ModelNotAvailableError(f"{model_id!r} is not an open_clip teacher")
         if kind == "local":
+            ref = str(hub.local_folder(model_id, "teacher"))
             model_id = f"{hub.LOCAL_DIR_PREFIX}{ref}"
             if not (Path(ref) / "open_clip_config.json").exists():
                 raise ModelNotAvailableError(
@@ -74,8 +73,7 @@ class Teacher:
                 )
         elif kind == "hub":
             model_id = f"{hub.HF_HUB_PREFIX}{ref}"
-            if hub.is_offline() and not hub.is_cached(ref, "open_clip_config.json"):
-                raise hub.not_available(model_id, ref)
+            hub.prepare_hub(model_id, ref, "open_clip_config.json")
         try:
             # require_pretrained: open_clip otherwise only *warns* when a download fails
             # and hands back random weights, which would silently poison every number.
@@ -96,14 +94,11 @@ class Teacher:
             return proj.shape[1] if isinstance(proj, torch.Tensor) else proj.out_features
         return int(self.model.visual.output_dim)
 
-    def fingerprint(self) -> str:
-        """Identifies the weights: the id plus a hash of local weight files (they can change in place)."""
-        h = hashlib.sha256(self.model_id.encode())
-        kind, ref = hub.split_model_id(self.model_id)
-        if kind == "local":
-            for f in sorted(Path(ref).glob("*.safetensors")) + sorted(Path(ref).glob("*.bin")):
-                h.update(f.read_bytes() if f.stat().st_size < 256 * 2**20 else f"{f.stat().st_size}:{f.stat().st_mtime_ns}".encode())
-        return h.hexdigest()[:16]
+    def identity(self):
+        """What this teacher is (:mod:`.identity`): its weights' fingerprint and normalised id."""
+        from .identity import identify
+
+        return identify(self.model_id)
 
     @torch.no_grad()
     def encode_text(self, texts: Sequence[str], batch_size: int = 256) -> torch.Tensor:

@@ -10,6 +10,7 @@ torchrun/SLURM instead and give the checkpoints here.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -122,6 +123,7 @@ class UnseenSpec:
 class EvalConfig:
     name: str = "eval"
     seed: int = 0
+    root: str | None = None  # relative data paths below are relative to this (`eval --root` overrides it)
     synthetic: SyntheticSpec | None = None
     train_data: DataSpec | None = None  # what distillation trains on (iNatSounds train)
     eval_data: DataSpec | None = None  # what is scored (SSW60)
@@ -198,6 +200,33 @@ class EvalConfig:
         return from_dict(TrainConfig, merged, where="train.")
 
 
+    def with_root(self, root: str | Path | None = None) -> "EvalConfig":
+        """A copy whose relative data paths are joined to ``root`` (default: the config's own ``root``).
+
+        What ``birdbridge data download --root DIR`` fills is then found with ``--root DIR``
+        alone. Absolute paths and URLs (shards on ``s3://`` ...) stay as written; without a
+        root, relative paths stay relative to the working directory.
+        """
+        base = root if root is not None else self.root
+        if base is None:
+            return self
+        base = Path(base).expanduser()
+
+        def rooted(p: str | None) -> str | None:
+            if not p or "://" in p or p.startswith("local:") or Path(p).expanduser().is_absolute():
+                return p
+            return str(base / p)
+
+        cfg = dataclasses.replace(self, root=str(base))
+        for name in ("train_data", "eval_data"):
+            if (spec := getattr(cfg, name)) is not None:
+                setattr(cfg, name, dataclasses.replace(spec, path=rooted(spec.path), media_root=rooted(spec.media_root)))
+        if (sc := cfg.soundscapes) is not None:
+            cfg.soundscapes = dataclasses.replace(sc, annotations=rooted(sc.annotations), taxonomy=rooted(sc.taxonomy),
+                                                  audio_root=rooted(sc.audio_root), class_list=rooted(sc.class_list))
+        return cfg
+
+
 def _n_devices(devices) -> int:
     """Devices a Lightning ``devices`` value asks for (-1 or "-1": all of them, counted as 2)."""
     if isinstance(devices, int):
@@ -217,5 +246,6 @@ def check_one_device(tc) -> None:
                           f"the whole evaluation): set train.devices: 1, or {GIVEN_MODEL_HINT}")
 
 
-def load_eval_config(path: str | Path) -> EvalConfig:
-    return from_dict(EvalConfig, load_yaml(path))
+def load_eval_config(path: str | Path, root: str | Path | None = None) -> EvalConfig:
+    """The config at ``path``, its relative data paths joined to ``root`` (or its own ``root:``)."""
+    return from_dict(EvalConfig, load_yaml(path)).with_root(root)

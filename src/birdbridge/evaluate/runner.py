@@ -52,15 +52,19 @@ def refuse_multi_process() -> None:
                           f"run it without torchrun/srun; for multi-GPU distillation, {GIVEN_MODEL_HINT}")
 
 
-def run_eval(config: EvalConfig | str | Path, out: str | Path, *, log=print) -> dict:
-    """Run every configured method and protocol; write results.json, report.md and plots to ``out``."""
+def run_eval(config: EvalConfig | str | Path, out: str | Path, *, root: str | Path | None = None, log=print) -> dict:
+    """Run every configured method and protocol; write results.json, report.md and plots to ``out``.
+
+    ``root`` is where ``birdbridge data download`` put the datasets: the config's relative
+    data paths are read below it.
+    """
     import torch
 
     from ..io import atomic_write_json, atomic_write_text
     from . import report
     from .spaces import Evaluator
 
-    cfg = config if isinstance(config, EvalConfig) else load_eval_config(config)
+    cfg = config.with_root(root) if isinstance(config, EvalConfig) else load_eval_config(config, root)
     refuse_multi_process()
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -174,9 +178,6 @@ def run_eval(config: EvalConfig | str | Path, out: str | Path, *, log=print) -> 
     if cfg.plots:
         report.write_plots(results, ev.plot_data(main_view), out)
     atomic_write_json(out / "skipped.json", ev.skips_summary())
-    for f in ("report.md", "skipped.json", *report.PLOT_FILES):
-        if (out / f).is_file():
-            os.chmod(out / f, 0o644)  # atomic writes create owner-only files; results are for sharing
     log(f"wrote {out / 'results.json'}, {out / 'report.md'} ({timings['total_s']:.0f} s)")
     return results
 

@@ -1,19 +1,18 @@
 """Score "bring your own" embeddings: query and gallery parquet files -> retrieval metrics.
 
-Backs ``birdbridge score --queries Q.parquet --gallery G.parquet [--ranks genus,family]
---out R.json``. Each file has an ``embedding`` column (list of floats), a ``label``
-column (the species; strings or ints) and optionally one column per coarser rank
-(``genus``, ``family``, ``order`` ...). Rows are L2-normalised and scored by cosine
-similarity; unusable rows (missing/NaN/zero embedding, missing label) are skipped and
-listed in the result instead of failing the whole run.
+Backs ``birdbridge score Q.parquet G.parquet [--ranks genus,family] --out R.json``. Each
+file has an ``embedding`` column (list of floats) -- or is the ``.parquet`` sidecar of
+``birdbridge embed-audio``/``embed-images``, whose vectors are in the ``.npy`` beside it --
+a ``label`` column (the species; strings or ints; ``embed-*`` from a CSV writes it) and
+optionally one column per coarser rank (``genus``, ``family``, ``order`` ...). Rows are
+L2-normalised and scored by cosine similarity; unusable rows (missing/NaN/zero embedding,
+missing label) are skipped and listed in the result instead of failing the whole run.
 """
 
 from __future__ import annotations
 
 import json
 import math
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
@@ -45,9 +44,13 @@ def _schema_columns(p: Path, role: str) -> list[str]:
         names = list(pq.read_schema(p).names)
     except (pa.ArrowException, OSError) as e:
         raise BadInputError("not a readable parquet file", p, str(e)) from e
-    for col in (EMBEDDING_COLUMN, LABEL_COLUMN):
-        if col not in names:
-            raise ConfigError(f"{role} file {p} has no {col!r} column (columns: {', '.join(names)})")
+    if EMBEDDING_COLUMN not in names and not p.with_suffix(".npy").is_file():
+        raise ConfigError(f"{role} file {p} has no {EMBEDDING_COLUMN!r} column and no {p.with_suffix('.npy').name} "
+                          f"beside it (columns: {', '.join(names)})")
+    if LABEL_COLUMN not in names:
+        raise ConfigError(f"{role} file {p} has no {LABEL_COLUMN!r} column (columns: {', '.join(names)}); "
+                          "`birdbridge embed-audio/embed-images` writes one when its inputs are a CSV with a "
+                          "scientific_name or species_id column")
     return names
 
 
@@ -83,13 +86,21 @@ def _load(path: str | Path, role: str, ranks: Sequence[str], skips: SkipLog) -> 
     import pyarrow.parquet as pq
 
     p = Path(path)
+    sidecar = EMBEDDING_COLUMN not in pq.read_schema(p).names  # an embed-* .parquet: the vectors are in the .npy
     try:
-        table = pq.read_table(p, columns=[EMBEDDING_COLUMN, LABEL_COLUMN, *ranks])
+        table = pq.read_table(p, columns=[LABEL_COLUMN, *ranks] if sidecar else [EMBEDDING_COLUMN, LABEL_COLUMN, *ranks])
     except (pa.ArrowException, OSError) as e:
         raise BadInputError("not a readable parquet file", p, str(e)) from e
     if table.num_rows == 0:
         raise BadInputError("empty file", p, f"the {role} file has no rows")
-    emb, null = _embeddings(table, p)
+    if sidecar:
+        emb = np.load(p.with_suffix(".npy")).astype(np.float32)
+        if emb.ndim != 2 or len(emb) != table.num_rows:
+            raise BadInputError("embeddings do not match their rows", p.with_suffix(".npy"),
+                                f"{emb.shape[0] if emb.ndim else 0} vectors for {table.num_rows} rows of {p.name}")
+        null = np.zeros(len(emb), dtype=bool)
+    else:
+        emb, null = _embeddings(table, p)
     labels = table.column(LABEL_COLUMN).to_pylist()
     rank_values = {r: table.column(r).to_pylist() for r in ranks}
     with np.errstate(invalid="ignore", over="ignore"):
@@ -184,20 +195,9 @@ def _json_safe(x: Any) -> Any:
 
 
 def write_json(result: dict, out: str | Path) -> Path:
-    """Write ``result`` to ``out`` atomically: a temp file in the same directory, then
-    ``os.replace``, so a crash never leaves a half-written results file."""
+    """Write ``result`` to ``out`` atomically (:mod:`birdbridge.io`), NaN as null."""
+    from ..io import atomic_write_text
+
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    text = json.dumps(_json_safe(result), indent=2, allow_nan=False)
-    fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text + "\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)  # mkstemp makes it owner-only; results are meant to be shared
-        os.replace(tmp, out)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write_text(out, json.dumps(_json_safe(result), indent=2, allow_nan=False) + "\n")
     return out

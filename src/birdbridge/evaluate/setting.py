@@ -47,8 +47,11 @@ class Setting:
         saved = json.loads(cfg_path.read_text())
         want = {k: v for k, v in dataclasses.asdict(train_cfg).items() if k not in runtime_keys and k not in ("student", "teacher")}
         have = {k: v for k, v in (saved.get("training") or {}).items() if k in want}
-        same_models = (Path(str(saved.get("student_id"))).resolve() == Path(train_cfg.student).resolve()
-                       and Path(str(saved.get("teacher_id"))).resolve() == Path(train_cfg.teacher).resolve())
+        from ..encoders.hub import normalise_model_id
+        from ..encoders.identity import identify, recorded, same_teacher
+
+        same_models = (normalise_model_id(saved.get("student_id")) == normalise_model_id(train_cfg.student)
+                       and same_teacher(recorded(saved, cfg_path.parent), identify(train_cfg.teacher)))
         return Path(self.reuse_model_dir) if have == want and same_models else None
 
     def reconcile_held_out(self, held_eval_ids: list[str], ebird_taxonomy: str | None = None):
@@ -93,7 +96,8 @@ def _load_data(spec, role: str) -> Collection:
     if spec.media_root is not None:
         opts["media_root"] = spec.media_root
     try:
-        return load_collection(spec.kind, spec.path, **opts)
+        # scoring needs a species per item: a folder's loose files have none
+        return load_collection(spec.kind, spec.path, **opts).labelled()
     except TypeError as err:  # an option the loader does not take
         raise ConfigError(f"{role}.options: {err}") from None
 

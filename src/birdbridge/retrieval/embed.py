@@ -39,7 +39,10 @@ class Embeddings:
         buf = io.BytesIO()
         np.save(buf, self.vectors.astype(np.float32))
         atomic_write_bytes(out, buf.getvalue())
-        table = pa.Table.from_pylist(self.rows) if self.rows else pa.table({"input": pa.array([], pa.string())})
+        # every row gets every column (rows from a CSV carry its label columns, rows from a folder do not)
+        columns = list(dict.fromkeys(k for row in self.rows for k in row))
+        rows = [{c: row.get(c) for c in columns} for row in self.rows]
+        table = pa.Table.from_pylist(rows) if rows else pa.table({"input": pa.array([], pa.string())})
         sink = pa.BufferOutputStream()
         pq.write_table(table, sink)
         atomic_write_bytes(out.with_suffix(".parquet"), sink.getvalue().to_pybytes())
@@ -68,19 +71,34 @@ _PATH_COLUMNS = ("path", "file", "filepath", "file_path", "filename", "file_name
 
 
 def expand_inputs(args: Iterable[str | Path], kind: str = "audio") -> list[str]:
-    """Command-line inputs -> file paths, in the order given.
+    """Command-line inputs -> file paths, in the order given (see :func:`expand_labelled_inputs`)."""
+    return expand_labelled_inputs(args, kind)[0]
+
+
+def expand_labelled_inputs(args: Iterable[str | Path], kind: str = "audio") -> tuple[list[str], list[dict]]:
+    """Command-line inputs -> file paths in the order given, and each path's labels.
 
     A directory gives its media files (``kind`` audio or images, by extension) recursively
-    in sorted order; ``@list.txt`` gives one path per line (``#`` comments allowed); a
-    ``.csv`` gives its ``path`` (or ``file``, ``filename``, ...) column. Relative paths in
-    a list or CSV are taken relative to that file. Anything else is kept as given, so a
-    missing file is reported as a skip by the embedding step, not dropped here.
+    in sorted order, hidden files and folders left out; ``@list.txt`` gives one path per
+    line (``#`` comments allowed); a ``.csv`` gives its ``path`` (or ``file``, ``filename``,
+    ...) column. Relative paths in a list or CSV are taken relative to that file.
+
+    Labels: a CSV row's other columns (species, split, recordist, ...; header names
+    normalised as everywhere) plus ``label``, the row's species id as the CSV loaders and
+    ``birdbridge score`` read it (``species_id``, else the scientific name); ``{}`` for a
+    file from a folder, a list or the command line. The embedding sidecars keep them.
+
+    What the user typed must exist: a missing argument is a :class:`ConfigError` at once,
+    before any model loads or output is written (it is a typo, not a bad file). A file a
+    list or CSV names may be missing -- it is reported as a skip by the embedding step, as
+    a dataset's missing files are -- unless none of the listed files exists.
     """
     from ..data.generic import AUDIO_EXTS, IMAGE_EXTS, read_csv_rows
     from ..errors import ConfigError
 
     exts = AUDIO_EXTS if kind == "audio" else IMAGE_EXTS
     out: list[str] = []
+    labels: list[dict] = []
     for arg in map(str, args):
         if arg.startswith("@"):
             listing = Path(arg[1:])
@@ -89,7 +107,9 @@ def expand_inputs(args: Iterable[str | Path], kind: str = "audio") -> list[str]:
             lines = [ln.strip() for ln in listing.read_text(encoding="utf-8-sig").splitlines()]
             out.extend(str(listing.parent / ln) for ln in lines if ln and not ln.startswith("#"))
         elif Path(arg).is_dir():
-            found = sorted(str(f) for f in Path(arg).rglob("*") if f.is_file() and f.suffix.lower() in exts)
+            root = Path(arg)
+            found = sorted(str(f) for f in root.rglob("*") if f.is_file() and f.suffix.lower() in exts
+                           and not any(part.startswith(".") for part in f.relative_to(root).parts))
             if not found:
                 raise ConfigError(f"folder {arg} holds no {kind} files ({', '.join(sorted(exts))})")
             out.extend(found)
@@ -98,10 +118,56 @@ def expand_inputs(args: Iterable[str | Path], kind: str = "audio") -> list[str]:
             col = next((c for c in _PATH_COLUMNS if rows and c in rows[0]), None)
             if col is None:
                 raise ConfigError(f"{arg}: no file column (expected one of {', '.join(_PATH_COLUMNS)})")
-            out.extend(str(Path(arg).parent / r[col]) for r in rows if r.get(col))
+            kept = [r for r in rows if r.get(col)]
+            out.extend(str(Path(arg).parent / r[col]) for r in kept)
+            labels.extend(_row_labels(r, col) for r in kept)
+        elif not Path(arg).exists():
+            raise ConfigError(f"no such file: {arg}{_near_miss(arg)}")
         else:
             out.append(arg)
+        labels.extend({} for _ in range(len(out) - len(labels)))
+    require_some_present(out, kind)
+    return out, labels
+
+
+# the columns an embedding row has already; a CSV column of the same name is kept as csv_<name>
+_ROW_KEYS = ("input", "window_start_s", "window_end_s", "n_windows")
+
+
+def _row_labels(row: dict, path_col: str) -> dict:
+    from ..data.generic import clean_name
+
+    out = {(f"csv_{k}" if k in _ROW_KEYS else k): v for k, v in row.items() if k != path_col}
+    if "label" not in out and (row.get("species_id") or clean_name(row.get("scientific_name", ""))):
+        out["label"] = row.get("species_id") or clean_name(row["scientific_name"])  # as load_csv names species
     return out
+
+
+def require_some_present(paths: Sequence[str | Path], kind: str) -> None:
+    """A :class:`ConfigError` when none of ``paths`` exists (a wrong folder, not bad files)."""
+    import os
+
+    from ..errors import ConfigError
+
+    if paths and not any(os.path.exists(p) for p in paths):
+        first = str(paths[0])
+        where = "" if os.path.isabs(first) else f" (relative paths are read from {os.getcwd()})"
+        raise ConfigError(f"none of the {len(paths)} {kind} files listed exists, e.g. {first}{where}")
+
+
+def _near_miss(arg: str) -> str:
+    """``" (did you mean rec/r01.wav?)"`` from the sibling names closest to a mistyped one."""
+    import difflib
+    import os
+
+    p = Path(arg)
+    folder = p.parent if str(p.parent) else Path(".")
+    try:
+        names = os.listdir(folder)
+    except OSError:
+        return f" (no folder {folder} either)" if str(p.parent) not in ("", ".") else ""
+    close = difflib.get_close_matches(p.name, names, n=2, cutoff=0.6)
+    return f" (did you mean {' or '.join(str(folder / c) if str(p.parent) not in ('', '.') else c for c in close)}?)" if close else ""
 
 
 def _unit(x: np.ndarray) -> np.ndarray:
@@ -115,12 +181,14 @@ def embed_audio(
     hop_s: float | None = None,
     per_window: bool = False,
     batch_size: int = 32,
+    labels: Sequence[dict] | None = None,
     progress: Progress | None = None,
 ) -> Embeddings:
     """Embed audio files (or ``(path, start_s, end_s)`` segments) with any :class:`AudioEmbedder`.
 
     Windows are the model's own length; ``hop_s`` defaults to half a window. The last
-    window is aligned to the end of the clip so no tail is lost.
+    window is aligned to the end of the clip so no tail is lost. ``labels`` (one dict per
+    input, e.g. from :func:`expand_labelled_inputs`) are copied into that input's rows.
     """
     n = embedder.window_samples
     sr = embedder.sample_rate
@@ -151,7 +219,8 @@ def embed_audio(
             for t0, t1, window in _windows(path, sr, n, hop, start_s, end_s):
                 pending.append(window)
                 owners.append((slot, t0, t1))
-                meta_rows[slot].append({"input": str(path), "window_start_s": round(t0, 4), "window_end_s": round(t1, 4)})
+                meta_rows[slot].append({"input": str(path), "window_start_s": round(t0, 4), "window_end_s": round(t1, 4),
+                                        **(labels[slot] if labels else {})})
                 if len(pending) >= batch_size:
                     flush()
         except BadInputError as err:
@@ -174,7 +243,7 @@ def embed_audio(
             out.append(_unit(np.mean(np.stack(vecs), axis=0)))
             first, last = meta_rows[slot][0], meta_rows[slot][-1]
             rows.append({"input": first["input"], "window_start_s": first["window_start_s"],
-                         "window_end_s": last["window_end_s"], "n_windows": len(vecs)})
+                         "window_end_s": last["window_end_s"], "n_windows": len(vecs), **(labels[slot] if labels else {})})
     vectors = np.stack(out).astype(np.float32) if out else np.zeros((0, embedder.dim), np.float32)
     return Embeddings(vectors, rows, skips, {"model": embedder.name, "space": embedder.space, "kind": "audio",
                                              **getattr(embedder, "provenance", {}),
@@ -191,11 +260,12 @@ def _windows(path, sr: int, n: int, hop: int, start_s, end_s):
 
     Short recordings are decoded whole and cut by :func:`window_starts` (the last window
     aligned to the end). Recordings over :data:`STREAM_ABOVE_S` are streamed with
-    :func:`~birdbridge.data.audio.iter_windows`: same windows, except that the last one is
+    :func:`~birdbridge.data.stream.iter_windows`: same windows, except that the last one is
     the padded tail instead of end-aligned (the length is not known before the end), and
     the silence check runs over the whole stream.
     """
-    from ..data.audio import SILENCE_PEAK, audio_info, iter_windows
+    from ..data.audio import SILENCE_PEAK, audio_info
+    from ..data.stream import iter_windows
 
     offset = start_s or 0.0
     info = audio_info(path)
@@ -213,7 +283,9 @@ def _windows(path, sr: int, n: int, hop: int, start_s, end_s):
         raise BadInputError("silent", path, f"peak below {SILENCE_PEAK:g}")
 
 
-def embed_images(teacher, inputs: Sequence[str | Path], *, batch_size: int = 64, progress: Progress | None = None) -> Embeddings:
+def embed_images(teacher, inputs: Sequence[str | Path], *, batch_size: int = 64, labels: Sequence[dict] | None = None,
+                 progress: Progress | None = None) -> Embeddings:
+    """Embed photos with the teacher's image tower; ``labels`` as for :func:`embed_audio`."""
     from ..data.images import load_image
 
     skips = SkipLog()
@@ -224,10 +296,10 @@ def embed_images(teacher, inputs: Sequence[str | Path], *, batch_size: int = 64,
             out.append(teacher.encode_images(batch, batch_size=len(batch)).numpy())
             batch.clear()
 
-    for path in inputs:
+    for i, path in enumerate(inputs):
         try:
             batch.append(load_image(path))
-            rows.append({"input": str(path)})
+            rows.append({"input": str(path), **(labels[i] if labels else {})})
         except BadInputError as err:
             skips.add(str(path), err.reason, err.detail)
         if len(batch) >= batch_size:

@@ -4,7 +4,8 @@ Layout of an index directory::
 
     index.json                  manifest: the commit point (teacher, dim, count, shards, skips)
     shards/shard-00000.npy      float32 unit rows, in id order
-    shards/shard-00000.parquet  one metadata row per vector (id, path, species, author, ...)
+    shards/shard-00000.parquet  one metadata row per vector (id, path, species, author, ...);
+                                ``shard-00000.metaN.parquet`` once a re-run updated it
     faiss-<count>-<kind>.index  FAISS index over all committed rows
 
 Crash safety: every file is written to a temp name and ``os.replace``-d into place, shard
@@ -42,6 +43,7 @@ class ImageIndex:
         self._offsets = np.cumsum([0] + [len(s) for s in shards])
         self._rows = meta_rows
         self._faiss = faiss_index
+        self.last_build: dict = {}  # set by build(): what that run did
 
     # -- reading --------------------------------------------------------------------
 
@@ -93,6 +95,19 @@ class ImageIndex:
     @property
     def teacher_id(self) -> str:
         return self.manifest["teacher_id"]
+
+    @property
+    def teacher(self):
+        """What the index's teacher is (:class:`~birdbridge.encoders.identity.TeacherRecord`),
+        with its folder where it is now (also after the index and teacher moved together)."""
+        from ..encoders.identity import recorded
+
+        return recorded(self.manifest, self.root)
+
+    def teacher_model_id(self) -> str:
+        """An id that loads the index's teacher from here: its folder as found now, else the stored id."""
+        t = self.teacher
+        return str(t.path) if t is not None and t.path is not None else self.teacher_id
 
     @property
     def kind(self) -> str:
@@ -149,7 +164,9 @@ class ImageIndex:
         """Embed ``records`` with ``teacher``'s image tower into ``root`` and return the opened index.
 
         Resumes an interrupted build (shards already committed are not re-embedded). On a
-        completed index, new images need ``add=True``; paths already indexed are skipped.
+        completed index, new images need ``add=True``; paths already indexed are not
+        embedded again, but when their record changed (a corrected species, new credits)
+        their metadata is updated (``index.last_build["metadata_updated"]`` counts them).
         ``teacher`` is a :class:`~birdbridge.encoders.teacher.Teacher` or a model id.
 
         Sharded over processes: ``world`` processes call this with the same arguments and
@@ -161,9 +178,13 @@ class ImageIndex:
 
         root = Path(root)
         records = [r if isinstance(r, ImageRecord) else ImageRecord(str(Path(r).resolve())) for r in records]
-        build_index(root, teacher, records, kind=kind, add=add, shard_size=shard_size, batch_size=batch_size,
-                    progress=progress, rank=rank, world=world, timeout_s=timeout_s)
-        return cls.open(root) if rank == 0 else None
+        stats = build_index(root, teacher, records, kind=kind, add=add, shard_size=shard_size, batch_size=batch_size,
+                            progress=progress, rank=rank, world=world, timeout_s=timeout_s)
+        if rank != 0:
+            return None
+        index = cls.open(root)
+        index.last_build = stats  # this run's counts: already_indexed, metadata_updated
+        return index
 
     def add(self, teacher, records: Sequence[ImageRecord | str | Path], **kwargs) -> "ImageIndex":
         """Append ``records`` (paths already indexed are skipped); returns the re-opened index."""

@@ -35,24 +35,42 @@ from typing import Iterator
 import numpy as np
 
 from .. import __version__
-from ..distill.text_cache import teacher_fingerprint
+from ..encoders.identity import identify, recorded, same_teacher
 from ..errors import ConfigError, SkipLog
 from ..io import atomic_write_bytes, atomic_write_json
-from .index_format import FORMAT_VERSION, MANIFEST, META_COLUMNS, ImageRecord, Progress, _norm_model_id, build_faiss, choose_kind
+from .index_format import FORMAT_VERSION, MANIFEST, META_COLUMNS, ImageRecord, Progress, build_faiss, choose_kind
 
 PARTS_DIR = ".parts"
 
 
 def build_index(root: Path, teacher, records: list[ImageRecord], *, kind: str = "auto", add: bool = False,
                 shard_size: int = 1024, batch_size: int = 64, progress: Progress | None = None,
-                rank: int = 0, world: int = 1, timeout_s: float = 24 * 3600.0) -> None:
-    """Embed ``records`` into the index at ``root`` (see :meth:`ImageIndex.build`); rank 0 writes."""
+                rank: int = 0, world: int = 1, timeout_s: float = 24 * 3600.0) -> dict:
+    """Embed ``records`` into the index at ``root`` (see :meth:`ImageIndex.build`); rank 0 writes.
+
+    Returns rank 0's counts of this run: ``already_indexed`` records, ``metadata_updated`` images.
+    """
     writer = _IndexWriter(root, teacher, kind, add, shard_size, batch_size, progress, rank, world, timeout_s)
-    if rank != 0:
-        writer.run(records)  # embeds its blocks; never writes into the index, so takes no lock
-        return
-    with _writer_lock(root):
-        writer.run(records)
+    if world == 1:
+        with _writer_lock(root):
+            writer.run(records)
+        return writer.counts()
+    from ..distributed import agree, shared_group
+
+    # Join the group before anything that can fail on one rank only (rank 0's writer lock, the
+    # plan): a rank 0 that stopped before joining would leave the others waiting in the
+    # rendezvous until the timeout, and one that stopped after, in the first round's barrier.
+    with shared_group(rank, world, timeout_s), contextlib.ExitStack() as stack:
+        error = None
+        try:
+            if rank == 0:  # the only rank that writes into the index
+                stack.enter_context(_writer_lock(root))
+            plan = writer.plan(records)
+        except Exception as err:  # noqa: BLE001 - every rank must hear of it, whatever it is
+            error = err
+        agree(rank, world, error, " before the first round")
+        writer.run(records, plan)
+    return writer.counts() if rank == 0 else {}
 
 
 @contextlib.contextmanager
@@ -82,6 +100,12 @@ class _IndexWriter:
         self.rank, self.world, self.timeout_s = rank, world, timeout_s
         self._teacher_arg = teacher
         self._teacher = None if isinstance(teacher, str) else teacher
+        self.n_already = self.n_updated = 0
+        self.meta_updates: dict[int, dict] = {}
+
+    def counts(self) -> dict:
+        """This run's counts (rank 0's): records ``already_indexed``, images whose ``metadata_updated``."""
+        return {"already_indexed": self.n_already, "metadata_updated": self.n_updated}
 
     @property
     def teacher(self):
@@ -95,8 +119,11 @@ class _IndexWriter:
         p = self.root / MANIFEST
         return json.loads(p.read_text()) if p.is_file() else None
 
-    def run(self, records: list[ImageRecord]) -> None:
-        m, todo = self._plan(records)
+    def plan(self, records: list[ImageRecord]) -> tuple[dict, list[ImageRecord]]:
+        return self._plan(records)
+
+    def run(self, records: list[ImageRecord], plan: tuple[dict, list[ImageRecord]] | None = None) -> None:
+        m, todo = plan if plan is not None else self._plan(records)
         chunks = [todo[start : start + self.shard_size] for start in range(0, len(todo), self.shard_size)]
         if self.world > 1:
             self._run_sharded(m, chunks)
@@ -104,28 +131,34 @@ class _IndexWriter:
             for chunk in chunks:
                 self._commit_shard(m, chunk, self._embed(chunk, self.progress))
         if self.rank == 0:
+            self._update_metadata(m)
             self._finalize(m)
 
     def _plan(self, records: list[ImageRecord]) -> tuple[dict, list[ImageRecord]]:
         """The manifest to extend and the records still to embed (the same on every rank)."""
         m = self._load_manifest()
         tid = _teacher_id(self._teacher_arg)
+        teacher = identify(tid)  # what the teacher is: weights fingerprint + absolute id
         if m is None:
-            m = {"format_version": FORMAT_VERSION, "birdbridge": __version__, "teacher_id": tid,
-                 "teacher_fingerprint": teacher_fingerprint(tid), "dim": None, "count": 0,
+            m = {"format_version": FORMAT_VERSION, "birdbridge": __version__, **teacher.to_meta(self.root),
+                 "dim": None, "count": 0,
                  "kind": None, "kind_requested": self.kind_requested, "state": "building", "shards": [],
                  "faiss_file": None, "faiss_count": 0, "skipped": [], "n_skipped": 0, "skip_counts": {},
                  "created": time.strftime("%Y-%m-%dT%H:%M:%S"), "updated": None}
         else:
-            if _norm_model_id(m["teacher_id"]) != _norm_model_id(tid):
+            built = recorded(m, self.root)
+            if not same_teacher(built, teacher):
+                if built is not None and built.id == teacher.id:
+                    # Same folder, other weights (a local teacher retrained in place): old and
+                    # new vectors would live in different spaces.
+                    raise ConfigError(f"the weights of teacher {tid!r} changed since {self.root} was built; "
+                                      "rebuild the index in a new directory")
                 raise ConfigError(f"{self.root} was built with teacher {m['teacher_id']!r}, not {tid!r}; "
                                   "use a new index directory for another teacher")
-            if m.get("teacher_fingerprint") and m["teacher_fingerprint"] != teacher_fingerprint(tid):
-                # Same id, other weights (a local teacher retrained in place): old and new
-                # vectors would live in different spaces.
-                raise ConfigError(f"the weights of teacher {tid!r} changed since {self.root} was built; "
-                                  "rebuild the index in a new directory")
-        indexed = {r["path"] for r in _all_rows(self.root, m)}  # read once: every shard's metadata
+            m.update(teacher.to_meta(self.root))  # the same teacher, maybe moved: record where it is now
+        stored = _all_rows(self.root, m)  # read once: every shard's metadata
+        indexed = {r["path"] for r in stored}
+        self.meta_updates = _changed_metadata(stored, records)
         if m.get("state") == "complete" and not self.add:
             # inputs skipped last time count as known: re-running the same build is not an --add
             known = indexed | {s["input"] for s in m.get("skipped", [])}
@@ -206,6 +239,38 @@ class _IndexWriter:
             m["count"] += len(rows)
         m["skipped"].extend(emb.skips.to_list())
         self._write_manifest(m)
+
+    def _update_metadata(self, m: dict) -> None:
+        """Rewrite the metadata of images indexed before whose source rows changed (species, credits, ...).
+
+        Vectors stay; each touched shard gets a new metadata file under a new name, listed
+        by the manifest written next (the commit point), so a reader sees the old or the
+        new metadata, never a mix. The replaced file is removed after that commit.
+        """
+        self.n_updated = len(self.meta_updates)
+        if not self.meta_updates:
+            return
+        import pyarrow.parquet as pq
+
+        replaced = []
+        for shard in m["shards"]:
+            first, count = shard["first_id"], shard["count"]
+            touched = {i: row for i, row in self.meta_updates.items() if first <= i < first + count}
+            if not touched:
+                continue
+            rows = pq.read_table(self.root / shard["metadata"]).to_pylist()
+            for i, row in touched.items():
+                rows[i - first] = row
+            version = shard.get("metadata_version", 0) + 1
+            name = shard["vectors"].removesuffix(".npy") + f".meta{version}.parquet"
+            atomic_write_bytes(self.root / name, _parquet_bytes(rows))
+            if shard.get("metadata_previous"):
+                replaced.append(shard["metadata_previous"])
+            shard.update(metadata=name, metadata_version=version, metadata_previous=shard["metadata"])
+        self._write_manifest(m)
+        # the version just replaced stays for readers that read the old manifest a moment ago
+        for old in replaced:
+            (self.root / old).unlink(missing_ok=True)
 
     def _finalize(self, m: dict) -> None:
         import faiss
@@ -294,5 +359,25 @@ def _all_rows(root: Path, m: dict) -> list[dict]:
 
     rows = []
     for s in m["shards"]:
-        rows.extend(pq.read_table(root / s["metadata"], columns=["path"]).to_pylist())
+        rows.extend(pq.read_table(root / s["metadata"]).to_pylist())
     return rows
+
+
+def _changed_metadata(stored: list[dict], records: list[ImageRecord]) -> dict[int, dict]:
+    """``{image id: new metadata row}`` for indexed paths whose record now says something else.
+
+    A path's first record wins, as for embedding; ``dataset`` is where the record was read
+    from this time, so it is compared like any other column.
+    """
+    by_path = {}
+    for r in records:
+        by_path.setdefault(r.path, r)
+    out = {}
+    for row in stored:
+        rec = by_path.get(row["path"])
+        if rec is not None:
+            new = _row(rec, row["id"])
+            # `dataset` only says which file or folder the record came from this time
+            if any(str(row.get(c) or "") != new[c] for c in META_COLUMNS if c not in ("id", "dataset")):
+                out[row["id"]] = new
+    return out

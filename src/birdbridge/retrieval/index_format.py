@@ -82,7 +82,6 @@ def records_from_collection(collection, splits: Sequence[str] = ()) -> list[Imag
 
 def records_from_source(source: str | Path, dataset: str | None = None, splits: Sequence[str] = ()) -> list[ImageRecord]:
     """Images from a folder (per-species subfolders and/or loose files), a CSV, or a dataset kind."""
-    from ..data.generic import IMAGE_EXTS
     from ..data.loaders import load_collection
 
     source = Path(source)
@@ -93,12 +92,20 @@ def records_from_source(source: str | Path, dataset: str | None = None, splits: 
         return records_from_collection(load_collection("csv", source, kind="images"), splits)
     if not source.is_dir():
         raise ConfigError(f"not a folder or CSV: {source}")
-    # Loose photos at the top level have no species; subfolders are species (load_folder).
-    loose = [ImageRecord(str(f.resolve()), dataset=source.name) for f in sorted(source.iterdir())
-             if f.is_file() and f.suffix.lower() in IMAGE_EXTS and not f.name.startswith(".")]
-    has_subdirs = any(d.is_dir() and not d.name.startswith(".") for d in source.iterdir())
-    nested = records_from_collection(load_collection("folder", source, kind="images"), splits) if has_subdirs else []
-    return loose + nested
+    # species folders name their photos; loose photos (and those in images/, photos/) have no species
+    return records_from_collection(load_collection("folder", source, kind="images"), splits)
+
+
+def unnamed_note(records: Sequence[ImageRecord]) -> str:
+    """A warning when photos have no species name (the index could not name what it finds), else ``""``."""
+    n = sum(1 for r in records if not r.scientific_name)
+    if not n:
+        return ""
+    which = "none of the" if n == len(records) else f"{n} of the"
+    return (f"{which} {len(records)} photos has a species name (loose files, not in species folders): the index "
+            "finds photos but cannot say which species they show, and `search --guess-species` needs "
+            "--species-list. To name them, put each species' photos in a folder named after it "
+            "(Sayornis_nigricans/), or index a CSV with path,scientific_name[,common_name] columns")
 
 
 # --------------------------------------------------------------------------- FAISS
@@ -149,17 +156,9 @@ def _tune(index, kind: str) -> None:
         index.nprobe = min(IVF_NPROBE, index.nlist)
 
 
-def _norm_model_id(model_id: str | None) -> str:
-    """``local-dir:/x/teacher``, ``/x/teacher/`` and ``./teacher`` name the same teacher."""
-    if not model_id:
-        return ""
-    from ..encoders import hub
-
-    kind, ref = hub.split_model_id(model_id)
-    if kind == "local":
-        return "local:" + str(Path(ref).expanduser().resolve())
-    return f"{kind}:{ref}"
-
-
 def teachers_match(a: str | None, b: str | None) -> bool:
-    return _norm_model_id(a) == _norm_model_id(b)
+    """Two teacher *ids* name the same folder or hub repo (``local-dir:/x/t``, ``/x/t/``, ``./t``).
+    Artefacts compare what their teachers are instead: :func:`birdbridge.encoders.identity.same_teacher`."""
+    from ..encoders.hub import normalise_model_id
+
+    return normalise_model_id(a) == normalise_model_id(b)

@@ -1,7 +1,8 @@
 """Audio in, pictures out: search an :class:`~birdbridge.retrieval.index.ImageIndex` with recordings.
 
 A recording is cut into search windows (default: the model's own window, hop half a
-window, the last window aligned to the end). A search window longer than the model's
+window, the last window aligned to the end) and streamed window by window from disk, so
+an hours-long file is never decoded whole. A search window longer than the model's
 window is embedded as the renormalised mean of model windows inside it. Each image's
 score for a file aggregates its cosine to every window:
 
@@ -14,72 +15,40 @@ Candidates come from FAISS: the per-window top-k (which provably contain the top
 for an exact index) plus the top-k of the mean window vector (the mean of cosines *is* the
 cosine with the mean vector, so that contains the top-k by mean); every candidate is then
 re-scored exactly against the stored vectors, which also gives each hit's best window.
+Results follow the shared schema of :mod:`.results` (docs/SEARCH_SCHEMA.md).
 """
 
 from __future__ import annotations
 
 import os
 import warnings
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 
 from ..errors import BadInputError, ConfigError
-from .index import ImageIndex, teachers_match
+from ..encoders.identity import recorded, same_teacher
+from .index import ImageIndex
+from .results import Detection, Hit, QueryResult, SearchResult, Window
 
 AGGREGATES = ("max", "mean")
 DEFAULT_CACHE_DIR = "~/.cache/birdbridge/text"
 
 
-@dataclass
-class Hit:
-    rank: int
-    id: int
-    score: float
-    path: str
-    species_id: str = ""
-    scientific_name: str = ""
-    common_name: str = ""
-    author: str = ""
-    license: str = ""
-    source: str = ""
-    best_window: int = 0
-    window_start_s: float = 0.0
-    window_end_s: float = 0.0
-
-
-@dataclass
-class QueryResult:
-    path: str
-    hits: list[Hit] = field(default_factory=list)
-    windows: list[tuple[float, float]] = field(default_factory=list)
-    duration_s: float = 0.0
-    aggregate: str = "max"
-    species_guess: list[dict] | None = None
-    error: str | None = None  # a BadInputError reason when the recording could not be used
-    error_detail: str = ""
-
-    @property
-    def ok(self) -> bool:
-        return self.error is None
-
-    def to_dict(self) -> dict:
-        d = asdict(self)
-        d["windows"] = [{"start_s": a, "end_s": b} for a, b in self.windows]
-        return d
-
-
 # --------------------------------------------------------------------------- model checks
 
 
-def load_search_model(model, index: ImageIndex, *, allow_teacher_mismatch: bool = False):
-    """Resolve ``model`` (id, directory or embedder) and check it searches ``index``'s space."""
+def load_search_model(model, index: ImageIndex, *, allow_teacher_mismatch: bool = False, device: str = "cpu"):
+    """Resolve ``model`` (id, directory or embedder) and check it searches ``index``'s space.
+
+    The model and the index must record the same teacher: the same weights (fingerprint),
+    wherever either was made or moved (:mod:`birdbridge.encoders.identity`).
+    """
     if isinstance(model, (str, Path)):
         from ..encoders.factory import load_audio_embedder
 
-        model = load_audio_embedder(str(model))
+        model = load_audio_embedder(str(model), device=device)
     if getattr(model, "space", None) != "teacher":
         raise ConfigError(
             f"model {getattr(model, 'name', model)!r} embeds audio in its own {getattr(model, 'space', '?')!r} space, "
@@ -88,16 +57,26 @@ def load_search_model(model, index: ImageIndex, *, allow_teacher_mismatch: bool 
     if model.dim != index.dim:
         raise ConfigError(f"model gives {model.dim}-d vectors but the index holds {index.dim}-d vectors "
                           f"(teacher {index.teacher_id})")
-    model_teacher = _model_meta(model).get("teacher_id")
-    if not model_teacher:
+    model_teacher = model_teacher_record(model)
+    if model_teacher is None:
         warnings.warn(f"model {model.name!r} does not record its teacher; assuming {index.teacher_id!r}", stacklevel=2)
-    elif not teachers_match(model_teacher, index.teacher_id):
-        msg = (f"model {model.name!r} was distilled onto teacher {model_teacher!r} but the index was built with "
-               f"{index.teacher_id!r}: their spaces differ, results would be meaningless")
+    elif not same_teacher(model_teacher, index.teacher):
+        msg = (f"model {model.name!r} was distilled onto teacher {_describe(model_teacher)} but the index was built "
+               f"with {_describe(index.teacher)}: their spaces differ, results would be meaningless")
         if not allow_teacher_mismatch:
             raise ConfigError(msg + " (override with allow_teacher_mismatch / --allow-teacher-mismatch)")
         warnings.warn(msg, stacklevel=2)
     return model
+
+
+def model_teacher_record(model):
+    """The teacher a loaded distilled model records (None when it records none)."""
+    inner = getattr(model, "model", None)
+    return recorded(_model_meta(model), getattr(inner, "source_dir", None))
+
+
+def _describe(teacher) -> str:
+    return f"{teacher.id!r}" + (f" (weights {teacher.fingerprint})" if teacher is not None and teacher.fingerprint else "")
 
 
 def _model_meta(model) -> dict:
@@ -108,26 +87,93 @@ def _model_meta(model) -> dict:
 
 
 def embed_windows(model, wave: np.ndarray, window_s: float | None = None, hop_s: float | None = None,
-                  batch_size: int = 32) -> tuple[np.ndarray, list[tuple[float, float]]]:
-    """Unit vectors ``[W, D]`` for the search windows of ``wave`` and their ``(start_s, end_s)``."""
+                  batch_size: int = 32) -> tuple[np.ndarray, list[Window]]:
+    """Unit vectors ``[W, D]`` for the search windows of a decoded ``wave`` and the windows."""
     from ..data.audio import window_starts
 
-    sr, n_model = model.sample_rate, model.window_samples
-    win = int(round(window_s * sr)) if window_s else n_model
+    win, hop = _window_samples(model, window_s, hop_s)
+    sr = model.sample_rate
+    segments = ((s / sr, min(len(wave), s + win) / sr, wave[s : s + win]) for s in window_starts(len(wave), win, hop))
+    return embed_segments(model, segments, batch_size)
+
+
+def stream_windows(model, path: str | Path, window_s: float | None = None, hop_s: float | None = None, *,
+                   max_duration_s: float | None = None):
+    """``(start_s, end_s, samples)`` of the search windows of a file, decoded block by block.
+
+    The windows :func:`embed_windows` cuts from the decoded file (same starts, the last
+    aligned to the end); a silent, empty or too short recording raises
+    :class:`~birdbridge.errors.BadInputError` as :func:`~birdbridge.data.audio.load_audio` does.
+    """
+    from ..data.audio import MIN_DURATION_S
+    from ..data.stream import iter_spans
+
+    win, hop = _window_samples(model, window_s, hop_s)
+    sr = model.sample_rate
+    return iter_spans(path, sr, win / sr, hop / sr, last="end", end_s=max_duration_s, reject_silent=True,
+                      min_duration_s=MIN_DURATION_S)
+
+
+def embed_segments(model, segments: Iterable[tuple[float, float, np.ndarray]],
+                   batch_size: int = 32) -> tuple[np.ndarray, list[Window]]:
+    """``[W, D]`` unit vectors and the windows of all ``segments`` (see :func:`iter_window_vectors`)."""
+    pairs = list(iter_window_vectors(model, segments, batch_size))
+    if not pairs:
+        return np.zeros((0, model.dim), np.float32), []
+    return np.stack([v for _, v in pairs]), [w for w, _ in pairs]
+
+
+def iter_window_vectors(model, segments: Iterable[tuple[float, float, np.ndarray]],
+                        batch_size: int = 32) -> Iterator[tuple[Window, np.ndarray]]:
+    """Yield ``(window, unit vector)`` as soon as each search window is embedded.
+
+    A window is the renormalised mean of the model windows inside it; model windows are
+    batched across search windows, and only the windows of the batch in flight are held,
+    so an hours-long recording streams through in bounded memory.
+    """
+    from collections import deque
+
+    from ..data.audio import window_starts
+
+    n_model = model.window_samples
+    open_windows: deque = deque()  # [Window, sum, n embedded, n pieces], in time order
+    pieces: list[np.ndarray] = []
+    owner: list[list] = []
+
+    def flush() -> None:
+        if pieces:
+            for slot, v in zip(owner, model.embed_windows(pieces)):
+                slot[1] += v
+                slot[2] += 1
+            pieces.clear()
+            owner.clear()
+
+    def done() -> Iterator[tuple[Window, np.ndarray]]:
+        while open_windows and open_windows[0][2] == open_windows[0][3]:
+            w, total, n, _ = open_windows.popleft()
+            yield w, _unit(total / n)
+
+    for index, (t0, t1, seg) in enumerate(segments):
+        starts = window_starts(len(seg), n_model, max(1, n_model // 2))
+        slot = [Window(index, round(t0, 3), round(t1, 3)), np.zeros(model.dim, np.float64), 0, len(starts)]
+        open_windows.append(slot)
+        for t in starts:
+            pieces.append(seg[t : t + n_model])
+            owner.append(slot)
+            if len(pieces) >= batch_size:
+                flush()
+                yield from done()
+    flush()
+    yield from done()
+
+
+def _window_samples(model, window_s: float | None, hop_s: float | None) -> tuple[int, int]:
+    sr = model.sample_rate
+    win = int(round(window_s * sr)) if window_s else model.window_samples
     hop = int(round(hop_s * sr)) if hop_s else max(1, win // 2)
     if win <= 0 or hop <= 0:
         raise ConfigError("window_s and hop_s must be positive")
-    pieces, owner, spans = [], [], []
-    for w, s in enumerate(window_starts(len(wave), win, hop)):
-        seg = wave[s : s + win]
-        spans.append((round(s / sr, 3), round(min(len(wave), s + win) / sr, 3)))
-        for t in window_starts(len(seg), n_model, max(1, n_model // 2)):
-            pieces.append(seg[t : t + n_model])
-            owner.append(w)
-    vecs = np.concatenate([model.embed_windows(pieces[i : i + batch_size]) for i in range(0, len(pieces), batch_size)])
-    owner = np.asarray(owner)
-    out = np.stack([vecs[owner == w].mean(axis=0) for w in range(len(spans))])
-    return _unit(out), spans
+    return win, hop
 
 
 def _unit(x: np.ndarray) -> np.ndarray:
@@ -154,18 +200,47 @@ def rank_images(index: ImageIndex, window_vecs: np.ndarray, k: int, aggregate: s
 
 
 def species_text_matrix(index: ImageIndex, model, species=None, cache_dir: str | Path | None = None):
-    """``(species list, [S, D] teacher text embeddings)`` via the on-disk text cache.
+    """``(species list, [S, D] teacher text embeddings)`` of ``species`` (default: the index's).
 
-    Prompts follow the model's training recipe; a recipe of several prompt types is
-    answered with the mean of every type's embedding, renormalised.
+    The text comes from the teacher the index was built with, found where it is now.
+    """
+    species = list(species) if species is not None else index.species()
+    if not species:
+        raise ConfigError(f"no species to guess from: the index {index.root} has no species names (its photos were "
+                          "indexed without them); pass --species-list FILE, a CSV with a scientific_name column "
+                          "(species=load_species_list(FILE) in Python)")
+    tid, fingerprint = index_teacher(index)
+    return species, teacher_text(model, species, tid, cache_dir, fingerprint)
+
+
+def index_teacher(index: ImageIndex) -> tuple[str, str | None]:
+    """An id that loads the index's teacher from here, and its weights fingerprint (None if unknown)."""
+    teacher = index.teacher
+    return index.teacher_model_id(), teacher.fingerprint if teacher is not None else None
+
+
+def model_teacher(model) -> tuple[str | None, str | None]:
+    """The teacher a distilled model records, as ``(id that loads it from here, fingerprint)``;
+    ``(None, None)`` when the model records none."""
+    rec = model_teacher_record(model)
+    if rec is None:
+        return None, None
+    return (str(rec.path) if rec.path is not None else _model_meta(model)["teacher_id"]), rec.fingerprint
+
+
+def teacher_text(model, species, teacher_id: str, cache_dir: str | Path | None = None,
+                 fingerprint: str | None = None) -> np.ndarray:
+    """``[S, D]`` unit rows: each species' prompt(s) through ``teacher_id``'s text tower, via the on-disk cache.
+
+    Prompts follow the model's training recipe (stored in the distilled checkpoint); a
+    recipe of several prompt types is answered with the mean of every type's embedding,
+    renormalised. Any species list works, including species never trained on:
+    only the teacher's text tower sees their names.
     """
     from ..distill.text_cache import TextEmbeddingCache
     from ..encoders.teacher import Teacher
     from ..taxonomy import PROMPT_TYPES, resolve_prompt_types
 
-    species = list(species) if species is not None else index.species()
-    if not species:
-        raise ConfigError("no species to guess from: the index has no species names; pass a species list")
     recipe = _model_meta(model).get("prompt_recipe") or {}
     if recipe.get("prompt_types"):
         types = resolve_prompt_types(recipe["prompt_types"])
@@ -173,13 +248,12 @@ def species_text_matrix(index: ImageIndex, model, species=None, cache_dir: str |
         legacy = recipe.get("prompt_type") or "taxonomic_common"
         types = PROMPT_TYPES if legacy == "mixed" else resolve_prompt_types(legacy)
     template_set = recipe.get("template_set") or "single"
-    # Reuse the distillation run's cache entries: they are keyed by the id string training used.
-    model_teacher = _model_meta(model).get("teacher_id")
-    tid = model_teacher if model_teacher and teachers_match(model_teacher, index.teacher_id) else index.teacher_id
+    # Keyed by the teacher's weights fingerprint (when known), so the distillation run's entries
+    # are reused wherever the teacher folder is now; the teacher itself loads only on a miss.
     cache = TextEmbeddingCache(Path(cache_dir or os.environ.get("BIRDBRIDGE_CACHE", DEFAULT_CACHE_DIR)).expanduser())
-    per_type = cache.get_many(tid, species, types, template_set, lambda: Teacher.load(index.teacher_id))
-    mat = np.mean([per_type[t].numpy() for t in types], axis=0)
-    return species, _unit(mat)
+    per_type = cache.get_many(teacher_id, list(species), types, template_set, lambda: Teacher.load(teacher_id),
+                              fingerprint=fingerprint)
+    return _unit(np.mean([per_type[t].numpy() for t in types], axis=0))
 
 
 def guess_species(query_vec: np.ndarray, species, text: np.ndarray, top: int = 5) -> list[dict]:
@@ -206,27 +280,78 @@ def load_species_list(csv_path: str | Path):
     return sorted(out, key=lambda s: s.id)
 
 
+# --------------------------------------------------------------------------- per-window species
+
+
+def window_species(index: ImageIndex, vecs: np.ndarray, windows: Sequence[Window], k: int) -> list[Detection]:
+    """The ``k`` species whose photos each window is nearest to, with that window's best photo of each.
+
+    A species' score in a window is its best photo's cosine; photos without a species are
+    rows of their own. Candidates are each window's nearest ``max(50, 10k)`` photos.
+    """
+    if index.count == 0 or not len(vecs):
+        return []
+    scores, ids = index.search(vecs, min(index.count, max(50, 10 * k)))
+    metas = {m["id"]: m for m in index.metadata(np.unique(ids[ids >= 0]))}
+    out = []
+    for w, win in enumerate(windows):
+        seen: set[str] = set()
+        for score, i in zip(scores[w], ids[w]):  # best first
+            if i < 0:
+                continue
+            m = metas[int(i)]
+            key = m["species_id"] or f"image:{i}"
+            if key in seen:
+                continue
+            seen.add(key)
+            out.append(Detection(start_s=win.start_s, end_s=win.end_s, rank=len(seen), score=round(float(score), 5),
+                                 species_id=m["species_id"], scientific_name=m["scientific_name"],
+                                 common_name=m["common_name"], image=m["path"]))
+            if len(seen) == k:
+                break
+    return out
+
+
 # --------------------------------------------------------------------------- search
 
 
 def search_wave(model, index: ImageIndex, wave: np.ndarray, k: int = 10, *, path: str = "", window_s: float | None = None,
-                hop_s: float | None = None, aggregate: str = "max", species_text=None) -> QueryResult:
+                hop_s: float | None = None, aggregate: str = "max", species_text=None, per_window_k: int = 0) -> SearchResult:
     """Search with one decoded recording (mono float32 at ``model.sample_rate``).
 
     ``model`` must already be checked (:func:`load_search_model`); ``species_text`` is a
-    ``(species, matrix)`` pair from :func:`species_text_matrix` for a zero-shot guess.
+    ``(species, matrix)`` pair from :func:`species_text_matrix` for a zero-shot guess;
+    ``per_window_k`` > 0 adds that many species per window (:func:`window_species`).
     """
-    res = QueryResult(path=path, aggregate=aggregate, duration_s=round(len(wave) / model.sample_rate, 3))
-    vecs, res.windows = embed_windows(model, wave, window_s, hop_s)
+    vecs, windows = embed_windows(model, wave, window_s, hop_s)
+    return _result(index, vecs, windows, k, path=path, duration_s=round(len(wave) / model.sample_rate, 3),
+                   aggregate=aggregate, species_text=species_text, per_window_k=per_window_k)
+
+
+def search_file(model, index: ImageIndex, path: str | Path, k: int = 10, *, window_s: float | None = None,
+                hop_s: float | None = None, aggregate: str = "max", species_text=None, per_window_k: int = 0,
+                max_duration_s: float | None = None, batch_size: int = 32) -> SearchResult:
+    """Search with one recording on disk, streamed window by window (see :func:`search_wave`)."""
+    segments = stream_windows(model, path, window_s, hop_s, max_duration_s=max_duration_s)
+    vecs, windows = embed_segments(model, segments, batch_size)
+    duration = windows[-1].end_s if windows else 0.0  # the last window ends where the recording does
+    return _result(index, vecs, windows, k, path=str(path), duration_s=duration, aggregate=aggregate,
+                   species_text=species_text, per_window_k=per_window_k)
+
+
+def _result(index, vecs, windows, k, *, path, duration_s, aggregate, species_text, per_window_k) -> SearchResult:
+    res = SearchResult(path=path, duration_s=duration_s, aggregate=aggregate, k=k, windows=list(windows))
     ranked = rank_images(index, vecs, k, aggregate)
     metas = index.metadata([i for i, _, _ in ranked])
     for r, ((id_, score, w), meta) in enumerate(zip(ranked, metas), start=1):
-        res.hits.append(Hit(rank=r, id=id_, score=round(score, 5), path=meta["path"], species_id=meta["species_id"],
-                            scientific_name=meta["scientific_name"], common_name=meta["common_name"],
-                            author=meta["author"], license=meta["license"], source=meta["source"], best_window=w,
-                            window_start_s=res.windows[w][0], window_end_s=res.windows[w][1]))
+        res.hits.append(Hit(rank=r, id=id_, score=round(score, 5), path=meta["path"], name=Path(meta["path"]).name,
+                            species_id=meta["species_id"], scientific_name=meta["scientific_name"],
+                            common_name=meta["common_name"], author=meta["author"], license=meta["license"],
+                            source=meta["source"], best_window=windows[w]))
     if species_text is not None:
         res.species_guess = guess_species(vecs.mean(axis=0), species_text[0], species_text[1])
+    if per_window_k > 0:
+        res.detections = window_species(index, vecs, windows, per_window_k)
     return res
 
 
@@ -244,35 +369,42 @@ def search_audio(
     cache_dir: str | Path | None = None,
     max_duration_s: float | None = None,
     allow_teacher_mismatch: bool = False,
+    device: str = "cpu",
+    per_window_k: int = 0,
     progress: Callable[[int], None] | None = None,
-) -> list[QueryResult]:
-    """Search ``index`` with each recording in ``paths``; one :class:`QueryResult` per path, in order.
+) -> list[SearchResult]:
+    """Search ``index`` with each recording in ``paths``; one :class:`SearchResult` per path, in order.
 
     ``model`` is a distilled checkpoint (directory or id) or an already loaded embedder.
-    A recording that cannot be decoded gives a result with ``error`` set (and no hits)
-    instead of stopping the batch. ``guess=True`` (or a ``species`` list) adds a zero-shot
-    species guess over ``species`` (default: the species named in the index metadata).
-    ``max_duration_s`` reads at most that much of each recording.
+    Recordings are streamed from disk window by window. A recording that cannot be decoded
+    gives a result with ``error`` set (and no hits) instead of stopping the batch.
+    ``guess=True`` (or a ``species`` list) adds a zero-shot species guess over ``species``
+    (default: the species named in the index metadata). ``max_duration_s`` reads at most
+    that much of each recording; ``per_window_k`` adds per-window species rows
+    (``result.detections``, the table ``search --format csv|raven`` writes); ``device`` runs
+    the model (check it first with :func:`birdbridge.devices.resolve_device`).
     """
-    from ..data.audio import load_audio
-
     if isinstance(index, (str, Path)):
         index = ImageIndex.open(index)
     if k < 1:
         raise ConfigError(f"k must be at least 1, got {k}")
     if aggregate not in AGGREGATES:
         raise ConfigError(f"aggregate must be one of {AGGREGATES}, not {aggregate!r}")
-    model = load_search_model(model, index, allow_teacher_mismatch=allow_teacher_mismatch)
+    model = load_search_model(model, index, allow_teacher_mismatch=allow_teacher_mismatch, device=device)
     text = species_text_matrix(index, model, species, cache_dir) if guess or species is not None else None
     results = []
     for p in paths:
         try:
-            wave = load_audio(p, model.sample_rate, max_duration_s=max_duration_s)
-            res = search_wave(model, index, wave, k, path=str(p), window_s=window_s, hop_s=hop_s,
-                              aggregate=aggregate, species_text=text)
+            res = search_file(model, index, p, k, window_s=window_s, hop_s=hop_s, aggregate=aggregate,
+                              species_text=text, per_window_k=per_window_k, max_duration_s=max_duration_s)
         except BadInputError as err:
-            res = QueryResult(path=str(p), aggregate=aggregate, error=err.reason, error_detail=err.detail)
+            res = SearchResult(path=str(p), aggregate=aggregate, k=k, error=err.reason, error_detail=err.detail)
         results.append(res)
         if progress:
             progress(1)
     return results
+
+
+__all__ = ["search_audio", "search_file", "search_wave", "load_search_model", "species_text_matrix", "teacher_text",
+           "window_species", "load_species_list", "guess_species", "rank_images", "embed_windows", "stream_windows",
+           "embed_segments", "iter_window_vectors", "SearchResult", "QueryResult", "Hit", "Window", "Detection", "AGGREGATES"]

@@ -3,7 +3,9 @@
 ``create_app(model, index, settings)`` returns a FastAPI app:
 
 ``POST /search``        multipart field ``audio`` (+ optional ``k`` as form field or query)
-                        → ``{results: [...], species_guess: ..., windows: [...], ...}``
+                        → a search result in the shared schema (docs/SEARCH_SCHEMA.md:
+                        ``{path, duration_s, k, windows, hits: [...], species_guess, ...}``,
+                        as ``birdbridge search --format json`` gives per recording)
 ``GET  /images/{id}``   an indexed image by integer id (``?max_side=N`` for a JPEG thumbnail);
                         only ids in the index resolve, a request never names a path
 ``GET  /``              the upload / microphone page
@@ -124,14 +126,16 @@ def _parse_k(raw, settings: ServeSettings) -> int:
 _NOT_AUDIO = {"unreadable", "missing"}
 
 
-def create_app(model, index, settings: ServeSettings | None = None) -> FastAPI:
-    """``model``: distilled checkpoint id/dir or loaded embedder; ``index``: directory or :class:`ImageIndex`."""
+def create_app(model, index, settings: ServeSettings | None = None, *, allow_teacher_mismatch: bool = False,
+               device: str = "cpu") -> FastAPI:
+    """``model``: distilled checkpoint id/dir or loaded embedder; ``index``: directory or :class:`ImageIndex`.
+    ``allow_teacher_mismatch`` only warns when their teachers differ; ``device`` runs the model."""
     from ..retrieval.index import ImageIndex
     from ..retrieval.search import load_search_model, search_wave, species_text_matrix
 
     settings = settings or ServeSettings()
     index = index if isinstance(index, ImageIndex) else ImageIndex.open(index)
-    model = load_search_model(model, index)
+    model = load_search_model(model, index, allow_teacher_mismatch=allow_teacher_mismatch, device=device)
     species_text = None
     if settings.guess_species and index.species():
         try:
@@ -144,6 +148,7 @@ def create_app(model, index, settings: ServeSettings | None = None) -> FastAPI:
                   description="Upload a bird recording; get the indexed photos nearest to it in the teacher's space.")
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_upload_bytes + MULTIPART_SLACK)
     app.state.settings, app.state.index, app.state.model = settings, index, model
+    app.state.species_guess = len(species_text[0]) if species_text is not None else 0
 
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError):
@@ -226,15 +231,10 @@ def create_app(model, index, settings: ServeSettings | None = None) -> FastAPI:
             return _error(504, "timeout", f"search took longer than {settings.request_timeout_s:.0f} s")
         except _UploadRejected as rej:
             return _error(rej.status, rej.reason, rej.detail)
-        body = result.to_dict()
-        hits = [{"rank": h["rank"], "id": h["id"], "score": h["score"], "name": Path(h["path"]).name,
-                 "species_id": h["species_id"], "scientific_name": h["scientific_name"], "common_name": h["common_name"],
-                 "author": h["author"], "license": h["license"], "source": h["source"],
-                 "image_url": f"/images/{h['id']}", "thumbnail_url": f"/images/{h['id']}?max_side=256",
-                 "best_window": {"index": h["best_window"], "start_s": h["window_start_s"], "end_s": h["window_end_s"]}}
-                for h in body["hits"]]
-        return {"results": hits, "species_guess": body["species_guess"], "windows": body["windows"],
-                "duration_s": body["duration_s"], "k": k_val, "aggregate": body["aggregate"]}
+        from ..retrieval.results import for_server
+
+        # the CLI's schema, with URLs instead of the server's file paths
+        return for_server(result, lambda i: (f"/images/{i}", f"/images/{i}?max_side=256")).to_dict()
 
     def _search_bytes(data: bytes, k: int):
         import soundfile as sf
@@ -277,11 +277,36 @@ def _page_html() -> str:
     return resources.files("birdbridge.serve").joinpath("static/index.html").read_text(encoding="utf-8")
 
 
+def describe(app: FastAPI, url: str) -> list[str]:
+    """What a server serves, in a few lines: where, which index and model, and how to ask it."""
+    index, model, settings = app.state.index, app.state.model, app.state.settings
+    model_teacher = (getattr(getattr(model, "model", None), "meta", None) or {}).get("teacher_id") or "?"
+    n_species = len(index.species())
+    guess = (f"on, over {app.state.species_guess} species" if app.state.species_guess
+             else "off" + (" (--no-guess-species)" if not settings.guess_species else " (the index names no species)"))
+    return [
+        f"serving {url}/ (search page), POST {url}/search, GET {url}/images/{{id}}, GET {url}/health",
+        f"  index  {Path(index.root).resolve()}: {index.count} images of {n_species} species, {index.dim}-d {index.kind}, "
+        f"teacher {index.teacher_id}",
+        f"  model  {model.name} (distilled onto teacher {model_teacher}; {model.sample_rate} Hz, "
+        f"{model.window_samples / model.sample_rate:g} s windows)",
+        f"  species guess {guess}; uploads up to {settings.max_upload_bytes / 2**20:g} MB and "
+        f"{settings.max_duration_s:g} s",
+        f"  ask it: curl -F audio=@clip.wav -F k=12 {url}/search   (multipart field 'audio'; 'k' optional)",
+    ]
+
+
 def serve(model, index, host: str = "127.0.0.1", port: int = 8000, settings: ServeSettings | None = None,
-          log_level: str = "info") -> None:
-    """Run the app with uvicorn (blocking)."""
+          log_level: str = "info", *, allow_teacher_mismatch: bool = False, device: str = "cpu", announce=None) -> None:
+    """Run the app with uvicorn (blocking); ``announce(line)`` first hears what is served (:func:`describe`)."""
+    import socket
+
     import uvicorn
 
-    app = create_app(model, index, settings)
+    app = create_app(model, index, settings, allow_teacher_mismatch=allow_teacher_mismatch, device=device)
+    # listening on every interface: others reach it by this machine's name
+    url = f"http://{socket.gethostname() if host in ('0.0.0.0', '::') else host}:{port}"
+    for line in describe(app, url):
+        (announce or log.info)(line)
     uvicorn.run(app, host=host, port=port, log_level=log_level,
                 timeout_keep_alive=5, limit_concurrency=64)

@@ -1,0 +1,148 @@
+"""Windows of a recording, streamed block by block: never the whole file in memory.
+
+The file is read in blocks and resampled with a streaming soxr resampler, so memory stays
+bounded for hours-long files and block edges are seamless: the windows equal those cut
+from a fully decoded file (:func:`~birdbridge.data.audio.window_starts`). Decoding,
+checks and reasons are :mod:`.audio`'s.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Iterator, Literal
+
+import numpy as np
+import soundfile as sf
+import soxr
+
+from ..errors import BadInputError
+from ..quiet import native_stderr
+from .audio import (_BLOCK_S, _SHORTFALL_FRAMES, DEFAULT_QUALITY, SILENCE_PEAK, _check_frames, _check_wav_end, _mix,
+                    _open, _segment_frames, _short, pad_to_length)
+
+
+def iter_windows(
+    path: str | Path,
+    sr: int,
+    window_s: float,
+    hop_s: float | None = None,
+    *,
+    pad_last: bool = True,
+    start_s: float | None = None,
+    end_s: float | None = None,
+    block_s: float = _BLOCK_S,
+    quality: str = DEFAULT_QUALITY,
+) -> Iterator[tuple[float, np.ndarray]]:
+    """Yield ``(start_s, window)`` mono float32 windows of ``window_s`` every ``hop_s`` seconds.
+
+    The file is read in blocks of ``block_s`` and resampled with a streaming soxr resampler,
+    so memory stays bounded for hours-long files and block edges are seamless: windows
+    equal those cut from a fully decoded file. Window starts are multiples of the hop
+    (in output samples). With ``pad_last`` a final window, padded by :func:`pad_to_length`, covers any tail the
+    full windows missed (and a file shorter than one window gives one padded window).
+
+    Silence is not rejected here (soundscapes legitimately contain it). Errors found
+    mid-file raise :class:`BadInputError` after the windows before them were yielded.
+    """
+    for t0, _, window in iter_spans(path, sr, window_s, hop_s, last="pad" if pad_last else "none", start_s=start_s,
+                                    end_s=end_s, block_s=block_s, quality=quality):
+        yield t0, window
+
+
+def iter_spans(
+    path: str | Path,
+    sr: int,
+    window_s: float,
+    hop_s: float | None = None,
+    *,
+    last: Literal["pad", "end", "none"] = "end",
+    start_s: float | None = None,
+    end_s: float | None = None,
+    reject_silent: bool = False,
+    min_duration_s: float = 0.0,
+    silence_peak: float = SILENCE_PEAK,
+    block_s: float = _BLOCK_S,
+    quality: str = DEFAULT_QUALITY,
+) -> Iterator[tuple[float, float, np.ndarray]]:
+    """Stream ``(start_s, end_s, window)``: the windows :func:`window_starts` cuts, without decoding the file whole.
+
+    ``last`` says what covers a tail the hop grid misses: ``"end"`` a last window aligned to
+    the end of the recording and a recording shorter than a window as one short window (the
+    windows :func:`window_starts` gives in memory; the model pads short input its own way);
+    ``"pad"`` a window on the grid padded by :func:`pad_to_length` (:func:`iter_windows`); ``"none"`` nothing.
+    ``end_s`` of a window is where its audio ends (never past the recording). The last
+    ``window_s`` of audio stay buffered for ``"end"``, so memory stays bounded.
+    ``reject_silent`` and ``min_duration_s`` apply :func:`load_audio`'s checks to the whole
+    stream; the silence check can only fail after the windows were yielded.
+    """
+    hop_s = window_s if hop_s is None else hop_s
+    if window_s <= 0 or hop_s <= 0:
+        raise ValueError("window_s and hop_s must be positive")
+    if last not in ("pad", "end", "none"):
+        raise ValueError(f"last must be pad, end or none, not {last!r}")
+    win, hop = int(round(window_s * sr)), int(round(hop_s * sr))
+    keep = win if last == "end" else 0  # samples kept behind the next window start
+    p = Path(path)
+    f = _open(p)
+    with f:
+        _check_frames(f, p)
+        native = f.samplerate
+        start, stop = _segment_frames(f, start_s, end_s, None)
+        if stop <= start:
+            raise BadInputError("empty", p, "segment starts after the end of the file")
+        _check_wav_end(f, p, stop)
+        offset_s = start / native
+        stream = soxr.ResampleStream(native, sr, 1, dtype="float32", quality=quality) if native != sr else None
+        block = max(1, int(block_s * native))
+        if start:
+            f.seek(start)
+        buf = np.zeros(0, np.float32)
+        buf_start = 0  # output-sample index of buf[0], relative to the segment start
+        nxt = 0  # output-sample index of the next window start
+        last_end = 0
+        emitted = False
+        remaining = stop - start
+        read = 0
+        peak = 0.0
+        while remaining > 0:
+            try:
+                with native_stderr():  # mpg123's notes on damaged frames
+                    raw = f.read(min(block, remaining), dtype="float32", always_2d=True)
+            except (sf.LibsndfileError, RuntimeError) as err:
+                raise BadInputError("decode_error", p, _short(err)) from None
+            got = len(raw)
+            read += got
+            remaining = remaining - got if got else 0
+            if got and not np.isfinite(raw).all():
+                raise BadInputError("non_finite", p)
+            mono = _mix(raw, True) if got else np.zeros(0, np.float32)
+            out = stream.resample_chunk(mono, last=remaining <= 0) if stream is not None else mono
+            if len(out):
+                peak = max(peak, float(np.max(np.abs(out))))
+            buf = np.concatenate([buf, out]) if len(buf) else np.asarray(out, np.float32)
+            while nxt + win <= buf_start + len(buf):
+                i = nxt - buf_start
+                yield offset_s + nxt / sr, offset_s + (nxt + win) / sr, buf[i : i + win].copy()
+                emitted, last_end = True, nxt + win
+                nxt += hop
+            drop = min(max(0, nxt - buf_start), max(0, len(buf) - keep))
+            buf, buf_start = buf[drop:], buf_start + drop
+            if got == 0:
+                break
+        if read < stop - start and (stop - start - read > _SHORTFALL_FRAMES or read == 0):
+            raise BadInputError("decode_error", p, f"truncated: got {read} of {stop - start} frames")
+        total = buf_start + len(buf)
+        if total == 0:
+            raise BadInputError("empty", p)
+        if total < min_duration_s * sr:
+            raise BadInputError("too_short", p, f"{total / sr:.3f} s < {min_duration_s} s")
+        end_t = offset_s + total / sr
+        if last == "pad" and nxt < total and (not emitted or last_end < total):
+            # the model's own padding rule (HF repeatpad), as its front end would pad this tail
+            yield offset_s + nxt / sr, end_t, pad_to_length(buf[nxt - buf_start :], win)
+        elif last == "end" and not emitted:
+            yield offset_s, end_t, buf.copy()  # shorter than a window: the whole recording
+        elif last == "end" and last_end < total:
+            yield offset_s + (total - win) / sr, end_t, buf[total - win - buf_start :].copy()
+        if reject_silent and peak < silence_peak:
+            raise BadInputError("silent", p, f"peak below {silence_peak:g}")

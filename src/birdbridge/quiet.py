@@ -1,0 +1,123 @@
+"""Third-party noise, kept out of birdbridge's own output unless ``--verbose`` asks for it.
+
+By default a verb prints its own progress and results only. What is silenced is named
+here, one entry each, and matched by *message*, never by module (a blanket filter once
+hid a real defect): Lightning's INFO banners and its litlogger/litmodels adverts,
+Lightning's pytree deprecation notice, Hugging Face's loading/saving progress bars,
+TFLite's "Created TensorFlow Lite XNNPACK delegate" line and mpg123's resync notes for a
+file that is not MPEG audio. Third-party warnings not listed here still show.
+
+The last two are written by C libraries straight to file descriptor 2, which Python's
+``sys.stderr`` never sees: :func:`native_stderr` points fd 2 at a temporary file around
+the call and afterwards writes back every line that is not listed noise (so nothing else
+is lost, only delayed by the call).
+
+``--verbose`` (``BIRDBRIDGE_VERBOSE=1``, inherited by torchrun/srun ranks and data-loader
+workers) turns all of it off: everything shows, each line once.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import re
+import sys
+import tempfile
+import threading
+import warnings
+from typing import Iterator
+
+VERBOSE_ENV = "BIRDBRIDGE_VERBOSE"
+
+# Lines C libraries write to fd 2 that tell a user nothing (the reason reaches them as a skip).
+NATIVE_NOISE = re.compile(
+    rb"^(INFO: Created TensorFlow Lite \S+ delegate for \S+\.?"  # LiteRT, once per interpreter
+    rb"|Note: (Illegal Audio-MPEG-Header|Trying to resync|Hit end of \(available\) data during resync"
+    rb"|Skipped \d+ bytes in input)"  # mpg123 probing a file that is not MPEG audio
+    rb"|\[src/libmpg123/[^\]]*\] (warning|error|note): ).*$"  # mpg123's own diagnostics of a broken stream
+)
+# Python warnings that are known to be benign here, by message.
+BENIGN_WARNINGS = (
+    r"`isinstance\(treespec, LeafSpec\)` is deprecated",  # Lightning 2.6 on torch 2.14's pytree
+)
+# Lightning's loggers: INFO lines (device banners, adverts) show only with --verbose.
+LIGHTNING_LOGGERS = ("lightning", "lightning.pytorch", "lightning.fabric")
+
+
+def verbose() -> bool:
+    return os.environ.get(VERBOSE_ENV, "").lower() in ("1", "true", "yes")
+
+
+def _quiet_cli() -> bool:
+    # "0": the CLI without --verbose. Unset (the Python API) leaves third-party logging as it is.
+    return os.environ.get(VERBOSE_ENV) == "0"
+
+
+def configure(verbose_output: bool) -> None:
+    """The CLI's output policy, set once at start-up, before the noisy libraries are imported."""
+    os.environ[VERBOSE_ENV] = "1" if verbose_output else "0"
+    # "lightning" has its own console handler and also propagates to the root handler
+    # that open_clip's first logging.info() installs: every Lightning line came out twice.
+    logging.getLogger("lightning").propagate = False
+    if verbose_output:
+        return
+    # read by huggingface_hub and transformers at import: no "Loading weights" bars
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    for message in BENIGN_WARNINGS:
+        warnings.filterwarnings("ignore", message=message)
+    settle_lightning()
+
+
+def settle_lightning() -> None:
+    """Lightning sets its loggers to INFO when imported: call this after importing it. Acts for
+    the CLI without ``--verbose`` only; Python API users keep Lightning's own settings."""
+    if not _quiet_cli():
+        return
+    for name in LIGHTNING_LOGGERS:
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+
+_lock = threading.Lock()
+_depth = 0
+_saved_fd: int | None = None
+_capture = None
+
+
+@contextlib.contextmanager
+def native_stderr() -> Iterator[None]:
+    """Hold back the known noise C libraries write to fd 2 during the block; pass the rest on.
+
+    Re-entrant and thread-safe: overlapping blocks share one capture, restored by the last to leave.
+    """
+    global _depth, _saved_fd, _capture
+    if verbose():
+        yield
+        return
+    with _lock:
+        if _depth == 0:
+            with contextlib.suppress(Exception):
+                sys.stderr.flush()
+            try:
+                _capture = tempfile.TemporaryFile()
+                _saved_fd = os.dup(2)
+                os.dup2(_capture.fileno(), 2)
+            except OSError:  # no fd 2 (a daemon) or no temp space: leave stderr alone
+                _capture, _saved_fd = None, None
+        _depth += 1
+    try:
+        yield
+    finally:
+        with _lock:
+            _depth -= 1
+            if _depth == 0 and _saved_fd is not None:
+                with contextlib.suppress(Exception):
+                    sys.stderr.flush()
+                os.dup2(_saved_fd, 2)
+                os.close(_saved_fd)
+                _capture.seek(0)
+                kept = [ln for ln in _capture.read().splitlines(keepends=True) if not NATIVE_NOISE.match(ln.rstrip(b"\r\n"))]
+                _capture.close()
+                _capture, _saved_fd = None, None
+                if kept:
+                    os.write(2, b"".join(kept))

@@ -1,0 +1,122 @@
+"""Detections over long recordings: which species sing in each window, from any species list.
+
+Each window of a recording (default: the model's window, no overlap, the last window
+aligned to the end) is embedded by a distilled checkpoint into the teacher's space and
+scored against the teacher's text embedding of every species in the list -- BioCLIP-2's
+open vocabulary: the list may hold species the model never heard in training, only the
+teacher's text tower reads their names. The prompts follow the recipe stored in the
+checkpoint, and the text embeddings come from the on-disk cache
+(:mod:`birdbridge.distill.text_cache`), so a list is embedded once.
+
+Recordings are streamed window by window (:func:`~birdbridge.data.stream.iter_spans`):
+an all-night recording is never decoded whole, and only a batch of windows is in
+memory. A score is the cosine between window and species text; ``min_score`` drops rows
+below it. Tables: :mod:`.tables` (CSV, Raven, Audacity, JSON).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+
+from ..errors import BadInputError, ConfigError
+from .results import Detection, DetectionResult, Window
+from .search import iter_window_vectors, load_search_model, stream_windows, teacher_text
+
+
+def load_detect_model(model, device: str = "cpu"):
+    """A distilled checkpoint (id, directory or loaded embedder): its space must be the teacher's."""
+    if isinstance(model, (str, Path)):
+        from ..encoders.factory import load_audio_embedder
+
+        model = load_audio_embedder(str(model), device=device)
+    if getattr(model, "space", None) != "teacher":
+        raise ConfigError(f"model {getattr(model, 'name', model)!r} embeds audio in its own "
+                          f"{getattr(model, 'space', '?')!r} space, not the teacher's: species names can only be "
+                          "scored with a distilled birdbridge checkpoint (make one with `birdbridge train`)")
+    return model
+
+
+def detect_audio(
+    model,
+    paths: Sequence[str | Path],
+    *,
+    species=None,
+    index=None,
+    k: int = 3,
+    min_score: float | None = None,
+    window_s: float | None = None,
+    hop_s: float | None = None,
+    cache_dir: str | Path | None = None,
+    device: str = "cpu",
+    allow_teacher_mismatch: bool = False,
+    batch_size: int = 32,
+    progress: Callable[[int], None] | None = None,
+) -> list[DetectionResult]:
+    """Per-window top-``k`` species of each recording; one :class:`DetectionResult` per path, in order.
+
+    ``species``: a list of :class:`~birdbridge.taxonomy.Species` (e.g. from
+    :func:`~birdbridge.retrieval.search.load_species_list`); ``index``: an image index (or
+    its directory) whose species are used when ``species`` is None, and whose teacher is
+    checked against the model's. Without an index the model's recorded teacher embeds the
+    names. ``hop_s`` defaults to the window (no overlap). A recording that cannot be read
+    gives a result with ``error`` set instead of stopping the batch.
+    """
+    from .index import ImageIndex
+    from .search import index_teacher, model_teacher
+
+    if k < 1:
+        raise ConfigError(f"k (--top-k) must be at least 1, got {k}")
+    model = load_detect_model(model, device)
+    teacher_id, fingerprint = model_teacher(model)
+    if index is not None:
+        index = index if isinstance(index, ImageIndex) else ImageIndex.open(index)
+        model = load_search_model(model, index, allow_teacher_mismatch=allow_teacher_mismatch)
+        teacher_id, fingerprint = index_teacher(index)  # checked against the model's by load_search_model
+        if species is None:
+            species = index.species()
+            if not species:
+                raise ConfigError(f"the index {index.root} has no species names to detect: pass --species-list FILE "
+                                  "(a CSV with a scientific_name column)")
+    elif not teacher_id:
+        raise ConfigError(f"model {model.name!r} does not record its teacher, whose text tower must embed the species "
+                          "names: pass --index DIR of an index built with that teacher")
+    species = list(species or [])
+    if not species:
+        raise ConfigError("no species to detect: pass --species-list FILE or --index DIR")
+    text = teacher_text(model, species, teacher_id, cache_dir, fingerprint)  # [S, D]
+    window_s = window_s or model.window_samples / model.sample_rate
+    hop_s = hop_s or window_s
+    results = []
+    for p in paths:
+        try:
+            results.append(_detect_one(model, p, species, text, k, min_score, window_s, hop_s, batch_size))
+        except BadInputError as err:
+            results.append(DetectionResult(path=str(p), error=err.reason, error_detail=err.detail))
+        if progress:
+            progress(1)
+    return results
+
+
+def _detect_one(model, path, species, text: np.ndarray, k: int, min_score: float | None, window_s: float,
+                hop_s: float, batch_size: int) -> DetectionResult:
+    res = DetectionResult(path=str(path))
+    top = min(k, len(species))
+    for window, vec in iter_window_vectors(model, stream_windows(model, path, window_s, hop_s), batch_size):
+        res.windows.append(window)
+        scores = text @ vec
+        order = np.lexsort((np.arange(len(scores)), -scores))[:top]  # ties: list order, so output is deterministic
+        for rank, i in enumerate(order, start=1):
+            if min_score is not None and scores[i] < min_score:
+                break
+            sp = species[i]
+            res.detections.append(Detection(start_s=window.start_s, end_s=window.end_s, rank=rank,
+                                            score=round(float(scores[i]), 5), species_id=sp.id,
+                                            scientific_name=sp.scientific_name, common_name=sp.common_name))
+    res.duration_s = res.windows[-1].end_s if res.windows else 0.0
+    return res
+
+
+__all__ = ["detect_audio", "load_detect_model", "Detection", "DetectionResult", "Window"]
