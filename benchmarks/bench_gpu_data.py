@@ -72,7 +72,7 @@ def from_shards(student, step, device: str, batch: int, workers: int, steps: int
     from torch.utils.data import DataLoader
 
     from birdbridge.data.shards import load_shards, prepare_shards
-    from birdbridge.distill.data import EpochShuffleSampler, clip_dataset, collate_clips
+    from birdbridge.distill.data import EpochShuffleSampler, clip_dataset, collate_clips, waves_as_float
 
     from .bench_loader import make_dataset
 
@@ -100,7 +100,7 @@ def from_shards(student, step, device: str, batch: int, workers: int, steps: int
         for i in range(steps + 3):  # the first steps start workers and warm the kernels: not counted
             t0 = time.perf_counter()
             b = next(it)
-            waves = b["waves"].to(device, non_blocking=True)
+            waves = waves_as_float(b["waves"].to(device, non_blocking=True))  # int16 batches scaled on the card
             labels = b["labels"].to(device, non_blocking=True)
             _sync(device)
             t1 = time.perf_counter()

@@ -212,6 +212,10 @@ def components(d: Path, batch: int, reps: int = 3) -> dict:
         for r, i in enumerate(idx):
             reader.crop_into(out[r], i, SR, "random", np.random.default_rng(i))
 
+    def fill_pcm16(out):
+        for r, i in enumerate(idx):
+            assert reader.crop_into_pcm16(out[r], i, SR, "random", np.random.default_rng(i))
+
     def decode():
         for w in wavs:
             with sf.SoundFile(w) as f:
@@ -226,6 +230,8 @@ def components(d: Path, batch: int, reps: int = 3) -> dict:
     return {"shard_sample_fetch_ms": per_clip(fetch),
             "shard_crop_into_reused_buffer_ms": per_clip(lambda: fill(reused)),
             "shard_crop_into_fresh_batch_ms": per_clip(lambda: fill(torch.empty(len(idx), n).numpy())),
+            # what the training loader does with pcm16 shards at the student's rate: int16 rows, float on the device
+            "shard_pcm16_into_fresh_int16_batch_ms": per_clip(lambda: fill_pcm16(torch.empty(len(idx), n, dtype=torch.int16).numpy())),
             "file_decode_crop_ms": per_clip(decode),
             "file_resample_crop_ms": per_clip(lambda: [resample(seg, NATIVE, SR) for _ in idx]),
             "note": "best of 3, one thread; a fresh batch pays the first touch of its memory, which both loaders do"}

@@ -52,6 +52,9 @@ def loader_section(r: dict) -> list[str]:
                 f"| shards: fetch the sample (LitData, memory map) | {c['shard_sample_fetch_ms']:.2f} |",
                 f"| shards: fetch + crop + int16 -> float into a reused buffer (all a shard clip costs) | {c['shard_crop_into_reused_buffer_ms']:.2f} |",
                 f"| shards: the same into a fresh batch tensor (as a loader must) | {c['shard_crop_into_fresh_batch_ms']:.2f} |",
+                *([f"| shards: fetch + crop kept as int16, into a fresh int16 batch (the training loader; "
+                   f"float32 on the device) | {c['shard_pcm16_into_fresh_int16_batch_ms']:.2f} |"]
+                  if "shard_pcm16_into_fresh_int16_batch_ms" in c else []),
                 f"| files: seek + decode a 10.1 s crop of a WAV | {c['file_decode_crop_ms']:.2f} |",
                 f"| files: resample it, 22.05 -> 48 kHz (soxr HQ) | {c['file_resample_crop_ms']:.2f} |", ""]
         fresh = c["shard_crop_into_fresh_batch_ms"] - c["shard_crop_into_reused_buffer_ms"]

@@ -194,3 +194,29 @@ def test_prepare_of_nothing_usable_is_one_line(tmp_path):
     res = _prepare_cli("csv", tmp_path / "rec.csv", "--out", tmp_path / "s", cwd=tmp_path)
     assert res.returncode == 2 and "Traceback" not in res.stderr
     assert "every recording was skipped" in res.stderr
+
+
+def test_pcm16_shard_batches_are_int16_and_equal_the_float_path(corpus, shards):
+    """Shards at the student's rate give int16 batches (half the bytes to share and copy to the GPU);
+    on the device they become the very float32 batch the float path gives, short clips repeat-padded."""
+    import torch
+
+    from birdbridge.distill.data import ShardClipDataset, waves_as_float
+
+    coll = load_shards(shards)  # pcm16 at 48 kHz; r2 (0.6 s) is shorter than the crop
+    n = 480000
+    ds = ShardClipDataset(coll, coll.audio, 48000, n, crop="random", seed=5)
+    keys = [(3, i) for i in range(len(coll.audio))]
+    batch = ds.__getitems__(keys)
+    assert batch.waves.dtype == torch.int16 and batch.waves.shape == (len(keys), n)
+    got = waves_as_float(batch.waves)
+    reader = ShardReader(str(shards))
+    for row, (e, i) in enumerate(keys):
+        want = reader.crop(ds.index[i], 48000, n, "random", np.random.default_rng([5, e, i]), pad="repeatpad")
+        assert got.dtype == torch.float32 and np.array_equal(got[row].numpy(), want), row
+    # at another rate the crops must be resampled: a float32 batch, through the same rule
+    ds16 = ShardClipDataset(coll, coll.audio, 16000, 16000, crop="random", seed=5)
+    b16 = ds16.__getitems__(keys)
+    assert b16.waves.dtype == torch.float32 and torch.equal(waves_as_float(b16.waves), b16.waves)
+    want16 = reader.crop(ds16.index[0], 16000, 16000, "random", np.random.default_rng([5, 3, 0]), pad="repeatpad")
+    assert np.array_equal(b16.waves[0].numpy(), want16)

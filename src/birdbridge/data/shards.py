@@ -47,7 +47,7 @@ import numpy as np
 from ..errors import BadInputError, ConfigError, SkipLog
 from ..io import atomic_write_bytes, atomic_write_json
 from ..taxonomy import Species
-from .audio import audio_info, crop_offset, load_audio
+from .audio import audio_info, crop_offset, load_audio, pad_to_length
 from .crop import crop_frames
 from .records import AudioItem, Collection
 
@@ -382,6 +382,22 @@ class ShardReader:
         s = self.sample(index)
         frames, read = decode_sample(s["audio"], int(s["sr"]))
         return crop_frames(read, frames, int(s["sr"]), sr, n, policy, rng, pad=pad)
+
+    def crop_into_pcm16(self, out: np.ndarray, index: int, sr: int, policy="random", rng=None) -> bool:
+        """:meth:`crop` as the stored 16-bit integers, written into the int16 ``out``, when that is exact:
+        a pcm16 sample stored at ``sr`` (the crop's values are the stored ones, or repeat-padded copies).
+        False (``out`` untouched, ``rng`` unused) for any other sample: resampled or FLAC crops go by
+        :meth:`crop_into`."""
+        s = self.sample(index)
+        audio, n = s["audio"], len(out)
+        if not isinstance(audio, np.ndarray) or audio.dtype != np.int16 or int(s["sr"]) != sr:
+            return False
+        if len(audio) > n:
+            off = crop_offset(len(audio), n, policy, rng)
+            out[:] = audio[off : off + n]
+        else:  # crop_frames' short-clip rule (crop_or_pad with repeatpad), on the integers
+            out[:] = pad_to_length(audio, n)
+        return True
 
     def crop_into(self, out: np.ndarray, index: int, sr: int, policy="random", rng=None, *, pad="repeatpad") -> None:
         """:meth:`crop` written into ``out`` (float32, its length the crop's): the common case -- an int16

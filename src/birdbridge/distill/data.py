@@ -107,25 +107,40 @@ class ShardClipDataset(AudioClipDataset):
         return self.reader.crop(self.index[i], self.sample_rate, self.n_samples, self.crop, rng, pad="repeatpad")
 
     def __getitems__(self, keys: list) -> "ClipBatch":
-        """A whole batch, each crop converted straight into its row of one preallocated tensor.
+        """A whole batch, each crop written straight into its row of one preallocated tensor.
 
-        Reading a shard crop costs less than stacking it afterwards: filling the batch in
-        place saves a copy of every clip (``benchmarks/bench_loader.py``)."""
+        Shards stored as 16-bit PCM at the student's rate (what ``data prepare`` writes by
+        default) give an int16 batch: half the bytes to write, share between processes and
+        copy to the GPU, where :func:`waves_as_float` turns it into the float32 the other
+        paths give, bit for bit. Filling the batch in place saves a copy of every clip
+        (``benchmarks/bench_loader.py``); any other sample makes the whole batch float32."""
+        keyed = [key if isinstance(key, tuple) else (self.epoch, key) for key in keys]
+        labels = torch.tensor([self.labels[i] for _, i in keyed], dtype=torch.long)
+        waves = _batch_tensor(len(keys), self.n_samples, torch.int16)
+        rows = waves.numpy()
+        if all(self.reader.crop_into_pcm16(rows[r], self.index[i], self.sample_rate, self.crop,
+                                           np.random.default_rng([self.seed, e, i])) for r, (e, i) in enumerate(keyed)):
+            return ClipBatch(waves, labels)
         waves = _batch_tensor(len(keys), self.n_samples)
         rows = waves.numpy()
-        labels = []
-        for row, key in enumerate(keys):
-            epoch, i = key if isinstance(key, tuple) else (self.epoch, key)
-            rng = np.random.default_rng([self.seed, epoch, i])
-            self.reader.crop_into(rows[row], self.index[i], self.sample_rate, self.crop, rng, pad="repeatpad")
-            labels.append(self.labels[i])
-        return ClipBatch(waves, torch.tensor(labels, dtype=torch.long))
+        for r, (e, i) in enumerate(keyed):
+            self.reader.crop_into(rows[r], self.index[i], self.sample_rate, self.crop, np.random.default_rng([self.seed, e, i]),
+                                  pad="repeatpad")
+        return ClipBatch(waves, labels)
 
 
-def _batch_tensor(b: int, n: int) -> torch.Tensor:
-    """An empty float32 ``[b, n]`` batch; in a loader worker, in shared memory, as ``default_collate``
+def waves_as_float(waves: torch.Tensor) -> torch.Tensor:
+    """A batch as float32 in [-1, 1): int16 batches (pcm16 shards) scaled by 1/32768, exactly as
+    libsndfile reads 16-bit PCM; float batches unchanged. Runs where the batch is, so on the GPU."""
+    if waves.dtype == torch.int16:
+        return waves.to(torch.float32) * (1.0 / 32768.0)
+    return waves
+
+
+def _batch_tensor(b: int, n: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """An empty ``[b, n]`` batch; in a loader worker, in shared memory, as ``default_collate``
     allocates it: the batch then reaches the main process without being copied there."""
-    elem = torch.empty(0, dtype=torch.float32)
+    elem = torch.empty(0, dtype=dtype)
     if torch.utils.data.get_worker_info() is None:
         return elem.new_empty((b, n))
     return elem.new(elem._typed_storage()._new_shared(b * n, device=elem.device)).resize_(b, n)

@@ -16,6 +16,7 @@ import torch
 from ..encoders.student import AudioStudent
 from ..errors import SkipLog
 from ..taxonomy import resolve_prompt_types
+from .data import waves_as_float
 from .loss import LogitScale, build_loss
 
 
@@ -157,7 +158,7 @@ class DistillModule(L.LightningModule):
             # DDP's gradient all-reduce the same on every rank; optimizer_step then drops the gradients
             return sum(p.sum() for p in self.parameters() if p.requires_grad) * 0.0
         self.trained_batches += 1
-        waves, labels = batch["waves"], batch["labels"]
+        waves, labels = waves_as_float(batch["waves"]), batch["labels"]
         audio = self.student(waves, crop="start")  # the dataset already cropped
         scale = self.logit_scale()
         if self.loss_name == "species_softmax":
@@ -212,7 +213,7 @@ class DistillModule(L.LightningModule):
         # all ranks or none: a rank that never logs the metric would leave the others in its epoch-end sync
         if not self._all_ranks_have_clips(batch["waves"] is not None):
             return
-        audio = self.student(batch["waves"], crop="start")
+        audio = self.student(waves_as_float(batch["waves"]), crop="start")
         logits = audio @ self.text_table.mean(0).T
         acc = (logits.argmax(1) == batch["labels"]).float().mean()
         self.log("val/zero_shot_top1", acc, prog_bar=True, batch_size=len(batch["labels"]), sync_dist=self._distributed())
