@@ -40,6 +40,8 @@ NATIVE_NOISE = re.compile(
 # Python warnings that are known to be benign here, by message.
 BENIGN_WARNINGS = (
     r"`isinstance\(treespec, LeafSpec\)` is deprecated",  # Lightning 2.6 on torch 2.14's pytree
+    # Lightning 2.6's all_gather (each DDP step asks whether every rank has clips) on torch 2.14
+    r"torch\.distributed\.nn\.functional\.all_gather is deprecated",
 )
 # Lightning's loggers: INFO lines (device banners, adverts) show only with --verbose.
 LIGHTNING_LOGGERS = ("lightning", "lightning.pytorch", "lightning.fabric")
