@@ -35,7 +35,8 @@ def test_readme_lists_every_verb(tmp_path):
     table = readme[readme.index("| verb | what it does |"):]
     table = table[: table.index("\n\n")]
     listed = re.findall(r"^\| `birdbridge ([a-z][a-z-]+)", table, re.M)
-    assert sorted(listed) == sorted(verbs), f"README lists {sorted(listed)}, --help {sorted(verbs)}"
+    # a verb group (`data download`, `data prepare`) has a row per sub-command
+    assert sorted(set(listed)) == sorted(verbs), f"README lists {sorted(set(listed))}, --help {sorted(verbs)}"
     assert "multipart field `audio`" in readme  # the upload field, named where the server is described
 
 
