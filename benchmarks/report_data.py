@@ -44,7 +44,10 @@ def loader_section(r: dict) -> list[str]:
     if "loader_shards_over_raw" in r:
         out.append(f"Shards (pcm16 at 48 kHz) vs files with the crop-first decode: **{r['loader_shards_over_raw']:.1f}x**; "
                    f"vs the whole-file decode training used before: {r.get('loader_shards_over_raw_whole', float('nan')):.1f}x; "
-                   f"crop-first alone: {r.get('loader_crop_first_over_whole', float('nan')):.1f}x.")
+                   f"crop-first alone: {r.get('loader_crop_first_over_whole', float('nan')):.1f}x. "
+                   "The shard loader hands over int16 batches (pcm16 stored at the student's rate), which become the "
+                   "identical float32 on the model's device (`distill.data.waves_as_float`); the file loaders hand "
+                   "over float32.")
     c = L.get("components")
     if c:
         out += ["", "Where a clip's time goes (ms per clip, each part timed apart, best of 3, one thread):", "",
