@@ -64,6 +64,9 @@ class SyntheticSpec:
     teacher_steps: int = 150  # as `birdbridge demo`
     clap_steps: int = 400
     reuse: str | None = None  # a `birdbridge demo --out` folder: reuse its world/teacher/student (+ model)
+    # share of species whose names the stand-in CLAP hears in its caption pretraining (the
+    # others are captioned by family/order only); drawn from `seed`, independent of the unseen split
+    clap_known_fraction: float = 1.0
     soundscapes: SyntheticSoundscapes | None = field(default_factory=SyntheticSoundscapes)
 
     def validate(self) -> None:
@@ -71,6 +74,8 @@ class SyntheticSpec:
         for key in ("teacher_steps", "clap_steps"):
             if getattr(self, key) < 20:
                 raise ConfigError(f"config key 'synthetic.{key}' must be at least 20, got {getattr(self, key)}")
+        if not 0.0 <= self.clap_known_fraction <= 1.0:
+            raise ConfigError(f"config key 'synthetic.clap_known_fraction' must lie in [0, 1], got {self.clap_known_fraction}")
 
 
 @dataclass

@@ -1,0 +1,155 @@
+"""The distilled embedding and CLAP's zero-shot combination, weighted by CLAP's confidence.
+
+A distilled model is good on the species it heard in distillation; CLAP's zero-shot
+combination (its softmax over species captions weighting the teacher's species texts) is
+good on every species whose *name* CLAP learned, heard in distillation or not. This module
+mixes the two per clip, from one forward pass of the student's CLAP tower:
+
+    p  = softmax(s · a_clap @ C̃ᵀ)                  CLAP's posterior over the species list
+    z  = normalise(p @ T)                           the zero-shot combination (teacher space)
+    c  = confidence(p) ∈ [0, 1]                     max posterior or 1 - normalised entropy
+    w  = c ** power
+    out = normalise((1 - w) · d + w · z)            d: the distilled embedding (unit)
+
+``C̃`` are the CLAP text embeddings and ``T`` the teacher text embeddings of one species list,
+``s`` CLAP's own logit scale. Weighting an ensemble member by its confidence is the oldest
+form of calibrated ensembling (e.g. Jacobs et al. 1991's mixtures of experts with a gating
+function; here the gate is the zero-shot expert's own calibrated-by-pretraining posterior).
+The tensors live in the checkpoint (``combination.*`` in model.safetensors, the spec in
+config.json), so search, detect and serve use the combination with no flags.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from typing import Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..errors import ConfigError
+
+CONFIDENCES = ("max_prob", "entropy")
+
+
+@dataclass
+class CombinationSpec:
+    """How the two embeddings are mixed (config key ``combination``)."""
+
+    confidence: str = "max_prob"  # max_prob: (p_max - 1/S) / (1 - 1/S); entropy: 1 - H(p) / log S
+    power: float = 1.0  # weight = confidence ** power (> 1 trusts CLAP only when it is very sure)
+    # the teacher's species texts that CLAP's posterior weights (as the zero_shot_combination baseline's `text`)
+    teacher_prompt_type: str = "taxonomic_common"
+    teacher_template_set: str = "single"
+
+    def validate(self) -> None:
+        if self.confidence not in CONFIDENCES:
+            raise ConfigError(f"config key 'combination.confidence' must be one of {CONFIDENCES}, got {self.confidence!r}")
+        if not self.power > 0:
+            raise ConfigError(f"config key 'combination.power' must be > 0, got {self.power}")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def confidence(posterior: torch.Tensor, kind: str) -> torch.Tensor:
+    """Per-row confidence in [0, 1] of a posterior over ``S`` classes (0: uniform, 1: one-hot)."""
+    s = posterior.shape[1]
+    if s < 2:
+        return torch.ones(posterior.shape[0], dtype=posterior.dtype, device=posterior.device)
+    if kind == "max_prob":
+        return ((posterior.max(dim=1).values - 1.0 / s) / (1.0 - 1.0 / s)).clamp(0.0, 1.0)
+    if kind == "entropy":
+        h = -(posterior * posterior.clamp_min(1e-12).log()).sum(dim=1)
+        return (1.0 - h / math.log(s)).clamp(0.0, 1.0)
+    raise ValueError(f"unknown confidence {kind!r}; expected one of {CONFIDENCES}")
+
+
+class ZeroShotCombination(nn.Module):
+    """The combination's parameters: species texts in both spaces, CLAP's scale, the spec."""
+
+    def __init__(self, clap_text: torch.Tensor, teacher_text: torch.Tensor, logit_scale: float,
+                 spec: CombinationSpec | dict | None = None, species: Sequence[dict] = ()):
+        super().__init__()
+        if clap_text.shape[0] != teacher_text.shape[0]:
+            raise ValueError(f"{clap_text.shape[0]} CLAP species texts but {teacher_text.shape[0]} teacher species texts")
+        self.spec = spec if isinstance(spec, CombinationSpec) else CombinationSpec(**(spec or {}))
+        self.spec.validate()
+        self.register_buffer("clap_text", F.normalize(clap_text.float(), dim=-1))
+        self.register_buffer("teacher_text", F.normalize(teacher_text.float(), dim=-1))
+        self.logit_scale = float(logit_scale)
+        self.species = [dict(s) for s in species]  # id + names, in row order (recorded in config.json)
+
+    def posterior(self, clap_audio: torch.Tensor) -> torch.Tensor:
+        return torch.softmax(self.logit_scale * F.normalize(clap_audio, dim=-1) @ self.clap_text.T, dim=1)
+
+    def weight(self, clap_audio: torch.Tensor) -> torch.Tensor:
+        """How much of the zero-shot combination each row takes, in [0, 1]."""
+        return confidence(self.posterior(clap_audio), self.spec.confidence) ** self.spec.power
+
+    def forward(self, clap_audio: torch.Tensor, distilled: torch.Tensor) -> torch.Tensor:
+        p = self.posterior(clap_audio)
+        zero_shot = F.normalize(p @ self.teacher_text, dim=-1)
+        w = (confidence(p, self.spec.confidence) ** self.spec.power).unsqueeze(1).to(distilled.dtype)
+        return F.normalize((1.0 - w) * F.normalize(distilled, dim=-1) + w * zero_shot, dim=-1)
+
+    def config(self) -> dict:
+        return {**self.spec.to_dict(), "logit_scale": self.logit_scale, "n_species": int(self.clap_text.shape[0]),
+                "clap_dim": int(self.clap_text.shape[1]), "teacher_dim": int(self.teacher_text.shape[1]),
+                "species": self.species}
+
+    @classmethod
+    def empty(cls, cfg: dict) -> "ZeroShotCombination":
+        """Shaped from a checkpoint's config, to receive its saved tensors."""
+        spec = {k: cfg[k] for k in CombinationSpec.__dataclass_fields__ if k in cfg}
+        return cls(torch.zeros(cfg["n_species"], cfg["clap_dim"]), torch.zeros(cfg["n_species"], cfg["teacher_dim"]),
+                   cfg["logit_scale"], spec, cfg.get("species") or ())
+
+
+# --------------------------------------------------------------------------- CLAP species texts
+def clap_species_text(clap_text_encoder, species, templates: Sequence[str], prompt_types: Sequence[str],
+                      progress: bool = False) -> np.ndarray:
+    """One CLAP text embedding per species: every (template, prompt type) string embedded,
+    normalised, averaged, renormalised (the same recipe the teacher's prompts use)."""
+    from ..retrieval.embed import embed_texts
+    from ..taxonomy import prompt_body
+
+    if not templates or not prompt_types:
+        raise ValueError("need at least one CLAP template and one prompt type")
+    texts = [[t.format(prompt_body(sp, pt)) for t in templates for pt in prompt_types] for sp in species]
+    flat = [s for row in texts for s in row]
+    emb = embed_texts(clap_text_encoder, flat, progress=progress).vectors.reshape(len(species), len(texts[0]), -1)
+    mean = emb.astype(np.float64).mean(axis=1)
+    return (mean / np.maximum(np.linalg.norm(mean, axis=1, keepdims=True), 1e-12)).astype(np.float32)
+
+
+def clap_logit_scale(clap) -> float:
+    """CLAP's audio→text logit scale (``exp(logit_scale_a)``, capped at 100 as in training)."""
+    with torch.no_grad():
+        return float(min(100.0, clap.logit_scale_a.exp().item()))
+
+
+def species_records(species) -> list[dict]:
+    return [{"id": sp.id, "scientific_name": sp.scientific_name, "common_name": sp.common_name} for sp in species]
+
+
+@dataclass
+class ClapTextRecipe:
+    """How species become CLAP captions (shared by the alignment loss and the combination)."""
+
+    templates: list[str] = field(default_factory=lambda: ["{}"])
+    prompt_types: list[str] = field(default_factory=lambda: ["common", "scientific"])
+
+
+def build_combination(student_id: str, species, teacher_text: np.ndarray | torch.Tensor, spec: CombinationSpec,
+                      recipe: ClapTextRecipe, *, clap_text_encoder=None, progress: bool = False) -> ZeroShotCombination:
+    """The combination for ``species`` from the student's own CLAP text tower (``student_id``)."""
+    from .clap import load_clap_text
+
+    enc = clap_text_encoder if clap_text_encoder is not None else load_clap_text(student_id)
+    ct = clap_species_text(enc, species, recipe.templates, recipe.prompt_types, progress)
+    return ZeroShotCombination(torch.from_numpy(ct), torch.as_tensor(np.asarray(teacher_text, np.float32)),
+                               clap_logit_scale(enc[0]), spec, species_records(species))
