@@ -202,3 +202,33 @@ def test_clap_known_fraction_captions_and_draw():
     assert any(sp.common_name in c for c in world.captions(sp.id))
     with pytest.raises(ValueError):
         world.clap_known_species(1.5)
+
+
+def test_heard_gate_by_hand():
+    # three species; the distilled model heard species 0 only. Scale ln 2 and a = e1 + e2 (unnormalised):
+    # cosines (1/√2, 1/√2, 0) -> p ∝ (2^(1/√2), 2^(1/√2), 1)
+    comb = ZeroShotCombination(torch.eye(3), torch.eye(3), math.log(2.0), {"gate": "heard"},
+                               heard=torch.tensor([1.0, 0.0, 0.0]))
+    a = torch.tensor([[1.0, 1.0, 0.0]])
+    e = 2 ** (1 / math.sqrt(2))
+    p = np.array([e, e, 1.0]) / (2 * e + 1)
+    assert comb.posterior(a)[0].tolist() == pytest.approx(p.tolist(), abs=1e-6)
+    w = p[1] + p[2]  # the posterior mass on the species distillation never heard
+    z = np.array([0.0, p[1], p[2]]) / np.linalg.norm([p[1], p[2]])
+    d = np.array([1.0, 0.0, 0.0])
+    want = (1 - w) * d + w * z
+    assert comb.weight(a).item() == pytest.approx(w, abs=1e-6)
+    assert comb(a, torch.tensor([d], dtype=torch.float32))[0].tolist() == pytest.approx((want / np.linalg.norm(want)).tolist(), abs=1e-6)
+    # a model that heard every species keeps its own vector
+    all_heard = ZeroShotCombination(torch.eye(3), torch.eye(3), math.log(2.0), {"gate": "heard"}, heard=torch.ones(3))
+    assert all_heard(a, torch.tensor([d], dtype=torch.float32))[0].tolist() == pytest.approx(d.tolist(), abs=1e-6)
+
+
+def test_heard_mask_matches_by_id_or_name():
+    from birdbridge.encoders.combination import heard_mask
+    from birdbridge.taxonomy import Species
+
+    sp = [Species(id="a", scientific_name="Genus one"), Species(id="b", scientific_name="Genus two"),
+          Species(id="c", scientific_name="Genus three")]
+    heard = [Species(id="a", scientific_name="x"), Species(id="zz", scientific_name="genus TWO")]
+    assert heard_mask(sp, heard).tolist() == [1.0, 1.0, 0.0]

@@ -61,8 +61,10 @@ class TrainConfig:
     clap_templates: list[str] = field(default_factory=lambda: ["{}"])
     clap_prompt_types: list[str] = field(default_factory=lambda: ["common", "scientific"])
     # encoders/combination.py CombinationSpec keys: the saved model then mixes its distilled
-    # vector with CLAP's zero-shot combination over the training species, by CLAP's confidence
+    # vector with CLAP's zero-shot combination, by CLAP's confidence, over the species of
+    # `combination_species` (a species-list CSV, as `detect --species`; default: the training species)
     combination: dict | None = None
+    combination_species: str | None = None
     seed: int = 0
     num_workers: int = 2
     accelerator: str = "auto"
@@ -107,6 +109,8 @@ class TrainConfig:
         bad = [t for t in self.clap_prompt_types if t not in PROMPT_TYPES]
         if bad or not self.clap_prompt_types:
             raise ConfigError(f"config key 'clap_prompt_types' must be a non-empty list from {PROMPT_TYPES}, got {self.clap_prompt_types}")
+        if self.combination_species is not None and self.combination is None:
+            raise ConfigError("config key 'combination_species' needs 'combination' (e.g. combination: {})")
         if self.combination is not None:
             from ..encoders.combination import CombinationSpec
 
@@ -148,7 +152,7 @@ def clap_species_table(cfg: TrainConfig, species) -> tuple[torch.Tensor, float]:
     return torch.from_numpy(clap_species_text(enc, species, cfg.clap_templates, cfg.clap_prompt_types)), clap_logit_scale(enc[0])
 
 
-def combination_for(cfg: TrainConfig, species, teacher_text=None):
+def combination_for(cfg: TrainConfig, species, teacher_text=None, heard_species=()):
     """The zero-shot combination over ``species`` a checkpoint carries (``cfg.combination``'s spec).
 
     ``teacher_text``: the teacher's rows of ``species`` (default: from the text cache, in the
@@ -161,7 +165,8 @@ def combination_for(cfg: TrainConfig, species, teacher_text=None):
         teacher_text = cache.get(cfg.teacher, species, spec.teacher_prompt_type, spec.teacher_template_set,
                                  lambda: load_teacher(cfg.teacher, device="cpu")).numpy()
     return build_combination(cfg.student, species, teacher_text, spec,
-                             ClapTextRecipe(list(cfg.clap_templates), list(cfg.clap_prompt_types)))
+                             ClapTextRecipe(list(cfg.clap_templates), list(cfg.clap_prompt_types)),
+                             heard_species=heard_species)
 
 
 def species_text_embeddings(cfg: TrainConfig, collection: Collection) -> dict[str, torch.Tensor]:
@@ -298,7 +303,12 @@ def distill(collection: Collection, cfg: TrainConfig, out_dir: str | Path, *, re
     }
     model = DistilledModel.from_student(module.student.cpu(), meta).eval()
     if cfg.combination is not None:
-        model = model.with_combination(combination_for(cfg, collection.species))
+        species = collection.species
+        if cfg.combination_species:
+            from ..retrieval.search import load_species_list
+
+            species = load_species_list(cfg.combination_species)
+        model = model.with_combination(combination_for(cfg, species, heard_species=collection.species))
     skips = _all_ranks_skips(module.skips)  # under DDP each rank met its own bad clips
     if trainer.global_rank == 0:
         atomic_write_json(out_dir / "skipped.json", {"n_skipped": len(skips), "counts": skips.counts(),

@@ -6,10 +6,17 @@ good on every species whose *name* CLAP learned, heard in distillation or not. T
 mixes the two per clip, from one forward pass of the student's CLAP tower:
 
     p  = softmax(s · a_clap @ C̃ᵀ)                  CLAP's posterior over the species list
-    z  = normalise(p @ T)                           the zero-shot combination (teacher space)
-    c  = confidence(p) ∈ [0, 1]                     max posterior or 1 - normalised entropy
-    w  = c ** power
+    gate "confidence":
+      z  = normalise(p @ T)                         the zero-shot combination (teacher space)
+      w  = confidence(p) ** power                   max posterior or 1 - normalised entropy
+    gate "heard":
+      u  = p ⊙ (1 - heard)                          posterior mass of the species distillation never heard
+      z  = normalise(u @ T),  w = (Σ u) ** power
     out = normalise((1 - w) · d + w · z)            d: the distilled embedding (unit)
+
+The "heard" gate is a mixture of experts (Jacobs et al. 1991) whose gate is CLAP's own
+posterior: the distilled vector answers for the species it was trained on, CLAP's
+zero-shot combination for the rest of the list.
 
 ``C̃`` are the CLAP text embeddings and ``T`` the teacher text embeddings of one species list,
 ``s`` CLAP's own logit scale. Weighting an ensemble member by its confidence is the oldest
@@ -33,12 +40,17 @@ from torch import nn
 from ..errors import ConfigError
 
 CONFIDENCES = ("max_prob", "entropy")
+GATES = ("confidence", "heard")
 
 
 @dataclass
 class CombinationSpec:
     """How the two embeddings are mixed (config key ``combination``)."""
 
+    # confidence: w = confidence(p) ** power, z over every species of the list;
+    # heard: w = CLAP's posterior mass on the species distillation never heard, z over those
+    # species only (the distilled vector is the expert for the heard ones, CLAP's for the rest)
+    gate: str = "confidence"
     confidence: str = "max_prob"  # max_prob: (p_max - 1/S) / (1 - 1/S); entropy: 1 - H(p) / log S
     power: float = 1.0  # weight = confidence ** power (> 1 trusts CLAP only when it is very sure)
     # the teacher's species texts that CLAP's posterior weights (as the zero_shot_combination baseline's `text`)
@@ -46,6 +58,8 @@ class CombinationSpec:
     teacher_template_set: str = "single"
 
     def validate(self) -> None:
+        if self.gate not in GATES:
+            raise ConfigError(f"config key 'combination.gate' must be one of {GATES}, got {self.gate!r}")
         if self.confidence not in CONFIDENCES:
             raise ConfigError(f"config key 'combination.confidence' must be one of {CONFIDENCES}, got {self.confidence!r}")
         if not self.power > 0:
@@ -72,7 +86,8 @@ class ZeroShotCombination(nn.Module):
     """The combination's parameters: species texts in both spaces, CLAP's scale, the spec."""
 
     def __init__(self, clap_text: torch.Tensor, teacher_text: torch.Tensor, logit_scale: float,
-                 spec: CombinationSpec | dict | None = None, species: Sequence[dict] = ()):
+                 spec: CombinationSpec | dict | None = None, species: Sequence[dict] = (),
+                 heard: torch.Tensor | None = None):
         super().__init__()
         if clap_text.shape[0] != teacher_text.shape[0]:
             raise ValueError(f"{clap_text.shape[0]} CLAP species texts but {teacher_text.shape[0]} teacher species texts")
@@ -80,24 +95,37 @@ class ZeroShotCombination(nn.Module):
         self.spec.validate()
         self.register_buffer("clap_text", F.normalize(clap_text.float(), dim=-1))
         self.register_buffer("teacher_text", F.normalize(teacher_text.float(), dim=-1))
+        # 1 for the rows whose species the distilled model heard in distillation (gate "heard")
+        heard = torch.zeros(clap_text.shape[0]) if heard is None else torch.as_tensor(heard, dtype=torch.float32)
+        if heard.shape != (clap_text.shape[0],):
+            raise ValueError(f"heard must have one entry per species ({clap_text.shape[0]}), got {tuple(heard.shape)}")
+        self.register_buffer("heard", heard.float())
         self.logit_scale = float(logit_scale)
         self.species = [dict(s) for s in species]  # id + names, in row order (recorded in config.json)
 
     def posterior(self, clap_audio: torch.Tensor) -> torch.Tensor:
         return torch.softmax(self.logit_scale * F.normalize(clap_audio, dim=-1) @ self.clap_text.T, dim=1)
 
+    def _weight_and_zero_shot(self, p: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.spec.gate == "heard":
+            p = p * (1.0 - self.heard)  # only the species distillation never heard
+            w = p.sum(dim=1)
+        else:
+            w = confidence(p, self.spec.confidence)
+        return w ** self.spec.power, F.normalize(p @ self.teacher_text, dim=-1)
+
     def weight(self, clap_audio: torch.Tensor) -> torch.Tensor:
         """How much of the zero-shot combination each row takes, in [0, 1]."""
-        return confidence(self.posterior(clap_audio), self.spec.confidence) ** self.spec.power
+        return self._weight_and_zero_shot(self.posterior(clap_audio))[0]
 
     def forward(self, clap_audio: torch.Tensor, distilled: torch.Tensor) -> torch.Tensor:
-        p = self.posterior(clap_audio)
-        zero_shot = F.normalize(p @ self.teacher_text, dim=-1)
-        w = (confidence(p, self.spec.confidence) ** self.spec.power).unsqueeze(1).to(distilled.dtype)
+        w, zero_shot = self._weight_and_zero_shot(self.posterior(clap_audio))
+        w = w.unsqueeze(1).to(distilled.dtype)
         return F.normalize((1.0 - w) * F.normalize(distilled, dim=-1) + w * zero_shot, dim=-1)
 
     def config(self) -> dict:
         return {**self.spec.to_dict(), "logit_scale": self.logit_scale, "n_species": int(self.clap_text.shape[0]),
+                "n_heard": int(self.heard.sum().item()),
                 "clap_dim": int(self.clap_text.shape[1]), "teacher_dim": int(self.teacher_text.shape[1]),
                 "species": self.species}
 
@@ -144,12 +172,22 @@ class ClapTextRecipe:
     prompt_types: list[str] = field(default_factory=lambda: ["common", "scientific"])
 
 
+def heard_mask(species, heard_species) -> torch.Tensor:
+    """1 where a species of ``species`` is one of ``heard_species`` (same id or same scientific name)."""
+    ids = {sp.id for sp in heard_species}
+    names = {sp.scientific_name.strip().lower() for sp in heard_species if sp.scientific_name}
+    return torch.tensor([float(sp.id in ids or (sp.scientific_name or "").strip().lower() in names) for sp in species])
+
+
 def build_combination(student_id: str, species, teacher_text: np.ndarray | torch.Tensor, spec: CombinationSpec,
-                      recipe: ClapTextRecipe, *, clap_text_encoder=None, progress: bool = False) -> ZeroShotCombination:
-    """The combination for ``species`` from the student's own CLAP text tower (``student_id``)."""
+                      recipe: ClapTextRecipe, *, heard_species=(), clap_text_encoder=None,
+                      progress: bool = False) -> ZeroShotCombination:
+    """The combination for ``species`` from the student's own CLAP text tower (``student_id``);
+    ``heard_species``: those the distilled model was trained on."""
     from .clap import load_clap_text
 
     enc = clap_text_encoder if clap_text_encoder is not None else load_clap_text(student_id)
     ct = clap_species_text(enc, species, recipe.templates, recipe.prompt_types, progress)
     return ZeroShotCombination(torch.from_numpy(ct), torch.as_tensor(np.asarray(teacher_text, np.float32)),
-                               clap_logit_scale(enc[0]), spec, species_records(species))
+                               clap_logit_scale(enc[0]), spec, species_records(species),
+                               heard=heard_mask(species, heard_species))

@@ -54,9 +54,10 @@ def add_candidates(ev, cfg, setting, train_ids: list[str], suffix: str, work: Pa
         out["distilled_aligned"] = name
     if "distilled_combined" in wanted:
         species = list(setting.eval_collection.species)  # the label space a user's checkpoint would carry
+        by_id = setting.train_collection.species_by_id
         comb = build_combination(train_cfg.student, species, ev.teacher_text(species), combination_spec(cfg),
                                  ClapTextRecipe(list(cfg.clap_text.templates), list(cfg.clap_text.prompt_types)),
-                                 clap_text_encoder=ev.clap_text)
+                                 heard_species=[by_id[i] for i in train_ids], clap_text_encoder=ev.clap_text)
         name = f"distilled_combined{suffix}"
         models[name] = {**info, "combination": {k: v for k, v in comb.config().items() if k != "species"}}
         ev.add_model_space(name, model.with_combination(comb))
