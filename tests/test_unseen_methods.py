@@ -232,3 +232,34 @@ def test_heard_mask_matches_by_id_or_name():
           Species(id="c", scientific_name="Genus three")]
     heard = [Species(id="a", scientific_name="x"), Species(id="zz", scientific_name="genus TWO")]
     assert heard_mask(sp, heard).tolist() == [1.0, 1.0, 0.0]
+
+
+def test_ensemble_checkpoint_carries_the_original_tower(tiny_clap_dir, tiny_open_clip_dir, tmp_path, monkeypatch):
+    """tower "original": CLAP's posterior comes from the tower as loaded, saved inside the checkpoint."""
+    from birdbridge.encoders.combination import ClapTower
+    from birdbridge.encoders.factory import load_audio_embedder
+
+    plain, model = _combined(tiny_clap_dir, tiny_open_clip_dir)
+    original = ClapTower.copy_of(plain)
+    with torch.no_grad():  # the student's own tower moves on (as in distillation); the copy must not
+        for p in plain.audio_projection.parameters():
+            p.add_(0.5)
+    model.combination.with_tower(original)
+    d = model.save_pretrained(tmp_path / "ens")
+    cfg = json.loads((d / "config.json").read_text())
+    assert cfg["combination"]["tower"] == "original"
+    rng = np.random.default_rng(1)
+    waves = [rng.standard_normal(model.window_samples).astype(np.float32) * 0.1 for _ in range(3)]
+    x = [torch.from_numpy(w) for w in waves]
+    with torch.no_grad():
+        feats = model.features(x)
+        clap_now, clap_orig = model.clap_embed_features(feats), original(feats)
+        distilled = torch.nn.functional.normalize(model.head(clap_now), dim=-1)
+        want = model.combination(clap_orig, distilled).numpy()
+        one_pass = model.combination(clap_now, distilled).numpy()
+    assert not np.allclose(want, one_pass, atol=1e-4)
+    monkeypatch.chdir(tmp_path)
+    got = load_audio_embedder(str(d)).embed_windows(waves)
+    np.testing.assert_allclose(got, want, atol=1e-6)
+    loaded = load_audio_embedder(str(d)).model.combination.tower
+    assert not loaded.training and not any(p.requires_grad for p in loaded.parameters())

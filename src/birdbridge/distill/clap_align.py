@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..encoders.combination import ClapTower
 from .loss import DistillContrastiveLoss
 
 
@@ -46,18 +47,8 @@ class ClapAlignmentLoss(nn.Module):
         return self.loss(F.normalize(clap_audio, dim=-1), self.clap_text[labels], labels, self.logit_scale)
 
 
-class FrozenClapTower(nn.Module):
-    """A frozen copy of the student's CLAP tower (audio model + projection), always in eval mode."""
+class FrozenClapTower(ClapTower):
+    """A frozen copy of the student's CLAP tower as it was before distillation (the LwF reference)."""
 
     def __init__(self, student):
-        super().__init__()
-        self.audio_model = copy.deepcopy(student.audio_model).requires_grad_(False).eval()
-        self.audio_projection = copy.deepcopy(student.audio_projection).requires_grad_(False).eval()
-
-    def train(self, mode: bool = True) -> "FrozenClapTower":
-        return super().train(False)  # never: its BatchNorm statistics and dropout stay as loaded
-
-    @torch.no_grad()
-    def forward(self, input_features: Tensor) -> Tensor:
-        pooled = self.audio_model(input_features=input_features).pooler_output
-        return F.normalize(self.audio_projection(pooled), dim=-1)
+        super().__init__(copy.deepcopy(student.audio_model), copy.deepcopy(student.audio_projection))

@@ -82,6 +82,29 @@ def confidence(posterior: torch.Tensor, kind: str) -> torch.Tensor:
     raise ValueError(f"unknown confidence {kind!r}; expected one of {CONFIDENCES}")
 
 
+class ClapTower(nn.Module):
+    """A frozen CLAP audio tower (audio model + projection) giving unit CLAP embeddings, always in eval mode."""
+
+    def __init__(self, audio_model: nn.Module, audio_projection: nn.Module):
+        super().__init__()
+        self.audio_model = audio_model.requires_grad_(False).eval()
+        self.audio_projection = audio_projection.requires_grad_(False).eval()
+
+    @classmethod
+    def copy_of(cls, model) -> "ClapTower":
+        import copy
+
+        return cls(copy.deepcopy(model.audio_model), copy.deepcopy(model.audio_projection))
+
+    def train(self, mode: bool = True) -> "ClapTower":
+        return super().train(False)  # never: its BatchNorm statistics and dropout stay as loaded
+
+    @torch.no_grad()
+    def forward(self, input_features: torch.Tensor) -> torch.Tensor:
+        pooled = self.audio_model(input_features=input_features).pooler_output
+        return F.normalize(self.audio_projection(pooled), dim=-1)
+
+
 class ZeroShotCombination(nn.Module):
     """The combination's parameters: species texts in both spaces, CLAP's scale, the spec."""
 
@@ -100,6 +123,9 @@ class ZeroShotCombination(nn.Module):
         if heard.shape != (clap_text.shape[0],):
             raise ValueError(f"heard must have one entry per species ({clap_text.shape[0]}), got {tuple(heard.shape)}")
         self.register_buffer("heard", heard.float())
+        # optional: CLAP's posterior from its own tower as loaded (an output-space ensemble of the
+        # zero-shot and the fine-tuned model, Wortsman et al. CVPR 2022), at the price of a second pass
+        self.tower: ClapTower | None = None
         self.logit_scale = float(logit_scale)
         self.species = [dict(s) for s in species]  # id + names, in row order (recorded in config.json)
 
@@ -125,7 +151,7 @@ class ZeroShotCombination(nn.Module):
 
     def config(self) -> dict:
         return {**self.spec.to_dict(), "logit_scale": self.logit_scale, "n_species": int(self.clap_text.shape[0]),
-                "n_heard": int(self.heard.sum().item()),
+                "n_heard": int(self.heard.sum().item()), "tower": "original" if self.tower is not None else "student",
                 "clap_dim": int(self.clap_text.shape[1]), "teacher_dim": int(self.teacher_text.shape[1]),
                 "species": self.species}
 
@@ -135,6 +161,10 @@ class ZeroShotCombination(nn.Module):
         spec = {k: cfg[k] for k in CombinationSpec.__dataclass_fields__ if k in cfg}
         return cls(torch.zeros(cfg["n_species"], cfg["clap_dim"]), torch.zeros(cfg["n_species"], cfg["teacher_dim"]),
                    cfg["logit_scale"], spec, cfg.get("species") or ())
+
+    def with_tower(self, tower: "ClapTower | None") -> "ZeroShotCombination":
+        self.tower = tower
+        return self
 
 
 # --------------------------------------------------------------------------- CLAP species texts

@@ -94,7 +94,10 @@ class DistilledModel(AudioStudent):
     def embed_features(self, input_features: torch.Tensor) -> torch.Tensor:
         clap = self.clap_embed_features(input_features)
         distilled = F.normalize(self.head(clap), dim=-1)
-        return distilled if self.combination is None else self.combination(clap, distilled)
+        if self.combination is None:
+            return distilled
+        tower = self.combination.tower  # the CLAP as loaded, when the checkpoint carries it
+        return self.combination(clap if tower is None else tower(input_features), distilled)
 
     def with_combination(self, combination) -> "DistilledModel":
         """This model (same weights) embedding through ``combination`` (None: the plain distilled vector)."""
@@ -169,6 +172,10 @@ class DistilledModel(AudioStudent):
             from .combination import ZeroShotCombination
 
             model.combination = ZeroShotCombination.empty(cfg["combination"])  # its tensors load below
+            if cfg["combination"].get("tower") == "original":
+                from .combination import ClapTower
+
+                model.combination.with_tower(ClapTower(ClapAudioModel(audio_cfg), ClapProjectionLayer(audio_cfg)))
         model.source_dir = directory  # the anchor for the teacher's relative path
         state = load_file(str(directory / WEIGHTS_NAME))
         missing, unexpected = model.load_state_dict(state, strict=False)

@@ -9,7 +9,12 @@
   :mod:`birdbridge.encoders.combination`). It is embedded through the model's own forward
   pass, i.e. exactly what ``search``/``detect``/``serve`` compute with that checkpoint.
 
-Both use the evaluation's CLAP text recipe (``clap_text``) and, for the combination, its
+* ``distilled_ensemble`` — the plain ``distilled`` model carrying the same combination, but
+  with CLAP's posterior from a frozen copy of the CLAP tower as loaded: an output-space
+  ensemble of the fine-tuned and the zero-shot model (Wortsman et al., CVPR 2022, compare
+  output ensembling with WiSE-FT), two tower passes per window instead of one.
+
+All use the evaluation's CLAP text recipe (``clap_text``) and, for the combination, its
 teacher text recipe (``text``), the ones the ``zero_shot_combination`` baseline uses.
 """
 
@@ -17,7 +22,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-CANDIDATES = ("distilled_aligned", "distilled_combined")
+CANDIDATES = ("distilled_aligned", "distilled_combined", "distilled_ensemble")
 DEFAULT_ALIGNED = {"clap_alignment_weight": 1.0, "clap_feature_weight": 1.0}
 
 
@@ -36,28 +41,43 @@ def combination_spec(cfg):
     return from_dict(CombinationSpec, spec, where="combination.")
 
 
-def add_candidates(ev, cfg, setting, train_ids: list[str], suffix: str, work: Path, log, models: dict) -> dict[str, str]:
-    """Train (or reuse) and embed the configured candidates on ``train_ids``; ``{method: space name}``."""
-    from ..encoders.combination import ClapTextRecipe, build_combination
+def add_candidates(ev, cfg, setting, train_ids: list[str], suffix: str, work: Path, log, models: dict,
+                   plain=None) -> dict[str, str]:
+    """Train (or reuse) and embed the configured candidates on ``train_ids``; ``{method: space name}``.
+
+    ``plain``: ``(model, info)`` of the plain distilled model on the same species (``distilled_ensemble``)."""
+    from ..encoders.combination import ClapTextRecipe, ClapTower, build_combination
     from .models import distilled_model
 
     wanted = [m for m in CANDIDATES if m in cfg.methods]
     if not wanted:
         return {}
+    species = list(setting.eval_collection.species)  # the label space a user's checkpoint would carry
+    by_id = setting.train_collection.species_by_id
+
+    def combination(student_id: str):
+        return build_combination(student_id, species, ev.teacher_text(species), combination_spec(cfg),
+                                 ClapTextRecipe(list(cfg.clap_text.templates), list(cfg.clap_text.prompt_types)),
+                                 heard_species=[by_id[i] for i in train_ids], clap_text_encoder=ev.clap_text)
+
+    out: dict[str, str] = {}
+    if "distilled_ensemble" in wanted and plain is not None:
+        comb = combination(setting.student).with_tower(ClapTower.copy_of(ev.clap_embedder.model))
+        name = f"distilled_ensemble{suffix}"
+        models[name] = {**plain[1], "combination": {k: v for k, v in comb.config().items() if k != "species"}}
+        ev.add_model_space(name, plain[0].with_combination(comb))
+        out["distilled_ensemble"] = name
+    if not {"distilled_aligned", "distilled_combined"} & set(wanted):
+        return out
     train_cfg = aligned_train_config(cfg, setting)
     model, info = distilled_model(setting, train_cfg, train_ids, work, log)
-    out: dict[str, str] = {}
     if "distilled_aligned" in wanted:
         name = f"distilled_aligned{suffix}"
         models[name] = info
         ev.add_model_space(name, model)
         out["distilled_aligned"] = name
     if "distilled_combined" in wanted:
-        species = list(setting.eval_collection.species)  # the label space a user's checkpoint would carry
-        by_id = setting.train_collection.species_by_id
-        comb = build_combination(train_cfg.student, species, ev.teacher_text(species), combination_spec(cfg),
-                                 ClapTextRecipe(list(cfg.clap_text.templates), list(cfg.clap_text.prompt_types)),
-                                 heard_species=[by_id[i] for i in train_ids], clap_text_encoder=ev.clap_text)
+        comb = combination(train_cfg.student)
         name = f"distilled_combined{suffix}"
         models[name] = {**info, "combination": {k: v for k, v in comb.config().items() if k != "species"}}
         ev.add_model_space(name, model.with_combination(comb))

@@ -20,7 +20,7 @@ from ..taxonomy import MIXED, PROMPT_TYPES, TEMPLATE_SETS
 
 METHODS = ("random_projection", "text_mapping", "zero_shot_combination", "distilled")  # the paper's
 # methods for species distillation never heard (issue 17; evaluate/candidates.py)
-ALL_METHODS = METHODS + ("distilled_aligned", "distilled_combined")
+ALL_METHODS = METHODS + ("distilled_aligned", "distilled_combined", "distilled_ensemble")
 # TrainConfig keys that change how training runs, not what it learns: ignored in model keys.
 RUNTIME_KEYS = ("cache_dir", "progress", "num_workers", "accelerator", "devices", "num_nodes", "strategy",
                 "precision", "log_every_n_steps")

@@ -114,7 +114,8 @@ def run_eval(config: EvalConfig | str | Path, out: str | Path, *, root: str | Pa
             else:
                 model, models["distilled"] = distilled_model(setting, train_cfg, all_train, work, log)
             ev.add_model_space("distilled", model)
-        spaces = {m: m for m in cfg.methods} | add_candidates(ev, cfg, setting, all_train, "", work, log, models)
+        plain = (model, models["distilled"]) if "distilled" in cfg.methods else None
+        spaces = {m: m for m in cfg.methods} | add_candidates(ev, cfg, setting, all_train, "", work, log, models, plain)
         for m in cfg.methods:
             main["methods"][m] = ev.score(spaces[m], main_view)
         main["clap_space"] = ev.score_clap(main_view)
@@ -161,7 +162,8 @@ def run_eval(config: EvalConfig | str | Path, out: str | Path, *, root: str | Pa
             ev.add_model_space("random_projection", ev.random_projection())
         arms = {"random_projection": "random_projection", "text_mapping": "text_mapping[seen]",
                 "zero_shot_combination": "zero_shot_combination", "distilled": "distilled[seen]",
-                **add_candidates(ev, cfg, setting, train_ids, "[seen]", work, log, models)}
+                **add_candidates(ev, cfg, setting, train_ids, "[seen]", work, log, models,
+                                 (model, models["distilled[seen]"]))}
         arms = {m: sp for m, sp in arms.items() if m in cfg.methods or m == "distilled"}
         unseen = {"split": to_dict(cfg.unseen), "seen_species": seen, "unseen_species": held,
                   "n_train_species": len(train_ids), "reconciliation": s,
