@@ -164,9 +164,15 @@ def combination_for(cfg: TrainConfig, species, teacher_text=None, heard_species=
         cache = TextEmbeddingCache(Path(cfg.cache_dir).expanduser())
         teacher_text = cache.get(cfg.teacher, species, spec.teacher_prompt_type, spec.teacher_template_set,
                                  lambda: load_teacher(cfg.teacher, device="cpu")).numpy()
-    return build_combination(cfg.student, species, teacher_text, spec,
+    comb = build_combination(cfg.student, species, teacher_text, spec,
                              ClapTextRecipe(list(cfg.clap_templates), list(cfg.clap_prompt_types)),
                              heard_species=heard_species)
+    if spec.tower == "original":  # CLAP's posterior from the tower as loaded, before distillation
+        from ..encoders.combination import ClapTower
+
+        clap, _ = load_clap(cfg.student)
+        comb.with_tower(ClapTower(clap.audio_model, clap.audio_projection))
+    return comb
 
 
 def species_text_embeddings(cfg: TrainConfig, collection: Collection) -> dict[str, torch.Tensor]:

@@ -53,6 +53,10 @@ class CombinationSpec:
     gate: str = "confidence"
     confidence: str = "max_prob"  # max_prob: (p_max - 1/S) / (1 - 1/S); entropy: 1 - H(p) / log S
     power: float = 1.0  # weight = confidence ** power (> 1 trusts CLAP only when it is very sure)
+    # where CLAP's posterior comes from: the distilled model's own tower (one pass) or a frozen
+    # copy of the tower as loaded, carried in the checkpoint (two passes; `birdbridge train` only:
+    # in `birdbridge eval` the method decides, distilled_combined vs distilled_ensemble)
+    tower: str = "student"
     # the teacher's species texts that CLAP's posterior weights (as the zero_shot_combination baseline's `text`)
     teacher_prompt_type: str = "taxonomic_common"
     teacher_template_set: str = "single"
@@ -60,6 +64,8 @@ class CombinationSpec:
     def validate(self) -> None:
         if self.gate not in GATES:
             raise ConfigError(f"config key 'combination.gate' must be one of {GATES}, got {self.gate!r}")
+        if self.tower not in ("student", "original"):
+            raise ConfigError(f"config key 'combination.tower' must be 'student' or 'original', got {self.tower!r}")
         if self.confidence not in CONFIDENCES:
             raise ConfigError(f"config key 'combination.confidence' must be one of {CONFIDENCES}, got {self.confidence!r}")
         if not self.power > 0:
@@ -150,8 +156,9 @@ class ZeroShotCombination(nn.Module):
         return F.normalize((1.0 - w) * F.normalize(distilled, dim=-1) + w * zero_shot, dim=-1)
 
     def config(self) -> dict:
-        return {**self.spec.to_dict(), "logit_scale": self.logit_scale, "n_species": int(self.clap_text.shape[0]),
-                "n_heard": int(self.heard.sum().item()), "tower": "original" if self.tower is not None else "student",
+        return {**self.spec.to_dict(), "tower": "original" if self.tower is not None else "student",
+                "logit_scale": self.logit_scale, "n_species": int(self.clap_text.shape[0]),
+                "n_heard": int(self.heard.sum().item()),
                 "clap_dim": int(self.clap_text.shape[1]), "teacher_dim": int(self.teacher_text.shape[1]),
                 "species": self.species}
 
@@ -164,6 +171,7 @@ class ZeroShotCombination(nn.Module):
 
     def with_tower(self, tower: "ClapTower | None") -> "ZeroShotCombination":
         self.tower = tower
+        self.spec.tower = "student" if tower is None else "original"
         return self
 
 

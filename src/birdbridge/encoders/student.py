@@ -176,6 +176,8 @@ class DistilledModel(AudioStudent):
                 from .combination import ClapTower
 
                 model.combination.with_tower(ClapTower(ClapAudioModel(audio_cfg), ClapProjectionLayer(audio_cfg)))
+            else:
+                model.combination.with_tower(None)
         model.source_dir = directory  # the anchor for the teacher's relative path
         state = load_file(str(directory / WEIGHTS_NAME))
         missing, unexpected = model.load_state_dict(state, strict=False)
