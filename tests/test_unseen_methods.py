@@ -263,3 +263,29 @@ def test_ensemble_checkpoint_carries_the_original_tower(tiny_clap_dir, tiny_open
     np.testing.assert_allclose(got, want, atol=1e-6)
     loaded = load_audio_embedder(str(d)).model.combination.tower
     assert not loaded.training and not any(p.requires_grad for p in loaded.parameters())
+
+
+def test_train_saves_a_model_that_embeds_through_its_combination(small_world, tiny_clap_dir, tiny_open_clip_dir, tmp_path):
+    """`birdbridge train` with `combination:`: the checkpoint carries it over a species list that
+    holds a species the training audio never had, marked unheard."""
+    from birdbridge.distill.train import TrainConfig, distill
+    from birdbridge.encoders.student import DistilledModel
+
+    csv = tmp_path / "species.csv"
+    rows = ["scientific_name,common_name"] + [f"{sp.scientific_name},{sp.common_name}" for sp in small_world.species]
+    csv.write_text("\n".join(rows + ["Novus ignotus,Unheard Bird"]) + "\n")
+    cfg = TrainConfig.from_dict({"student": str(tiny_clap_dir), "teacher": str(tiny_open_clip_dir), "cache_dir": str(tmp_path / "c"),
+                                 "batch_size": 8, "max_epochs": 1, "num_workers": 0, "accelerator": "cpu", "devices": 1,
+                                 "progress": False, "clap_feature_weight": 1.0,
+                                 "combination": {"gate": "heard", "tower": "original"}, "combination_species": str(csv)})
+    distill(small_world, cfg, tmp_path / "run")
+    saved = json.loads((tmp_path / "run" / "model" / "config.json").read_text())
+    comb = saved["combination"]
+    n = len(small_world.species)
+    assert (comb["n_species"], comb["n_heard"], comb["gate"], comb["tower"]) == (n + 1, n, "heard", "original")
+    assert saved["training"]["clap_feature_weight"] == 1.0
+    model = DistilledModel.from_pretrained(tmp_path / "run" / "model")
+    names = [s["scientific_name"] for s in comb["species"]]
+    assert model.combination.heard[names.index("Novus ignotus")] == 0.0
+    with pytest.raises(Exception, match="combination_species"):
+        TrainConfig.from_dict({"combination_species": str(csv)})
