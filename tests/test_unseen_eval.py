@@ -27,6 +27,9 @@ def _cfg(**kw) -> EvalConfig:
     ({"aligned": {"clap_alignment_weight": -1.0}}, "clap_alignment_weight"),
     ({"methods": ["distilled_magic"]}, "'methods'"),
     ({"main_table": False}, "main_table"),
+    ({"methods": ["distilled_ensemble"]}, "distilled_ensemble"),
+    ({"combination": {"tower": "third"}}, "combination.tower"),
+    ({"combination": {"gate": "maybe"}}, "combination.gate"),
 ])
 def test_config_errors_name_the_key(data, key):
     with pytest.raises(ConfigError) as err:
@@ -84,7 +87,7 @@ def test_reused_demo_cannot_change_the_known_fraction(tmp_path):
 def test_sweep_scores_candidates_on_seen_and_unseen_species(tmp_path):
     # a quickly pretrained world (20 steps each): the numbers mean little, the code path is the real one
     cfg = _cfg(synthetic={"seed": 0, "teacher_steps": 20, "clap_steps": 20, "soundscapes": None}, train={"max_epochs": 1},
-               methods=["zero_shot_combination", "distilled", "distilled_aligned", "distilled_combined"],
+               methods=["zero_shot_combination", "distilled", "distilled_aligned", "distilled_combined", "distilled_ensemble"],
                main_table=False, unseen={"split": "one_per_genus"}, knn_ks=[1], max_items_per_species=2,
                combination={"confidence": "entropy"}, sweep={"seeds": [0], "clap_known_fractions": [1.0]})
     out = tmp_path / "eval"
@@ -94,13 +97,13 @@ def test_sweep_scores_candidates_on_seen_and_unseen_species(tmp_path):
     assert res["kind"] == "sweep" and res["seeds"] == [0]
     table = res["table"]["1"]
     for side in ("seen", "unseen"):
-        assert {"zero_shot_combination", "distilled", "distilled_aligned", "distilled_combined",
+        assert {"zero_shot_combination", "distilled", "distilled_aligned", "distilled_combined", "distilled_ensemble",
                 "student, own CLAP space"} <= set(table[side])
         st = table[side]["distilled_combined"]["map"]
         assert st["n"] == 1 and 0 < st["mean"] <= 1 and st["sd"] == 0.0
     assert res["species_counts"]["known1-seed0"] == {"n_seen": 12, "n_unseen": 12, "n_seen_clap_known": 12,
                                                      "n_unseen_clap_known": 12}
-    assert {t["method"] for t in res["targets"]} == {"distilled_aligned", "distilled_combined"}
+    assert {t["method"] for t in res["targets"]} == {"distilled_aligned", "distilled_combined", "distilled_ensemble"}
     assert all("seen_map_vs_distilled" in t and "unseen_map_vs_0.9_zsc" in t for t in res["targets"])
     assert (out / "unseen.png").read_bytes()[:8] == PNG
     report = (out / "report.md").read_text()
@@ -110,7 +113,9 @@ def test_sweep_scores_candidates_on_seen_and_unseen_species(tmp_path):
     assert models["distilled_aligned[seen]"]["key"] == models["distilled_combined[seen]"]["key"]  # one training
     assert models["distilled_aligned[seen]"]["n_train_species"] == 12
     comb = models["distilled_combined[seen]"]["combination"]
-    assert comb["n_species"] == 24 and comb["confidence"] == "entropy"
+    assert comb["n_species"] == 24 and comb["confidence"] == "entropy" and comb["n_heard"] == 12
+    assert comb["tower"] == "student" and models["distilled_ensemble[seen]"]["combination"]["tower"] == "original"
+    assert models["distilled_ensemble[seen]"]["key"] == models["distilled[seen]"]["key"]  # no extra training
     assert "distilled" not in run["main"]["methods"]  # main_table: false trains nothing on all species
     # the aligned recipe reached training: its checkpoint records the auxiliary weights
     ckpt = json.loads((Path(models["distilled_aligned[seen]"]["path"]) / "config.json").read_text())

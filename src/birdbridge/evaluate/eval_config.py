@@ -196,6 +196,8 @@ class EvalConfig:
         bad = [k for k in self.ablation_models if k not in self.prompt_ablation]
         if bad:
             raise ConfigError(f"config key 'ablation_models' names {bad[0]!r}, which is not in 'prompt_ablation'")
+        if "distilled_ensemble" in self.methods and "distilled" not in self.methods:
+            raise ConfigError("config key 'methods': distilled_ensemble extends the plain distilled model; add 'distilled'")
         if self.sweep is not None and self.synthetic is None:
             raise ConfigError("config key 'sweep' repeats the synthetic world per seed and CLAP-known fraction: it needs 'synthetic'")
         if not self.main_table and self.unseen is None:
