@@ -128,5 +128,5 @@ def test_shipped_unseen_config_parses():
 
     cfg = load_eval_config(Path(__file__).resolve().parents[1] / "configs" / "synthetic" / "unseen.yaml")
     assert cfg.sweep.seeds == [0, 1, 2] and len(cfg.sweep.clap_known_fractions) >= 2
-    assert {"distilled", "zero_shot_combination", "distilled_ensemble"} <= set(cfg.methods)
+    assert {"distilled", "zero_shot_combination", "distilled_aligned", "distilled_combined", "distilled_ensemble"} <= set(cfg.methods)
     assert not cfg.main_table and cfg.unseen is not None
