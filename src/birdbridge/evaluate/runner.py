@@ -175,6 +175,10 @@ def run_eval(config: EvalConfig | str | Path, out: str | Path, *, root: str | Pa
             unseen["seen_methods"][m] = ev.score(space, seen_view)
         if "distilled" in ev.spaces:  # reference: the model that did hear these species
             unseen["methods"]["distilled (heard all species)"] = ev.score("distilled", view)
+        if "zero_shot_combination" in cfg.methods:  # CLAP choosing among all species, as the combinations do
+            ev.add_zero_shot_combination("zero_shot_combination[all]", all_species=True)
+            for key, v in (("methods", view), ("seen_methods", seen_view)):
+                unseen[key]["zero_shot_combination (all species)"] = ev.score("zero_shot_combination[all]", v)
         unseen["clap_space"] = ev.score_clap(view)
         unseen["seen_clap_space"] = ev.score_clap(seen_view)
         timings["unseen_s"] = time.time() - t0

@@ -28,8 +28,9 @@ def render_sweep(results: dict) -> str:
              "distillation all seeded by the run's seed). *Seen*: the species distillation heard; *unseen*: the species "
              "held out of distillation (split `one_per_genus` unless configured otherwise). Each method is trained on the "
              "seen species only and scored on both. `zero_shot_combination` and ZS top-1 choose among the scored side's "
-             "species only; `distilled_combined` carries CLAP's posterior over *every* species of the world (the list "
-             "its checkpoint holds) and is embedded through its own forward pass, as `search` would. "
+             "species only; `distilled_combined`/`distilled_ensemble` carry CLAP's posterior over *every* species of the world (the list "
+             "their checkpoints hold) and are embedded through their own forward pass, as `search` would; "
+             "`zero_shot_combination (all species)` is the baseline choosing among every species too. "
              f"`{CLAP_SPACE}`: the student before distillation (kNN and CLAP zero-shot only).", ""]
     for frac in fracs:
         key = f"{frac:g}"
