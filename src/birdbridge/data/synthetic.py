@@ -207,15 +207,43 @@ class SyntheticWorld:
             w.writerows(audio_rows + image_rows)
         return root / "world.csv"
 
-    def captions(self, species_id: str) -> list[str]:
-        """Audio captions for pretraining the stand-in CLAP (BioLingual was trained on such)."""
+    def captions(self, species_id: str, known: bool = True) -> list[str]:
+        """Audio captions for pretraining the stand-in CLAP (BioLingual was trained on such).
+
+        ``known=False``: captions that never name the species, only its order and family
+        and "a bird" -- like the many recordings a real CLAP hears labelled above species
+        level ("Passeriformes sp.", "bird song"). Its audio still trains the audio tower
+        and the family/order words keep their meaning, but the species' names are never
+        paired with its sound, so CLAP cannot pick them out zero-shot.
+        """
         sp = next(s for s in self.species if s.id == species_id)
+        if not known:
+            return [
+                "a bird singing",
+                f"the song of a bird of the family {sp.family}",
+                f"a recording of a bird in {sp.order}",
+                f"{sp.family} sp. calling",
+            ]
         return [
             f"the song of a {sp.common_name}",
             f"{sp.common_name} calling",
             f"a recording of {sp.scientific_name}",
             f"{sp.scientific_name} ({sp.common_name}) singing",
         ]
+
+    def clap_known_species(self, fraction: float, seed: int | None = None) -> set[str]:
+        """The ``round(fraction * n)`` species whose names the stand-in CLAP hears in pretraining.
+
+        Drawn from ``seed`` (default: the world's) with its own stream, independent of
+        every other draw (which species a distillation sees is drawn elsewhere, from the
+        unseen split's seed)."""
+        if not 0.0 <= fraction <= 1.0:
+            raise ValueError(f"clap_known_fraction must lie in [0, 1], got {fraction}")
+        import random
+
+        ids = sorted(sp.id for sp in self.species)
+        rng = random.Random(f"clap-known-{self.seed if seed is None else seed}")
+        return set(rng.sample(ids, int(round(fraction * len(ids)))))
 
 
 def _name(rng: np.random.Generator, syllables: list[str], n: int) -> str:

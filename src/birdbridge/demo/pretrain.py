@@ -88,12 +88,21 @@ def train_teacher(collection: Collection, out_dir: str | Path, *, steps: int = 4
 
 
 def pretrain_clap(collection: Collection, world: SyntheticWorld, out_dir: str | Path, *, steps: int = 400,
-                  seed: int = 0, lr: float = 5e-3, progress: Progress | None = None) -> Path:
-    """Audio-caption contrastive pretraining of a tiny ``ClapModel``; saved with ``save_pretrained``."""
+                  seed: int = 0, lr: float = 5e-3, progress: Progress | None = None,
+                  known: set[str] | None = None) -> Path:
+    """Audio-caption contrastive pretraining of a tiny ``ClapModel``; saved with ``save_pretrained``.
+
+    ``known``: the species whose names the captions say (default: all); the others are
+    captioned without their names (:meth:`SyntheticWorld.captions`). The tokenizer is
+    built from every species' named captions either way (plus the unnamed ones in use),
+    as a real CLAP's tokenizer reads any name: what it lacks is the name paired with the
+    sound."""
     from ..data.audio import load_audio
     from ..encoders.frontend import ClapFrontend
 
-    corpus = [c for sp in world.species for c in world.captions(sp.id)]
+    heard = {sp.id: (known is None or sp.id in known) for sp in world.species}
+    # every name (all known: exactly the captions, as before clap_known_fraction existed)
+    corpus = [c for sp in world.species for k in sorted({True, heard[sp.id]}) for c in world.captions(sp.id, known=k)]
     model, proc = tiny.build_tiny_clap(corpus, Path(out_dir).with_name(Path(out_dir).name + "-tokenizer"), seed=seed,
                                        sampling_rate=world.sample_rate)
     frontend = ClapFrontend.from_feature_extractor(proc.feature_extractor)
@@ -107,7 +116,7 @@ def pretrain_clap(collection: Collection, world: SyntheticWorld, out_dir: str | 
 
     def step_loss(labels: list[int]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         feats = frontend([torch.from_numpy(rng.choice(by_species[l])) for l in labels], crop="random", generator=gen)
-        caps = [rng.choice(world.captions(collection.species[l].id)) for l in labels]
+        caps = [rng.choice(world.captions(sid, known=heard[sid])) for sid in (collection.species[l].id for l in labels)]
         tok = proc.tokenizer(caps, padding=True, return_tensors="pt")
         a = model.get_audio_features(input_features=feats).pooler_output
         t = model.get_text_features(**tok).pooler_output

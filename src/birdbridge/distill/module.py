@@ -16,6 +16,7 @@ import torch
 from ..encoders.student import AudioStudent
 from ..errors import SkipLog
 from ..taxonomy import resolve_prompt_types
+from .clap_align import ClapAlignmentLoss, FrozenClapTower, feature_distillation_loss
 from .data import waves_as_float
 from .loss import LogitScale, build_loss
 
@@ -63,9 +64,21 @@ class DistillModule(L.LightningModule):
         init_temperature: float = 0.07,
         learn_temperature: bool = True,
         seed: int = 0,
+        clap_text: torch.Tensor | None = None,
+        clap_logit_scale: float = 1.0,
+        clap_alignment_weight: float = 0.0,
+        clap_feature_weight: float = 0.0,
     ):
         super().__init__()
         self.student = student
+        # auxiliary terms keeping the tower's CLAP audio-text alignment (distill/clap_align.py)
+        self.clap_alignment_weight, self.clap_feature_weight = float(clap_alignment_weight), float(clap_feature_weight)
+        self.clap_align = None
+        if self.clap_alignment_weight > 0:
+            if clap_text is None:
+                raise ValueError("clap_alignment_weight > 0 needs the CLAP species text embeddings (clap_text)")
+            self.clap_align = ClapAlignmentLoss(clap_text, clap_logit_scale)
+        self.clap_reference = FrozenClapTower(student) if self.clap_feature_weight > 0 else None
         self.prompt_types = list(resolve_prompt_types(prompt_types))
         missing = [p for p in self.prompt_types if p not in text_embeddings]
         if missing:
@@ -114,10 +127,11 @@ class DistillModule(L.LightningModule):
         # DDP: gather features across ranks with gradients, so the contrastive batch is
         # the global batch and gradients equal the single-process computation.
         if self.trainer is not None and self.trainer.world_size > 1 and self.loss_name == "infonce":
-            self.loss_fn.gather_with_grad = True
-            self.loss_fn.local_loss = True
-            self.loss_fn.rank = self.trainer.global_rank
-            self.loss_fn.world_size = self.trainer.world_size
+            for fn in (self.loss_fn,) + ((self.clap_align.loss,) if self.clap_align is not None else ()):
+                fn.gather_with_grad = True
+                fn.local_loss = True
+                fn.rank = self.trainer.global_rank
+                fn.world_size = self.trainer.world_size
 
     def _distributed(self) -> bool:
         return self._trainer is not None and self.trainer.world_size > 1
@@ -159,17 +173,33 @@ class DistillModule(L.LightningModule):
             return sum(p.sum() for p in self.parameters() if p.requires_grad) * 0.0
         self.trained_batches += 1
         waves, labels = waves_as_float(batch["waves"]), batch["labels"]
-        audio = self.student(waves, crop="start")  # the dataset already cropped
+        feats = self.student.features(waves, crop="start")  # the dataset already cropped
+        clap = self.student.clap_embed_features(feats)
+        audio = torch.nn.functional.normalize(self.student.head(clap), dim=-1)
         scale = self.logit_scale()
         if self.loss_name == "species_softmax":
             table = self.text_table[self.global_step % self.text_table.shape[0]]
             loss = self.loss_fn(audio, labels, scale, species_text=table)
         else:
             loss = self.loss_fn(audio, self._targets(labels), labels, scale)
+        loss = loss + self._clap_terms(clap, feats, labels)
         # sync_dist: under DDP the logged loss is the mean over ranks, not rank 0's share
         self.log("train/loss", loss, prog_bar=True, batch_size=len(labels), sync_dist=self._distributed())
         self.log("train/logit_scale", scale.detach(), batch_size=len(labels))
         return loss
+
+    def _clap_terms(self, clap: torch.Tensor, feats: torch.Tensor, labels: torch.Tensor) -> torch.Tensor | float:
+        """The weighted auxiliary CLAP-space terms (0 when none is configured)."""
+        total: torch.Tensor | float = 0.0
+        if self.clap_align is not None:
+            align = self.clap_align(clap, labels)
+            self.log("train/clap_alignment", align.detach(), batch_size=len(labels), sync_dist=self._distributed())
+            total = total + self.clap_alignment_weight * align
+        if self.clap_reference is not None:
+            feat = feature_distillation_loss(clap, self.clap_reference(feats))
+            self.log("train/clap_feature", feat.detach(), batch_size=len(labels), sync_dist=self._distributed())
+            total = total + self.clap_feature_weight * feat
+        return total
 
     def optimizer_step(self, epoch, batch_idx, optimizer, optimizer_closure=None) -> None:
         if self._skip_step and optimizer_closure is not None:

@@ -52,6 +52,19 @@ class TrainConfig:
     encoder_mode: str = "train"
     init_temperature: float = 0.07
     learn_temperature: bool = True
+    # Keeping the tower's CLAP audio-text alignment (distill/clap_align.py): InfoNCE against
+    # the frozen CLAP text of the species captions, and cosine feature distillation against
+    # the tower as it was (LwF); 0 = off, the paper's recipe.
+    clap_alignment_weight: float = 0.0
+    clap_feature_weight: float = 0.0
+    # CLAP captions of a species (the alignment term and the combination): templates x prompt types
+    clap_templates: list[str] = field(default_factory=lambda: ["{}"])
+    clap_prompt_types: list[str] = field(default_factory=lambda: ["common", "scientific"])
+    # encoders/combination.py CombinationSpec keys: the saved model then mixes its distilled
+    # vector with CLAP's zero-shot combination, by CLAP's confidence, over the species of
+    # `combination_species` (a species-list CSV, as `detect --species`; default: the training species)
+    combination: dict | None = None
+    combination_species: str | None = None
     seed: int = 0
     num_workers: int = 2
     accelerator: str = "auto"
@@ -88,6 +101,20 @@ class TrainConfig:
             raise ConfigError("config key 'batch_size' must be at least 2 for a contrastive loss")
         if self.max_epochs < 1:
             raise ConfigError("config key 'max_epochs' must be >= 1")
+        for key in ("clap_alignment_weight", "clap_feature_weight"):
+            if getattr(self, key) < 0:
+                raise ConfigError(f"config key {key!r} must be >= 0, got {getattr(self, key)}")
+        if not self.clap_templates or any("{}" not in t for t in self.clap_templates):
+            raise ConfigError("config key 'clap_templates' must be a non-empty list of strings containing '{}'")
+        bad = [t for t in self.clap_prompt_types if t not in PROMPT_TYPES]
+        if bad or not self.clap_prompt_types:
+            raise ConfigError(f"config key 'clap_prompt_types' must be a non-empty list from {PROMPT_TYPES}, got {self.clap_prompt_types}")
+        if self.combination_species is not None and self.combination is None:
+            raise ConfigError("config key 'combination_species' needs 'combination' (e.g. combination: {})")
+        if self.combination is not None:
+            from ..encoders.combination import CombinationSpec
+
+            from_dict(CombinationSpec, self.combination, where="combination.")
 
     @classmethod
     def from_dict(cls, d: dict | None) -> "TrainConfig":
@@ -114,6 +141,38 @@ def build_student(cfg: TrainConfig, out_dim: int) -> AudioStudent:
     clap, fe = load_clap(cfg.student)
     spec = HeadSpec(kind=cfg.head, out_dim=out_dim, hidden_dim=cfg.head_hidden_dim)
     return AudioStudent.from_clap(clap, fe, spec)
+
+
+def clap_species_table(cfg: TrainConfig, species) -> tuple[torch.Tensor, float]:
+    """The frozen CLAP text rows of ``species`` (captions: ``clap_templates`` x ``clap_prompt_types``) and CLAP's scale."""
+    from ..encoders.clap import load_clap_text
+    from ..encoders.combination import clap_logit_scale, clap_species_text
+
+    enc = load_clap_text(cfg.student)
+    return torch.from_numpy(clap_species_text(enc, species, cfg.clap_templates, cfg.clap_prompt_types)), clap_logit_scale(enc[0])
+
+
+def combination_for(cfg: TrainConfig, species, teacher_text=None, heard_species=()):
+    """The zero-shot combination over ``species`` a checkpoint carries (``cfg.combination``'s spec).
+
+    ``teacher_text``: the teacher's rows of ``species`` (default: from the text cache, in the
+    spec's prompt type and template set)."""
+    from ..encoders.combination import ClapTextRecipe, CombinationSpec, build_combination
+
+    spec = from_dict(CombinationSpec, cfg.combination or {}, where="combination.")
+    if teacher_text is None:
+        cache = TextEmbeddingCache(Path(cfg.cache_dir).expanduser())
+        teacher_text = cache.get(cfg.teacher, species, spec.teacher_prompt_type, spec.teacher_template_set,
+                                 lambda: load_teacher(cfg.teacher, device="cpu")).numpy()
+    comb = build_combination(cfg.student, species, teacher_text, spec,
+                             ClapTextRecipe(list(cfg.clap_templates), list(cfg.clap_prompt_types)),
+                             heard_species=heard_species)
+    if spec.tower == "original":  # CLAP's posterior from the tower as loaded, before distillation
+        from ..encoders.combination import ClapTower
+
+        clap, _ = load_clap(cfg.student)
+        comb.with_tower(ClapTower(clap.audio_model, clap.audio_projection))
+    return comb
 
 
 def species_text_embeddings(cfg: TrainConfig, collection: Collection) -> dict[str, torch.Tensor]:
@@ -206,12 +265,16 @@ def distill(collection: Collection, cfg: TrainConfig, out_dir: str | Path, *, re
                        seed=cfg.seed, cache_decoded=cfg.cache_decoded_audio)
     # one-process count; under DDP the module reads per-rank steps from the trainer
     steps_per_epoch = data.steps_per_epoch()
+    clap_text, clap_scale = (None, 1.0)
+    if cfg.clap_alignment_weight > 0:
+        clap_text, clap_scale = clap_species_table(cfg, collection.species)
     module = DistillModule(
         student, text, prompt_types=list(cfg.resolved_prompt_types), loss=cfg.loss, positives=cfg.positives,
         lr_encoder=cfg.lr_encoder, lr_head=cfg.lr_head, weight_decay=cfg.weight_decay,
         warmup_steps=cfg.warmup_steps, total_steps=steps_per_epoch * cfg.max_epochs,
         freeze_encoder=cfg.freeze_encoder, encoder_mode=cfg.encoder_mode, init_temperature=cfg.init_temperature,
-        learn_temperature=cfg.learn_temperature, seed=cfg.seed,
+        learn_temperature=cfg.learn_temperature, seed=cfg.seed, clap_text=clap_text, clap_logit_scale=clap_scale,
+        clap_alignment_weight=cfg.clap_alignment_weight, clap_feature_weight=cfg.clap_feature_weight,
     )
     ckpt = ModelCheckpoint(dirpath=out_dir / "checkpoints", save_last=True, every_n_train_steps=max(1, steps_per_epoch // 2),
                            save_top_k=0)
@@ -245,6 +308,13 @@ def distill(collection: Collection, cfg: TrainConfig, out_dir: str | Path, *, re
         "training": {k: v for k, v in asdict(cfg).items() if k not in ("student", "teacher")},
     }
     model = DistilledModel.from_student(module.student.cpu(), meta).eval()
+    if cfg.combination is not None:
+        species = collection.species
+        if cfg.combination_species:
+            from ..retrieval.search import load_species_list
+
+            species = load_species_list(cfg.combination_species)
+        model = model.with_combination(combination_for(cfg, species, heard_species=collection.species))
     skips = _all_ranks_skips(module.skips)  # under DDP each rank met its own bad clips
     if trainer.global_rank == 0:
         atomic_write_json(out_dir / "skipped.json", {"n_skipped": len(skips), "counts": skips.counts(),

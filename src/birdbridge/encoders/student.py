@@ -83,10 +83,28 @@ class AudioStudent(nn.Module):
 class DistilledModel(AudioStudent):
     """A distilled student + head, saved as an HF-style directory (``config.json`` + safetensors)."""
 
-    def __init__(self, *args, meta: dict[str, Any] | None = None, **kwargs):
+    def __init__(self, *args, meta: dict[str, Any] | None = None, combination=None, **kwargs):
         super().__init__(*args, **kwargs)
         self.meta = dict(meta or {})
         self.source_dir: Path | None = None  # set by from_pretrained
+        # encoders.combination.ZeroShotCombination: when set, the embedding mixes the distilled
+        # vector with CLAP's zero-shot combination by CLAP's confidence (one tower pass)
+        self.combination = combination
+
+    def embed_features(self, input_features: torch.Tensor) -> torch.Tensor:
+        clap = self.clap_embed_features(input_features)
+        distilled = F.normalize(self.head(clap), dim=-1)
+        if self.combination is None:
+            return distilled
+        tower = self.combination.tower  # the CLAP as loaded, when the checkpoint carries it
+        return self.combination(clap if tower is None else tower(input_features), distilled)
+
+    def with_combination(self, combination) -> "DistilledModel":
+        """This model (same weights) embedding through ``combination`` (None: the plain distilled vector)."""
+        out = DistilledModel(self.audio_model, self.audio_projection, self.head, self.feature_extractor, meta=self.meta,
+                             combination=combination)
+        out.source_dir = self.source_dir
+        return out.eval()
 
     @classmethod
     def from_student(cls, student: AudioStudent, meta: dict[str, Any]) -> "DistilledModel":
@@ -107,6 +125,7 @@ class DistilledModel(AudioStudent):
             "training": self.meta.get("training"),
             "train_species": self.meta.get("train_species"),  # ids, so an evaluation can check held-out species
             "head": self.head.spec.to_dict(),
+            "combination": None if self.combination is None else self.combination.config(),
             "audio_config": self.audio_model.config.to_dict(),
             "preprocessing": fe,
         }
@@ -149,6 +168,16 @@ class DistilledModel(AudioStudent):
             # older checkpoints lack the teacher_fingerprint/relpath keys; None means "not recorded"
             meta={k: cfg.get(k) for k in META_KEYS if k in LEGACY_META_KEYS or cfg.get(k) is not None},
         )
+        if cfg.get("combination"):
+            from .combination import ZeroShotCombination
+
+            model.combination = ZeroShotCombination.empty(cfg["combination"])  # its tensors load below
+            if cfg["combination"].get("tower") == "original":
+                from .combination import ClapTower
+
+                model.combination.with_tower(ClapTower(ClapAudioModel(audio_cfg), ClapProjectionLayer(audio_cfg)))
+            else:
+                model.combination.with_tower(None)
         model.source_dir = directory  # the anchor for the teacher's relative path
         state = load_file(str(directory / WEIGHTS_NAME))
         missing, unexpected = model.load_state_dict(state, strict=False)

@@ -27,6 +27,7 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
+from ..encoders.combination import clap_logit_scale, clap_species_text  # noqa: F401 - re-exported
 from ..taxonomy import Species, prompt_body
 
 
@@ -126,28 +127,6 @@ def load_clap_text(student: str | Path):
     from ..encoders.clap import load_clap_text as _load
 
     return _load(str(student))
-
-
-def clap_logit_scale(clap) -> float:
-    """CLAP's audio→text logit scale (``exp(logit_scale_a)``, capped at 100 as in training)."""
-    import torch
-
-    with torch.no_grad():
-        return float(min(100.0, clap.logit_scale_a.exp().item()))
-
-
-def clap_species_text(clap_text_encoder, species: Sequence[Species], templates: Sequence[str],
-                      prompt_types: Sequence[str], progress: bool = False) -> np.ndarray:
-    """One CLAP text embedding per species: every (template, prompt type) string embedded,
-    normalised, averaged, renormalised (the same recipe the teacher's prompts use)."""
-    from ..retrieval.embed import embed_texts
-
-    if not templates or not prompt_types:
-        raise ValueError("need at least one CLAP template and one prompt type")
-    texts = [[t.format(prompt_body(sp, pt)) for t in templates for pt in prompt_types] for sp in species]
-    flat = [s for row in texts for s in row]
-    emb = embed_texts(clap_text_encoder, flat, progress=progress).vectors.reshape(len(species), len(texts[0]), -1)
-    return unit_rows(emb.mean(axis=1))
 
 
 def random_projection_student(train_cfg, teacher_dim: int):

@@ -18,7 +18,9 @@ from ..config import from_dict, load_yaml
 from ..errors import ConfigError
 from ..taxonomy import MIXED, PROMPT_TYPES, TEMPLATE_SETS
 
-METHODS = ("random_projection", "text_mapping", "zero_shot_combination", "distilled")
+METHODS = ("random_projection", "text_mapping", "zero_shot_combination", "distilled")  # the paper's
+# methods for species distillation never heard (issue 17; evaluate/candidates.py)
+ALL_METHODS = METHODS + ("distilled_aligned", "distilled_combined", "distilled_ensemble")
 # TrainConfig keys that change how training runs, not what it learns: ignored in model keys.
 RUNTIME_KEYS = ("cache_dir", "progress", "num_workers", "accelerator", "devices", "num_nodes", "strategy",
                 "precision", "log_every_n_steps")
@@ -64,6 +66,9 @@ class SyntheticSpec:
     teacher_steps: int = 150  # as `birdbridge demo`
     clap_steps: int = 400
     reuse: str | None = None  # a `birdbridge demo --out` folder: reuse its world/teacher/student (+ model)
+    # share of species whose names the stand-in CLAP hears in its caption pretraining (the
+    # others are captioned by family/order only); drawn from `seed`, independent of the unseen split
+    clap_known_fraction: float = 1.0
     soundscapes: SyntheticSoundscapes | None = field(default_factory=SyntheticSoundscapes)
 
     def validate(self) -> None:
@@ -71,6 +76,8 @@ class SyntheticSpec:
         for key in ("teacher_steps", "clap_steps"):
             if getattr(self, key) < 20:
                 raise ConfigError(f"config key 'synthetic.{key}' must be at least 20, got {getattr(self, key)}")
+        if not 0.0 <= self.clap_known_fraction <= 1.0:
+            raise ConfigError(f"config key 'synthetic.clap_known_fraction' must lie in [0, 1], got {self.clap_known_fraction}")
 
 
 @dataclass
@@ -120,6 +127,20 @@ class UnseenSpec:
 
 
 @dataclass
+class SweepSpec:
+    """Repeat the whole evaluation per seed and CLAP-known fraction; report mean ± sd (synthetic only)."""
+
+    seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
+    clap_known_fractions: list[float] = field(default_factory=lambda: [1.0])
+
+    def validate(self) -> None:
+        if not self.seeds or len(set(self.seeds)) != len(self.seeds):
+            raise ConfigError(f"config key 'sweep.seeds' must be a non-empty list of distinct seeds, got {self.seeds}")
+        if not self.clap_known_fractions or any(not 0 <= f <= 1 for f in self.clap_known_fractions):
+            raise ConfigError(f"config key 'sweep.clap_known_fractions' must be a non-empty list in [0, 1], got {self.clap_known_fractions}")
+
+
+@dataclass
 class EvalConfig:
     name: str = "eval"
     seed: int = 0
@@ -133,6 +154,12 @@ class EvalConfig:
     train_preset: str | None = None  # "demo": start from birdbridge.demo.run.DEMO_TRAIN
     train: dict = field(default_factory=dict)  # TrainConfig fields (birdbridge.distill.train)
     methods: list[str] = field(default_factory=lambda: list(METHODS))
+    # distilled_aligned / distilled_combined (evaluate/candidates.py): TrainConfig keys over
+    # `train` (default clap_alignment_weight 1, clap_feature_weight 1), CombinationSpec keys
+    aligned: dict = field(default_factory=dict)
+    combination: dict = field(default_factory=dict)
+    main_table: bool = True  # false: only the unseen split (seen and unseen species) is scored
+    sweep: SweepSpec | None = None
     prompt_ablation: list[str] = field(default_factory=list)
     unseen: UnseenSpec | None = None
     distilled_model: str | None = None  # an already distilled checkpoint for `distilled` (not trained here)
@@ -153,9 +180,9 @@ class EvalConfig:
             raise ConfigError("config needs exactly one of 'synthetic' or 'eval_data'")
         if self.synthetic is not None and (self.train_data is not None or self.soundscapes is not None):
             raise ConfigError("'synthetic' generates its own data: drop 'train_data' / 'soundscapes'")
-        bad = [m for m in self.methods if m not in METHODS]
+        bad = [m for m in self.methods if m not in ALL_METHODS]
         if bad:
-            raise ConfigError(f"config key 'methods' has unknown method {bad[0]!r}; expected some of {METHODS}")
+            raise ConfigError(f"config key 'methods' has unknown method {bad[0]!r}; expected some of {ALL_METHODS}")
         bad = [p for p in self.prompt_ablation if p not in PROMPT_TYPES + (MIXED,)]
         if bad:
             raise ConfigError(f"config key 'prompt_ablation' has unknown prompt type {bad[0]!r}; expected {PROMPT_TYPES + (MIXED,)}")
@@ -169,8 +196,19 @@ class EvalConfig:
         bad = [k for k in self.ablation_models if k not in self.prompt_ablation]
         if bad:
             raise ConfigError(f"config key 'ablation_models' names {bad[0]!r}, which is not in 'prompt_ablation'")
+        if "distilled_ensemble" in self.methods and "distilled" not in self.methods:
+            raise ConfigError("config key 'methods': distilled_ensemble extends the plain distilled model; add 'distilled'")
+        if self.sweep is not None and self.synthetic is None:
+            raise ConfigError("config key 'sweep' repeats the synthetic world per seed and CLAP-known fraction: it needs 'synthetic'")
+        if not self.main_table and self.unseen is None:
+            raise ConfigError("config key 'main_table: false' leaves nothing to score without 'unseen'")
         try:
             tc = self.train_config()  # fail now, naming the key, not after an hour of setup
+            self.train_config(**self.aligned)
+            if self.combination:
+                from ..encoders.combination import CombinationSpec
+
+                from_dict(CombinationSpec, self.combination, where="combination.")
         except ConfigError as err:
             if "'train." in str(err):
                 raise
@@ -181,6 +219,7 @@ class EvalConfig:
     def trains_here(self) -> bool:
         """Whether some distilled model of this evaluation is trained in this process."""
         return (("distilled" in self.methods and not self.distilled_model)
+                or any(m.startswith("distilled_") for m in self.methods)
                 or any(pt not in self.ablation_models for pt in self.prompt_ablation)
                 or (self.unseen is not None and not self.unseen.distilled_model))
 

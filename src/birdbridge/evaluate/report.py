@@ -198,13 +198,22 @@ def render_markdown(results: dict) -> str:
                   f"never heard in distillation (split `{_get(un, 'split', 'split')}`); zero-shot picks among the unseen "
                   "species only. The text mapping is fitted on the seen species' prompts.", "",
                   *_reconciliation_lines(un.get("reconciliation"))]
-        rows = []
-        for name, res in un["methods"].items():
-            m = _sp(res, "audio_to_image")
-            zs = res.get("zero_shot_focal", {})
-            rows.append([name, _f(m.get("map")), _f(m.get("chance_map")), _f(m.get("recall@1")),
-                         _f(zs.get("top1")), _f(zs.get("chance_top1")), _f(res.get("knn", {}).get("knn@1"))])
-        lines += _table(["method", "A→I mAP", "chance mAP", "R@1", "ZS top-1", "chance top-1", "kNN@1"], rows)
+        c = un.get("species_counts") or {}
+        if "n_seen_clap_known" in c:
+            lines += [f"The CLAP knows the names of {c['n_seen_clap_known']} of the {c['n_seen']} seen and "
+                      f"{c['n_unseen_clap_known']} of the {c['n_unseen']} unseen species.", ""]
+        for title, key, clap in (("unseen species", "methods", "clap_space"), ("seen species", "seen_methods", "seen_clap_space")):
+            if not un.get(key):
+                continue
+            rows = []
+            items = list(un[key].items()) + ([("student, own CLAP space", un[clap])] if un.get(clap) else [])
+            for name, res in items:
+                m = _sp(res, "audio_to_image")
+                zs = res.get("zero_shot_focal", {})
+                rows.append([name, _f(m.get("map")), _f(m.get("chance_map")), _f(m.get("recall@1")),
+                             _f(zs.get("top1")), _f(zs.get("chance_top1")), _f(res.get("knn", {}).get("knn@1"))])
+            lines += [f"**{title}**", ""]
+            lines += _table(["method", "A→I mAP", "chance mAP", "R@1", "ZS top-1", "chance top-1", "kNN@1"], rows)
     lines += ["## Counts", "", *_left_out_lines(methods), ""]
     t = results.get("timings_s", {})
     if t:

@@ -22,6 +22,7 @@ from ..config import to_dict
 from ..errors import ConfigError
 from . import protocols
 from .eval_config import GIVEN_MODEL_HINT, METHODS, EvalConfig, UnseenSpec, load_eval_config
+from .candidates import add_candidates
 from .models import distilled_model, given_model, model_key
 from .setting import prepare_setting
 
@@ -41,6 +42,15 @@ def unseen_split(species, spec: UnseenSpec) -> tuple[list[str], list[str]]:
     if not unseen or len(unseen) == len(species):
         raise ConfigError(f"unseen split {spec.split!r} leaves no seen or no unseen species ({len(species)} species)")
     return [sp.id for sp in species if sp.id not in set(unseen)], unseen
+
+
+def species_counts(seen: list[str], unseen: list[str], clap_known: list[str] | None) -> dict:
+    """How many species each side of the split has, and how many of them the CLAP knows by name."""
+    out = {"n_seen": len(seen), "n_unseen": len(unseen)}
+    if clap_known is not None:
+        known = set(clap_known)
+        out |= {"n_seen_clap_known": len(known & set(seen)), "n_unseen_clap_known": len(known & set(unseen))}
+    return out
 
 
 # --------------------------------------------------------------------------- the run
@@ -66,6 +76,10 @@ def run_eval(config: EvalConfig | str | Path, out: str | Path, *, root: str | Pa
 
     cfg = config.with_root(root) if isinstance(config, EvalConfig) else load_eval_config(config, root)
     refuse_multi_process()
+    if cfg.sweep is not None:
+        from .sweep import run_sweep
+
+        return run_sweep(cfg, out, run_eval, log=log)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     work = Path(cfg.work_dir).expanduser() if cfg.work_dir else out / "work"
@@ -87,27 +101,30 @@ def run_eval(config: EvalConfig | str | Path, out: str | Path, *, root: str | Pa
     t0 = time.time()
     main_view = ev.view(None)
     main: dict = {"methods": {}, "n_species": len(main_view.species)}
-    if "random_projection" in cfg.methods:
-        ev.add_model_space("random_projection", ev.random_projection())
-    if "text_mapping" in cfg.methods:
-        ev.add_text_mapping("text_mapping", all_train)
     if "zero_shot_combination" in cfg.methods:
         ev.add_zero_shot_combination("zero_shot_combination")
-    if "distilled" in cfg.methods:
-        if cfg.distilled_model:
-            model, models["distilled"] = given_model(cfg.distilled_model, "distilled_model", ev.teacher.dim)
-        else:
-            model, models["distilled"] = distilled_model(setting, train_cfg, all_train, work, log)
-        ev.add_model_space("distilled", model)
-    for m in cfg.methods:
-        main["methods"][m] = ev.score(m, main_view)
-    main["clap_space"] = ev.score_clap(main_view)
-    main["teacher"] = ev.score_teacher(main_view)
-    main["pr_curves"] = {m: ev.pr_curve(m, main_view) for m in cfg.methods}
+    if cfg.main_table:
+        if "random_projection" in cfg.methods:
+            ev.add_model_space("random_projection", ev.random_projection())
+        if "text_mapping" in cfg.methods:
+            ev.add_text_mapping("text_mapping", all_train)
+        if "distilled" in cfg.methods:
+            if cfg.distilled_model:
+                model, models["distilled"] = given_model(cfg.distilled_model, "distilled_model", ev.teacher.dim)
+            else:
+                model, models["distilled"] = distilled_model(setting, train_cfg, all_train, work, log)
+            ev.add_model_space("distilled", model)
+        plain = (model, models["distilled"]) if "distilled" in cfg.methods else None
+        spaces = {m: m for m in cfg.methods} | add_candidates(ev, cfg, setting, all_train, "", work, log, models, plain)
+        for m in cfg.methods:
+            main["methods"][m] = ev.score(spaces[m], main_view)
+        main["clap_space"] = ev.score_clap(main_view)
+        main["teacher"] = ev.score_teacher(main_view)
+        main["pr_curves"] = {m: ev.pr_curve(spaces[m], main_view) for m in cfg.methods}
     timings["main_s"] = time.time() - t0
 
     ablation: dict = {}
-    if cfg.prompt_ablation:
+    if cfg.prompt_ablation and cfg.main_table:
         t0 = time.time()
         ablation = {"eval_text_prompt_type": cfg.text.prompt_type, "arms": {}}
         for pt in cfg.prompt_ablation:
@@ -141,17 +158,29 @@ def run_eval(config: EvalConfig | str | Path, out: str | Path, *, root: str | Pa
         ev.add_model_space("distilled[seen]", model)
         if "text_mapping" in cfg.methods:
             ev.add_text_mapping("text_mapping[seen]", train_ids)
-        view = ev.view(held)
+        if "random_projection" in cfg.methods and "random_projection" not in ev.spaces:
+            ev.add_model_space("random_projection", ev.random_projection())
         arms = {"random_projection": "random_projection", "text_mapping": "text_mapping[seen]",
-                "zero_shot_combination": "zero_shot_combination", "distilled": "distilled[seen]"}
+                "zero_shot_combination": "zero_shot_combination", "distilled": "distilled[seen]",
+                **add_candidates(ev, cfg, setting, train_ids, "[seen]", work, log, models,
+                                 (model, models["distilled[seen]"]))}
+        arms = {m: sp for m, sp in arms.items() if m in cfg.methods or m == "distilled"}
         unseen = {"split": to_dict(cfg.unseen), "seen_species": seen, "unseen_species": held,
-                  "n_train_species": len(train_ids), "reconciliation": s, "methods": {}}
+                  "n_train_species": len(train_ids), "reconciliation": s,
+                  "species_counts": species_counts(seen, held, setting.meta.get("clap_known_species")),
+                  "methods": {}, "seen_methods": {}}
+        view, seen_view = ev.view(held), ev.view(seen)
         for m, space in arms.items():
-            if m in cfg.methods or m == "distilled":
-                unseen["methods"][m] = ev.score(space, view)
+            unseen["methods"][m] = ev.score(space, view)
+            unseen["seen_methods"][m] = ev.score(space, seen_view)
         if "distilled" in ev.spaces:  # reference: the model that did hear these species
             unseen["methods"]["distilled (heard all species)"] = ev.score("distilled", view)
+        if "zero_shot_combination" in cfg.methods:  # CLAP choosing among all species, as the combinations do
+            ev.add_zero_shot_combination("zero_shot_combination[all]", all_species=True)
+            for key, v in (("methods", view), ("seen_methods", seen_view)):
+                unseen[key]["zero_shot_combination (all species)"] = ev.score("zero_shot_combination[all]", v)
         unseen["clap_space"] = ev.score_clap(view)
+        unseen["seen_clap_space"] = ev.score_clap(seen_view)
         timings["unseen_s"] = time.time() - t0
 
     timings["total_s"] = time.time() - t_start
@@ -175,7 +204,7 @@ def run_eval(config: EvalConfig | str | Path, out: str | Path, *, root: str | Pa
 
     write_json(results, out / "results.json")
     atomic_write_text(out / "report.md", report.render_markdown(results))
-    if cfg.plots:
+    if cfg.plots and cfg.main_table:
         report.write_plots(results, ev.plot_data(main_view), out)
     atomic_write_json(out / "skipped.json", ev.skips_summary())
     log(f"wrote {out / 'results.json'}, {out / 'report.md'} ({timings['total_s']:.0f} s)")

@@ -18,7 +18,7 @@ from pathlib import Path
 from ..data.records import Collection
 from ..errors import ConfigError
 
-SYNTHETIC_RECIPE = 1  # bump when the synthetic generation changes, so stale work dirs are rebuilt
+SYNTHETIC_RECIPE = 2  # bump when the synthetic generation changes, so stale work dirs are rebuilt
 
 
 @dataclass
@@ -137,28 +137,45 @@ def _real(cfg, work: Path, log) -> Setting:
                    max_files=cfg.soundscapes.max_files if sc else None)
 
 
-def _generate_synthetic(spec, base: Path, log) -> None:
-    """The demo's steps 1-3: world, teacher (tiny open_clip), student (tiny CLAP)."""
+def _generate_synthetic(spec, base: Path, log) -> Path:
+    """The demo's steps 1-3: world, teacher (tiny open_clip), student (tiny CLAP); the student's folder.
+
+    World and teacher do not depend on ``clap_known_fraction``: runs that differ only in
+    it share them, each with its own student (``student`` at 1.0, ``student-known<f>``)."""
     from ..data.synthetic import SyntheticWorld, load_world
     from ..demo.pretrain import pretrain_clap, train_teacher
 
-    stamp = {"recipe": SYNTHETIC_RECIPE, "seed": spec.seed, "teacher_steps": spec.teacher_steps, "clap_steps": spec.clap_steps}
-    stamp_path = base / "stamp.json"
-    if stamp_path.is_file() and json.loads(stamp_path.read_text()) == stamp:
-        log(f"reusing synthetic world and models in {base}")
-        return
-    if base.exists():
-        shutil.rmtree(base)
     import torch
 
+    stamp = {"recipe": SYNTHETIC_RECIPE, "seed": spec.seed, "teacher_steps": spec.teacher_steps}
+    stamp_path = base / "stamp.json"
+    if stamp_path.is_file() and json.loads(stamp_path.read_text()) == stamp:
+        log(f"reusing synthetic world and teacher in {base}")
+    else:
+        if base.exists():
+            shutil.rmtree(base)
+        torch.manual_seed(spec.seed)
+        log(f"generating synthetic world (seed {spec.seed}) and pretraining the teacher in {base}")
+        SyntheticWorld(spec.seed).write(base / "world")
+        train_teacher(load_world(base / "world"), base / "teacher", steps=spec.teacher_steps, seed=spec.seed)
+        stamp_path.write_text(json.dumps(stamp))  # last: marks the folder complete
+    frac = spec.clap_known_fraction
+    student = base / ("student" if frac == 1.0 else f"student-known{frac:g}")
+    s_stamp = {**stamp, "clap_steps": spec.clap_steps, "clap_known_fraction": frac}
+    s_stamp_path = student.with_name(student.name + ".stamp.json")
+    if s_stamp_path.is_file() and json.loads(s_stamp_path.read_text()) == s_stamp:
+        log(f"reusing synthetic student {student}")
+        return student
+    for d in (student, student.with_name(student.name + "-tokenizer")):
+        if d.exists():
+            shutil.rmtree(d)
     torch.manual_seed(spec.seed)
-    log(f"generating synthetic world (seed {spec.seed}) and pretraining teacher/student in {base}")
     world = SyntheticWorld(spec.seed)
-    world.write(base / "world")
-    coll = load_world(base / "world")
-    train_teacher(coll, base / "teacher", steps=spec.teacher_steps, seed=spec.seed)
-    pretrain_clap(coll, world, base / "student", steps=spec.clap_steps, seed=spec.seed)
-    stamp_path.write_text(json.dumps(stamp))  # last: marks the folder complete
+    known = world.clap_known_species(frac)
+    log(f"pretraining the synthetic CLAP ({len(known)} of {len(world.species)} species named in its captions) -> {student}")
+    pretrain_clap(load_world(base / "world"), world, student, steps=spec.clap_steps, seed=spec.seed, known=known)
+    s_stamp_path.write_text(json.dumps(s_stamp))
+    return student
 
 
 def _synthetic(cfg, work: Path, log) -> Setting:
@@ -175,12 +192,16 @@ def _synthetic(cfg, work: Path, log) -> Setting:
         res = base / "results.json"
         if res.is_file() and json.loads(res.read_text()).get("seed", spec.seed) != spec.seed:
             raise ConfigError(f"config key 'synthetic.seed' is {spec.seed} but {base} was built with another seed")
+        if spec.clap_known_fraction != 1.0:
+            raise ConfigError("config key 'synthetic.reuse': a demo's CLAP heard every species name; "
+                              "drop 'reuse' to pretrain one with 'clap_known_fraction' below 1")
+        student_dir = base / "student"
     else:
         base = work / "synthetic"
-        _generate_synthetic(spec, base, log)
+        student_dir = _generate_synthetic(spec, base, log)
     cache_dir = str(work / "cache")  # never write into a reused folder
     coll = load_world(base / "world")
-    student, teacher = str(base / "student"), str(base / "teacher")
+    student, teacher = str(student_dir), str(base / "teacher")
     sc, window_s = None, None
     if spec.soundscapes is not None:
         s = spec.soundscapes
@@ -199,7 +220,8 @@ def _synthetic(cfg, work: Path, log) -> Setting:
     fp = json.dumps({"synthetic": dataclasses.asdict(spec), "base": str(base.resolve())}, default=str)
     return Setting(coll, coll, student, teacher, cache_dir, fp, sc, window_s=window_s, hop_s=window_s,
                    train_overrides=overrides, reuse_model_dir=str(model_dir) if spec.reuse and model_dir.is_dir() else None,
-                   meta={"synthetic_dir": str(base)})
+                   meta={"synthetic_dir": str(base), "clap_known_fraction": spec.clap_known_fraction,
+                         "clap_known_species": sorted(SyntheticWorld(spec.seed).clap_known_species(spec.clap_known_fraction))})
 
 
 def prepare_setting(cfg, work: Path, log=print) -> Setting:

@@ -173,13 +173,15 @@ class Evaluator:
                  f"species ({'+'.join(types)}), each paired with the teacher's prompt of that species and type")
         self.spaces[name] = {k: (lin.apply(v), ok) for k, (v, ok) in self.clap.items()}
 
-    def add_zero_shot_combination(self, name: str) -> None:
+    def add_zero_shot_combination(self, name: str, all_species: bool = False) -> None:
+        """``all_species``: CLAP chooses among every evaluation species, not only the view's."""
         scale = clap_logit_scale(self.clap_text[0])
+        every = list(self.setting.eval_collection.species)
 
         def space(view: View) -> Space:
             out = {}
             for k, (v, ok) in self.clap.items():
-                cands = self.window_species if k == "windows" else view.species
+                cands = self.window_species if k == "windows" else every if all_species else view.species
                 out[k] = (zero_shot_combination(v, self.clap_species_text(cands), self.teacher_text(cands), scale), ok)
             return out
 
