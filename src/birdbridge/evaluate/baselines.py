@@ -27,7 +27,6 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-from ..encoders.combination import clap_logit_scale, clap_species_text  # noqa: F401 - re-exported
 from ..taxonomy import Species, prompt_body
 
 

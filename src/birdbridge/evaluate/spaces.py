@@ -18,11 +18,10 @@ from typing import Callable
 
 import numpy as np
 
+from ..encoders.combination import clap_logit_scale, clap_species_text
 from ..errors import SkipLog
 from . import protocols
 from .baselines import (
-    clap_logit_scale,
-    clap_species_text,
     fit_text_mapping,
     load_clap_text,
     random_projection_student,
