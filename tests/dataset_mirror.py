@@ -119,6 +119,16 @@ class RangeServer:
 # --------------------------------------------------------------------------- archives
 
 
+def write_csv(path: Path, header: list[str], rows: list[list]) -> Path:
+    """A CSV file in a dataset's layout (parents made), as the release files are."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(header)
+        w.writerows(rows)
+    return path
+
+
 def wav_bytes(wave: np.ndarray, sr: int, fmt: str = "WAV") -> bytes:
     buf = io.BytesIO()
     sf.write(buf, wave, sr, format=fmt, subtype="PCM_16")

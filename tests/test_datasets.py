@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import csv
 import json
 import struct
 import zlib
@@ -27,18 +26,10 @@ from birdbridge.data.soundscapes import (
 )
 from birdbridge.data.ssw60 import load_ssw60
 from birdbridge.errors import BadInputError, ConfigError
+from dataset_mirror import write_csv
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 NO_SHARED = "../shared/data is absent (real data for tests); see shared/data/README.md"
-
-
-def write_csv(path: Path, header: list[str], rows: list[list]) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w", newline="") as fh:
-        w = csv.writer(fh)
-        w.writerow(header)
-        w.writerows(rows)
-    return path
 
 
 def tone(path: Path, dur: float = 0.5, sr: int = 22050, **kw) -> Path:

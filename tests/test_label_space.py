@@ -8,7 +8,6 @@ that are not in the data. The taxonomy here has the official v2024 CSV's columns
 
 from __future__ import annotations
 
-import csv
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +16,7 @@ import soundfile as sf
 
 from birdbridge.data.soundscapes import load_soundscape_annotations, load_taxonomy, read_class_list, soundscape_segments
 from birdbridge.errors import ConfigError
+from dataset_mirror import write_csv
 
 EBIRD_COLUMNS = ["TAXON_ORDER", "CATEGORY", "SPECIES_CODE", "TAXON_CONCEPT_ID", "PRIMARY_COM_NAME", "SCI_NAME", "ORDER",
                  "FAMILY", "SPECIES_GROUP", "REPORT_AS"]
@@ -32,21 +32,12 @@ EBIRD_ROWS = [
 ]
 
 
-def _write(path: Path, header, rows) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w", newline="") as fh:
-        w = csv.writer(fh)
-        w.writerow(header)
-        w.writerows(rows)
-    return path
-
-
 @pytest.fixture()
 def soundscapes(tmp_path) -> tuple[Path, Path]:
-    tax = _write(tmp_path / "eBird_taxonomy_v2024.csv", EBIRD_COLUMNS, EBIRD_ROWS)
+    tax = write_csv(tmp_path / "eBird_taxonomy_v2024.csv", EBIRD_COLUMNS, EBIRD_ROWS)
     (tmp_path / "soundscape_data").mkdir()
     sf.write(tmp_path / "soundscape_data" / "a.flac", np.zeros(8000 * 12, np.float32), 8000, format="FLAC")
-    ann = _write(tmp_path / "annotations.csv", ["Filename", "Start Time (s)", "End Time (s)", "Species eBird Code"], [
+    ann = write_csv(tmp_path / "annotations.csv", ["Filename", "Start Time (s)", "End Time (s)", "Species eBird Code"], [
         ["a.flac", 1.0, 2.0, "amerob"],
         ["a.flac", 3.0, 4.0, "myrwar"],  # a subspecies group: counts for its species, yerwar
         ["a.flac", 6.0, 7.0, "warble"],  # warbler sp.: no species, not a class
@@ -83,7 +74,7 @@ def test_class_list_names_the_label_space(soundscapes, tmp_path):
     assert sc.n_events_outside_label_space == 1  # the Myrtle Warbler is not a class here
     _, y = soundscape_segments(sc, 5.0, 5.0)
     assert y.shape == (3, 3) and y[:, 1].tolist() == [1, 1, 0]
-    assert read_class_list(_write(tmp_path / "c.csv", ["species_code"], [["norcar"], ["amerob"]])) == ["norcar", "amerob"]
+    assert read_class_list(write_csv(tmp_path / "c.csv", ["species_code"], [["norcar"], ["amerob"]])) == ["norcar", "amerob"]
     with pytest.raises(ConfigError, match="no species in the taxonomy: warble"):
         load_soundscape_annotations(ann, tax, classes=["amerob", "warble"])
 

@@ -71,8 +71,21 @@ class Detection:
     image: str | None = None  # search: the window's best photo of this species; detect: null
 
 
+class _Outcome:
+    """What every per-recording result answers: did the recording work, and its JSON form."""
+
+    error: str | None
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
 @dataclass
-class SearchResult:
+class SearchResult(_Outcome):
     """Everything one recording's search gives."""
 
     path: str  # the recording (in a server answer: "upload")
@@ -87,16 +100,9 @@ class SearchResult:
     error_detail: str = ""
     schema: str = SEARCH_SCHEMA
 
-    @property
-    def ok(self) -> bool:
-        return self.error is None
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
 
 @dataclass
-class DetectionResult:
+class DetectionResult(_Outcome):
     """Per-window species of one recording (``birdbridge detect``)."""
 
     path: str
@@ -106,13 +112,6 @@ class DetectionResult:
     error: str | None = None
     error_detail: str = ""
     schema: str = DETECT_SCHEMA
-
-    @property
-    def ok(self) -> bool:
-        return self.error is None
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 UPLOAD = "upload"  # a server answer's `path`: the client's file name is never echoed (nor used as a path)
