@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import ClassVar
@@ -20,7 +19,7 @@ from ..encoders.student import AudioStudent, DistilledModel
 from ..encoders.teacher import DEFAULT_TEACHER, load_teacher
 from ..errors import BadInputError, ConfigError, SkipLog
 from ..io import atomic_write_json
-from ..quiet import settle_lightning
+from ..quiet import lightning_fit, settle_lightning
 from ..taxonomy import MIXED, PROMPT_TYPES, TEMPLATE_SETS, resolve_prompt_types
 from .text_cache import TextEmbeddingCache
 
@@ -285,17 +284,7 @@ def distill(collection: Collection, cfg: TrainConfig, out_dir: str | Path, *, re
     except MisconfigurationException as err:  # e.g. more devices than the node has, a bad strategy
         raise ConfigError(f"Lightning refused the training setup: {str(err).splitlines()[0]}") from None
     last = out_dir / "checkpoints" / "last.ckpt"
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", ".*does not have many workers.*")
-        warnings.filterwarnings("ignore", ".*deterministic.*")
-        # Lightning's own use of a torch API torch deprecated; nothing a user can change
-        warnings.filterwarnings("ignore", r".*isinstance\(treespec, LeafSpec\)` is deprecated.*")
-        # DistillData resumes mid-epoch through its own checkpoint state, which this
-        # Lightning check (it looks for a stateful DataLoader) does not see
-        warnings.filterwarnings("ignore", ".*dataloader is not resumable.*")
-        if module.encoder_mode == "eval":
-            # the configured mode (or a frozen encoder): the eval-mode modules are intended
-            warnings.filterwarnings("ignore", ".*module\\(s\\) in eval mode at the start of training.*")
+    with lightning_fit(eval_mode_intended=module.encoder_mode == "eval"):
         trainer.fit(module, datamodule=data, ckpt_path=str(last) if resume and last.exists() else None)
     # the teacher as it is (weights fingerprint + absolute id), so the model and any index
     # built with it agree from any directory and after the folders move (encoders/identity.py)
