@@ -267,14 +267,8 @@ def distill(collection: Collection, cfg: TrainConfig, out_dir: str | Path, *, re
     clap_text, clap_scale = (None, 1.0)
     if cfg.clap_alignment_weight > 0:
         clap_text, clap_scale = clap_species_table(cfg, collection.species)
-    module = DistillModule(
-        student, text, prompt_types=list(cfg.resolved_prompt_types), loss=cfg.loss, positives=cfg.positives,
-        lr_encoder=cfg.lr_encoder, lr_head=cfg.lr_head, weight_decay=cfg.weight_decay,
-        warmup_steps=cfg.warmup_steps, total_steps=steps_per_epoch * cfg.max_epochs,
-        freeze_encoder=cfg.freeze_encoder, encoder_mode=cfg.encoder_mode, init_temperature=cfg.init_temperature,
-        learn_temperature=cfg.learn_temperature, seed=cfg.seed, clap_text=clap_text, clap_logit_scale=clap_scale,
-        clap_alignment_weight=cfg.clap_alignment_weight, clap_feature_weight=cfg.clap_feature_weight,
-    )
+    module = DistillModule(student, text, cfg, total_steps=steps_per_epoch * cfg.max_epochs,
+                           clap_text=clap_text, clap_logit_scale=clap_scale)
     ckpt = ModelCheckpoint(dirpath=out_dir / "checkpoints", save_last=True, every_n_train_steps=max(1, steps_per_epoch // 2),
                            save_top_k=0)
     from lightning.fabric.utilities.exceptions import MisconfigurationException
