@@ -1,5 +1,6 @@
 """One distillation step changes the student and its head, nothing else."""
 
+import dataclasses
 import hashlib
 
 import pytest
@@ -36,7 +37,7 @@ def test_only_student_and_head_change(small_world, tiny_clap_dir, tiny_open_clip
     text = species_text_embeddings(cfg, small_world)
     student = build_student(cfg, teacher.dim)
     assert not hasattr(student, "text_model"), "the CLAP text tower must not be in the training graph"
-    module = DistillModule(student, text, prompt_types="mixed", lr_encoder=1e-2, lr_head=1e-2, warmup_steps=0, total_steps=10)
+    module = DistillModule(student, text, dataclasses.replace(cfg, warmup_steps=0), total_steps=10)
     before = {n: p.detach().clone() for n, p in module.named_parameters()}
     table_before = module.text_table.clone()
     ds = AudioClipDataset(small_world, small_world.audio_split("train"), student.sample_rate, student.window_samples)
@@ -61,7 +62,7 @@ def test_frozen_encoder_trains_only_the_head(small_world, tiny_clap_dir, tiny_op
     cfg = TrainConfig.from_dict({"student": str(tiny_clap_dir), "teacher": str(tiny_open_clip_dir), "cache_dir": str(tmp_path)})
     text = species_text_embeddings(cfg, small_world)
     student = build_student(cfg, 64)
-    module = DistillModule(student, text, freeze_encoder=True, lr_head=1e-2, warmup_steps=0)
+    module = DistillModule(student, text, dataclasses.replace(cfg, freeze_encoder=True, lr_head=1e-2, warmup_steps=0))
     before = {n: p.detach().clone() for n, p in module.named_parameters()}
     ds = AudioClipDataset(small_world, small_world.audio_split("train"), student.sample_rate, student.window_samples)
     batch = collate_clips([ds[i] for i in range(len(ds))])

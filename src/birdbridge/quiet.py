@@ -37,14 +37,27 @@ NATIVE_NOISE = re.compile(
     rb"|Skipped \d+ bytes in input)"  # mpg123 probing a file that is not MPEG audio
     rb"|\[src/libmpg123/[^\]]*\] (warning|error|note): ).*$"  # mpg123's own diagnostics of a broken stream
 )
+# torch deprecated the autograd all_gather the contrastive loss needs (its replacement lacks a
+# gloo backward); Lightning's own all_gather hits it too
+ALL_GATHER_DEPRECATED = r"torch\.distributed\.nn\.functional\.all_gather is deprecated"
 # Python warnings that are known to be benign here, by message.
 BENIGN_WARNINGS = (
     r"`isinstance\(treespec, LeafSpec\)` is deprecated",  # Lightning 2.6 on torch 2.14's pytree
-    # Lightning 2.6's all_gather (each DDP step asks whether every rank has clips) on torch 2.14
-    r"torch\.distributed\.nn\.functional\.all_gather is deprecated",
+    ALL_GATHER_DEPRECATED,  # Lightning 2.6 (each DDP step asks whether every rank has clips) on torch 2.14
 )
 # Lightning's loggers: INFO lines (device banners, adverts) show only with --verbose.
 LIGHTNING_LOGGERS = ("lightning", "lightning.pytorch", "lightning.fabric")
+# What Lightning says at fit time about choices birdbridge made on purpose; hidden around
+# trainer.fit() whatever the verbosity, because no user can act on them.
+LIGHTNING_FIT_NOTICES = (
+    r".*does not have many workers.*",  # num_workers is the config's choice
+    r".*deterministic.*",
+    r".*isinstance\(treespec, LeafSpec\)` is deprecated.*",  # Lightning's use of a torch API torch deprecated
+    # DistillData resumes mid-epoch through its own checkpoint state, which this Lightning
+    # check (it looks for a stateful DataLoader) does not see
+    r".*dataloader is not resumable.*",
+)
+EVAL_MODE_NOTICE = r".*module\(s\) in eval mode at the start of training.*"
 
 
 def verbose() -> bool:
@@ -78,6 +91,32 @@ def settle_lightning() -> None:
         return
     for name in LIGHTNING_LOGGERS:
         logging.getLogger(name).setLevel(logging.WARNING)
+
+
+@contextlib.contextmanager
+def lightning_fit(eval_mode_intended: bool) -> Iterator[None]:
+    """Around ``trainer.fit``: :data:`LIGHTNING_FIT_NOTICES` hidden, and Lightning's eval-mode
+    notice too when eval mode is what was configured (a frozen encoder, ``encoder_mode: eval``)."""
+    with warnings.catch_warnings():
+        for message in LIGHTNING_FIT_NOTICES + ((EVAL_MODE_NOTICE,) if eval_mode_intended else ()):
+            warnings.filterwarnings("ignore", message)
+        yield
+
+
+@contextlib.contextmanager
+def lightning_logs_quiet() -> Iterator[None]:
+    """Lightning's INFO banners ("GPU available ...") held back during the block, whatever the
+    verbosity: a job that trains several models (``birdbridge eval``) would print them once per
+    model, burying its own progress lines. Only the log level is raised: warnings still show."""
+    loggers = [logging.getLogger(n) for n in LIGHTNING_LOGGERS]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        for lg, lvl in zip(loggers, levels):
+            lg.setLevel(lvl)
 
 
 _lock = threading.Lock()

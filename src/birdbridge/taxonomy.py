@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import random
 from dataclasses import asdict, dataclass, field
-from typing import Callable, Iterable, Sequence
+from typing import Callable, Sequence
 
 RANKS: tuple[str, ...] = ("kingdom", "phylum", "class", "order", "family", "genus", "species")
 PROMPT_TYPES: tuple[str, ...] = (
@@ -170,7 +170,3 @@ def species_index(species: Sequence[Species]) -> dict[str, int]:
         dup = sorted({i for i in ids if ids.count(i) > 1})
         raise ValueError(f"duplicate species ids: {dup[:5]}")
     return {s: i for i, s in enumerate(ids)}
-
-
-def rank_labels(species: Iterable[Species], rank: str) -> list[str]:
-    return [s.rank(rank) for s in species]

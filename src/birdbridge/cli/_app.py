@@ -90,14 +90,18 @@ def _run_with_progress(label: str, total: int, job):
         return job(lambda n: prog.advance(task, n))
 
 
-def _exit_status(none_done: bool, n_skipped: int, n_inputs: int, what: str, none_msg: str, strict: bool) -> None:
-    """The exit rule every many-input verb shares: 0 when at least one input succeeded
-    (``--strict``: when none was skipped), else 1 with one line saying why."""
+def exit_status(none_done: bool, n_failed: int, n_inputs: int | None, what: str, none_msg: str, strict: bool,
+                failed: str = "were skipped") -> None:
+    """The one exit rule of every many-input verb: 0 when at least one input succeeded
+    (``--strict``: when none failed), else 1 with one line saying why. ``failed`` says what
+    happened to the failed ones ("were skipped", "are bad or missing"); ``n_inputs`` None when
+    the verb does not count its inputs (training draws clips, it does not list them)."""
     if none_done:
         console.print(f"[bold red]error:[/] none of the {n_inputs} {what} {none_msg}")
         raise typer.Exit(1)
-    if strict and n_skipped:
-        console.print(f"[bold red]error:[/] --strict: {n_skipped} of {n_inputs} {what} were skipped")
+    if strict and n_failed:
+        of = f" of {n_inputs}" if n_inputs is not None else ""
+        console.print(f"[bold red]error:[/] --strict: {n_failed}{of} {what} {failed}")
         raise typer.Exit(1)
 
 
@@ -118,7 +122,7 @@ def _save_and_report(emb, out: Path, n_inputs: int, what: str, strict: bool) -> 
         console.print(f"  ... and {len(emb.skips) - 10} more (all listed in {path.with_suffix('.json')})")
     print_outputs((path, "vectors"), (path.with_suffix(".parquet"), "one row per vector"),
                   (path.with_suffix(".json"), "provenance and skips"))
-    _exit_status(n_ok == 0, len(emb.skips), n_inputs, what,
+    exit_status(n_ok == 0, len(emb.skips), n_inputs, what,
                  f"could be embedded (reasons in {path.with_suffix('.json')})", strict)
 
 

@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from ._app import app, console, print_outputs
+from ._app import app, console, exit_status, print_outputs
 
 
 @app.command("inspect")
@@ -33,12 +33,10 @@ def inspect_cmd(
     report = inspect_dataset(kind, path, check_media=not no_media, max_files=max_files, deep=deep, **opts)
     typer.echo(json.dumps(report, indent=2, default=str) if as_json else format_inspect(report))
     m, n_bad = report.get("media", {}), report.get("bad_files", {}).get("n", 0)
-    if m.get("n_checked") and m.get("n_bad", 0) >= m["n_checked"]:
-        console.print(f"[bold red]error:[/] none of the {m['n_checked']} checked media files is usable")
-        raise typer.Exit(1)
-    if strict and n_bad:
-        console.print(f"[bold red]error:[/] --strict: {n_bad} media files are bad or missing")
-        raise typer.Exit(1)
+    n_checked, n_listed = m.get("n_checked") or 0, m.get("n_present", 0) + m.get("n_missing", 0)
+    none = bool(n_checked) and m.get("n_bad", 0) >= n_checked
+    exit_status(none, n_bad, n_checked if none else n_listed, "checked media files" if none else "media files",
+                "is usable", strict, failed="are bad or missing")
 
 
 data_app = typer.Typer(name="data", help="Fetch the paper's datasets and prepare training shards.", no_args_is_help=True)
@@ -128,6 +126,4 @@ def prepare_cmd(
     if m["n_skipped"]:
         console.print(f"{m['n_skipped']} skipped {m['skip_counts']} (listed in {out / 'skipped.json'})", markup=False,
                       soft_wrap=True)
-        if strict:
-            console.print("[bold red]error:[/] --strict: recordings were skipped")
-            raise typer.Exit(1)
+    exit_status(False, m["n_skipped"], m["n_inputs"], "recordings", "", strict)

@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from ._app import DEVICE_HELP, _device, _exit_status, _run_with_progress, app, console, print_outputs
+from ._app import DEVICE_HELP, _device, exit_status, _run_with_progress, app, console, print_outputs
 
 
 @app.command("detect")
@@ -61,5 +61,5 @@ def detect_cmd(
     else:
         typer.echo(tables.render(results, fmt, high_freq_hz=nyquist), nl=False)
     failed = [r for r in results if not r.ok]
-    _exit_status(bool(failed) and len(failed) == len(results), len(failed), len(results), "recordings",
+    exit_status(bool(failed) and len(failed) == len(results), len(failed), len(results), "recordings",
                  f"could be read ({', '.join(sorted({r.error for r in failed}))})", strict)

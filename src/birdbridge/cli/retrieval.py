@@ -10,7 +10,7 @@ import typer
 from rich.console import Console
 
 from ..console import make_console
-from ._app import DEVICE_HELP, _device, _exit_status, _run_with_progress, app, console, print_outputs
+from ._app import DEVICE_HELP, _device, exit_status, _run_with_progress, app, console, print_outputs
 
 
 @app.command("index")
@@ -90,7 +90,7 @@ def index_cmd(
         none_done = bool(skipped_now) and not any(r["path"] in asked for r in index.metadata(range(index.count)))
         print_outputs((out, f"index of {index.count} images; skips listed in index.json"))
         # "none of N" counts the distinct paths asked for, "--strict: k of N" the records
-        _exit_status(none_done, skipped_now, len(asked) if none_done else len(records), "images",
+        exit_status(none_done, skipped_now, len(asked) if none_done else len(records), "images",
                      f"could be indexed (reasons in {out / 'index.json'})", strict)
 
 
@@ -165,7 +165,7 @@ def search_cmd(
         else:
             _print_tables(results, make_console())
     failed = [r for r in results if not r.ok]
-    _exit_status(bool(failed) and len(failed) == len(results), len(failed), len(results), "recordings",
+    exit_status(bool(failed) and len(failed) == len(results), len(failed), len(results), "recordings",
                  f"could be searched ({', '.join(sorted({r.error for r in failed}))})", strict)
 
 

@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from ._app import app, console, print_outputs
+from ._app import app, console, exit_status, print_outputs
 
 
 @app.command()
@@ -122,6 +122,5 @@ def train_cmd(
                           markup=False)
         print_outputs((out / "model", "distilled model"), (out / "checkpoints", "Lightning checkpoints (--resume)"),
                       (out / "logs", "training metrics (CSV)"), (out / "skipped.json", "clips skipped, with reasons"))
-        if skipped["n_skipped"] and strict:
-            console.print("[bold red]error:[/] --strict: training clips were skipped")
-            raise typer.Exit(1)
+        # no step at all raised in distill(); here only --strict can turn skips into a failure
+        exit_status(False, skipped["n_skipped"], None, "training clips", "", strict)

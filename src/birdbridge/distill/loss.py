@@ -35,6 +35,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from birdbridge.errors import ConfigError
+from birdbridge.quiet import ALL_GATHER_DEPRECATED
 
 __all__ = [
     "DistillContrastiveLoss",
@@ -98,7 +99,7 @@ def _all_gather_with_grad(x: Tensor) -> Tensor:
     # functional collectives, whose autograd backward (reduce_scatter) gloo lacks; this
     # one works on gloo and NCCL alike, so keep it and silence the per-call warning.
     with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=r".*all_gather is deprecated.*", category=FutureWarning)
+        warnings.filterwarnings("ignore", message=ALL_GATHER_DEPRECATED, category=FutureWarning)
         return torch.cat(dist_nn.all_gather(x), dim=0)
 
 

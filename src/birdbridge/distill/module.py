@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import random
+from typing import TYPE_CHECKING
 
 import lightning as L
 import torch
@@ -19,6 +20,9 @@ from ..taxonomy import resolve_prompt_types
 from .clap_align import ClapAlignmentLoss, FrozenClapTower, feature_distillation_loss
 from .data import waves_as_float
 from .loss import LogitScale, build_loss
+
+if TYPE_CHECKING:  # train.py builds this module; the config is only read here
+    from .train import TrainConfig
 
 
 def rng_states() -> dict:
@@ -46,56 +50,50 @@ def set_rng_states(states: dict) -> None:
 
 
 class DistillModule(L.LightningModule):
+    """``cfg`` (a :class:`~birdbridge.distill.train.TrainConfig`) gives the recipe: prompt types,
+    loss, learning rates and schedule, encoder mode, temperature, seed and the CLAP-space terms.
+    ``total_steps`` is the schedule's length outside a Trainer (inside one, Lightning's estimate);
+    ``clap_text`` / ``clap_logit_scale`` are the CLAP species captions' embeddings the alignment
+    term needs (``cfg.clap_alignment_weight > 0``)."""
+
     def __init__(
         self,
         student: AudioStudent,
         text_embeddings: dict[str, torch.Tensor],
+        cfg: "TrainConfig",
         *,
-        prompt_types: str | list[str] = "mixed",
-        loss: str = "infonce",
-        positives: str = "multi",
-        lr_encoder: float = 1e-5,
-        lr_head: float = 1e-3,
-        weight_decay: float = 0.01,
-        warmup_steps: int = 100,
         total_steps: int = 1000,
-        freeze_encoder: bool = False,
-        encoder_mode: str = "train",
-        init_temperature: float = 0.07,
-        learn_temperature: bool = True,
-        seed: int = 0,
         clap_text: torch.Tensor | None = None,
         clap_logit_scale: float = 1.0,
-        clap_alignment_weight: float = 0.0,
-        clap_feature_weight: float = 0.0,
     ):
         super().__init__()
         self.student = student
         # auxiliary terms keeping the tower's CLAP audio-text alignment (distill/clap_align.py)
-        self.clap_alignment_weight, self.clap_feature_weight = float(clap_alignment_weight), float(clap_feature_weight)
+        self.clap_alignment_weight, self.clap_feature_weight = float(cfg.clap_alignment_weight), float(cfg.clap_feature_weight)
         self.clap_align = None
         if self.clap_alignment_weight > 0:
             if clap_text is None:
                 raise ValueError("clap_alignment_weight > 0 needs the CLAP species text embeddings (clap_text)")
             self.clap_align = ClapAlignmentLoss(clap_text, clap_logit_scale)
         self.clap_reference = FrozenClapTower(student) if self.clap_feature_weight > 0 else None
-        self.prompt_types = list(resolve_prompt_types(prompt_types))
+        self.prompt_types = list(resolve_prompt_types(cfg.prompt_types))
         missing = [p for p in self.prompt_types if p not in text_embeddings]
         if missing:
             raise ValueError(f"text embeddings missing for prompt types {missing}")
         # [n_types, n_species, D]; non-persistent: the cache, not the checkpoint, owns them
         table = torch.stack([text_embeddings[p].float() for p in self.prompt_types])
         self.register_buffer("text_table", table, persistent=False)
-        self.logit_scale = LogitScale(init_temperature, learnable=learn_temperature)
-        self.loss_name = loss
-        self.loss_fn = build_loss("species_softmax") if loss == "species_softmax" else build_loss("infonce", positives=positives)
-        self.lr_encoder, self.lr_head, self.weight_decay = lr_encoder, lr_head, weight_decay
-        self.warmup_steps, self.total_steps = warmup_steps, max(1, total_steps)
-        if encoder_mode not in ("train", "eval"):
-            raise ValueError(f"encoder_mode must be 'train' or 'eval', got {encoder_mode!r}")
-        self.freeze_encoder = freeze_encoder
-        self.encoder_mode = "eval" if freeze_encoder else encoder_mode
-        self.seed = seed
+        self.logit_scale = LogitScale(cfg.init_temperature, learnable=cfg.learn_temperature)
+        self.loss_name = cfg.loss
+        self.loss_fn = (build_loss("species_softmax") if cfg.loss == "species_softmax"
+                        else build_loss("infonce", positives=cfg.positives))
+        self.lr_encoder, self.lr_head, self.weight_decay = cfg.lr_encoder, cfg.lr_head, cfg.weight_decay
+        self.warmup_steps, self.total_steps = cfg.warmup_steps, max(1, total_steps)
+        if cfg.encoder_mode not in ("train", "eval"):
+            raise ValueError(f"encoder_mode must be 'train' or 'eval', got {cfg.encoder_mode!r}")
+        self.freeze_encoder = freeze_encoder = cfg.freeze_encoder
+        self.encoder_mode = "eval" if freeze_encoder else cfg.encoder_mode
+        self.seed = cfg.seed
         self.skips = SkipLog()
         self.trained_batches = 0  # steps this process trained (not restored from a checkpoint)
         self.steps_without_clips = 0  # steps skipped on every rank because one rank's batch had no usable clip

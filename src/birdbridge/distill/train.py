@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import ClassVar
@@ -20,7 +19,7 @@ from ..encoders.student import AudioStudent, DistilledModel
 from ..encoders.teacher import DEFAULT_TEACHER, load_teacher
 from ..errors import BadInputError, ConfigError, SkipLog
 from ..io import atomic_write_json
-from ..quiet import settle_lightning
+from ..quiet import lightning_fit, settle_lightning
 from ..taxonomy import MIXED, PROMPT_TYPES, TEMPLATE_SETS, resolve_prompt_types
 from .text_cache import TextEmbeddingCache
 
@@ -268,14 +267,8 @@ def distill(collection: Collection, cfg: TrainConfig, out_dir: str | Path, *, re
     clap_text, clap_scale = (None, 1.0)
     if cfg.clap_alignment_weight > 0:
         clap_text, clap_scale = clap_species_table(cfg, collection.species)
-    module = DistillModule(
-        student, text, prompt_types=list(cfg.resolved_prompt_types), loss=cfg.loss, positives=cfg.positives,
-        lr_encoder=cfg.lr_encoder, lr_head=cfg.lr_head, weight_decay=cfg.weight_decay,
-        warmup_steps=cfg.warmup_steps, total_steps=steps_per_epoch * cfg.max_epochs,
-        freeze_encoder=cfg.freeze_encoder, encoder_mode=cfg.encoder_mode, init_temperature=cfg.init_temperature,
-        learn_temperature=cfg.learn_temperature, seed=cfg.seed, clap_text=clap_text, clap_logit_scale=clap_scale,
-        clap_alignment_weight=cfg.clap_alignment_weight, clap_feature_weight=cfg.clap_feature_weight,
-    )
+    module = DistillModule(student, text, cfg, total_steps=steps_per_epoch * cfg.max_epochs,
+                           clap_text=clap_text, clap_logit_scale=clap_scale)
     ckpt = ModelCheckpoint(dirpath=out_dir / "checkpoints", save_last=True, every_n_train_steps=max(1, steps_per_epoch // 2),
                            save_top_k=0)
     from lightning.fabric.utilities.exceptions import MisconfigurationException
@@ -285,17 +278,7 @@ def distill(collection: Collection, cfg: TrainConfig, out_dir: str | Path, *, re
     except MisconfigurationException as err:  # e.g. more devices than the node has, a bad strategy
         raise ConfigError(f"Lightning refused the training setup: {str(err).splitlines()[0]}") from None
     last = out_dir / "checkpoints" / "last.ckpt"
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", ".*does not have many workers.*")
-        warnings.filterwarnings("ignore", ".*deterministic.*")
-        # Lightning's own use of a torch API torch deprecated; nothing a user can change
-        warnings.filterwarnings("ignore", r".*isinstance\(treespec, LeafSpec\)` is deprecated.*")
-        # DistillData resumes mid-epoch through its own checkpoint state, which this
-        # Lightning check (it looks for a stateful DataLoader) does not see
-        warnings.filterwarnings("ignore", ".*dataloader is not resumable.*")
-        if module.encoder_mode == "eval":
-            # the configured mode (or a frozen encoder): the eval-mode modules are intended
-            warnings.filterwarnings("ignore", ".*module\\(s\\) in eval mode at the start of training.*")
+    with lightning_fit(eval_mode_intended=module.encoder_mode == "eval"):
         trainer.fit(module, datamodule=data, ckpt_path=str(last) if resume and last.exists() else None)
     # the teacher as it is (weights fingerprint + absolute id), so the model and any index
     # built with it agree from any directory and after the folders move (encoders/identity.py)

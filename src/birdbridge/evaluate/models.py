@@ -9,15 +9,14 @@ checkpoints (``distilled_model:``), trained with ``birdbridge train`` under torc
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import hashlib
 import json
-import logging
 import time
 from pathlib import Path
 
 from ..errors import ConfigError
+from ..quiet import lightning_logs_quiet
 from .eval_config import RUNTIME_KEYS
 
 
@@ -83,22 +82,6 @@ def distilled_model(setting, train_cfg, train_species: list[str], work: Path, lo
         coll = coll.subset_species(train_species)
     log(f"distilling ({'+'.join(train_cfg.resolved_prompt_types)}, {len(train_species)} species) -> {ckpt}")
     t0 = time.time()
-    with _quiet_lightning_logs():
+    with lightning_logs_quiet():  # once per arm they would bury the run's own lines
         model = distill(coll, train_cfg, ckpt.parent)
     return model.eval(), {**info, "source": "trained", "path": str(ckpt), "train_s": round(time.time() - t0, 2)}
-
-
-@contextlib.contextmanager
-def _quiet_lightning_logs():
-    """Lightning's INFO banners ("GPU available ..."), once per arm, would bury the run's own
-    progress lines. Only its log level is raised: its warnings still show (distill() itself
-    filters the few known-benign ones by message)."""
-    loggers = [logging.getLogger(n) for n in ("lightning.pytorch", "lightning.fabric", "lightning")]
-    levels = [lg.level for lg in loggers]
-    for lg in loggers:
-        lg.setLevel(logging.WARNING)
-    try:
-        yield
-    finally:
-        for lg, lvl in zip(loggers, levels):
-            lg.setLevel(lvl)
