@@ -188,7 +188,7 @@ def components(d: Path, batch: int, reps: int = 3) -> dict:
     import soundfile as sf
     import torch
 
-    from birdbridge.data.audio import resample
+    from birdbridge.data.audio_file import resample
     from birdbridge.data.shards import ShardReader
 
     torch.set_num_threads(1)
