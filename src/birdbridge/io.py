@@ -5,6 +5,8 @@ Outputs follow the user's umask like any other file: ``mkstemp``/``mkdtemp`` cre
 temp file or folder gets the mode ``open()``/``mkdir()`` would have given it (0666 or
 0777 less the umask) before it is renamed. Colleagues on a shared lab account or group
 project folder can then read results, and a private umask (077) still keeps them private.
+This module is the one place that reads the umask; :func:`share` gives the same mode to
+what another library made privately (an archive unpacked into a ``mkdtemp`` folder).
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ def atomic_dir(target: str | Path) -> Iterator[Path]:
     recover_dir(target)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
     try:
-        os.chmod(tmp, 0o777 & ~current_umask())
+        share(tmp)
         yield tmp
         old = None
         if target.exists():
@@ -67,7 +69,7 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
-        os.fchmod(fd, 0o666 & ~current_umask())
+        os.fchmod(fd, _user_mode(is_dir=False))
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
@@ -80,8 +82,9 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
 
 
 def current_umask() -> int:
-    """The process umask, read without changing it (``os.umask`` can only be read by setting it,
-    which would briefly loosen it for every other thread)."""
+    """The process umask, read without changing it: ``os.umask`` can only be read by setting it,
+    which would briefly loosen it for every other thread. Linux reports it in /proc; elsewhere
+    (macOS) it is read off the mode the kernel gives a new folder asked for with 0777."""
     try:
         with open("/proc/self/status", encoding="ascii") as fh:
             for line in fh:
@@ -89,9 +92,23 @@ def current_umask() -> int:
                     return int(line.split()[1], 8)
     except (OSError, ValueError):
         pass
-    mask = os.umask(0o077)  # no /proc (macOS): set-and-restore, with the strict value in between
-    os.umask(mask)
-    return mask
+    probe = Path(tempfile.mkdtemp(prefix=".umask-"))
+    try:
+        (probe / "d").mkdir(0o777)
+        return 0o777 & ~(probe / "d").stat().st_mode
+    finally:
+        shutil.rmtree(probe, ignore_errors=True)
+
+
+def _user_mode(is_dir: bool) -> int:
+    return (0o777 if is_dir else 0o666) & ~current_umask()
+
+
+def share(path: str | Path) -> None:
+    """Give a file or folder the mode a new one of the user's would have (0666 or 0777 less the
+    umask), as :func:`atomic_write_bytes` and :func:`atomic_dir` give theirs: for what another
+    library created owner-only (``mkdtemp``'s 0700) before it is renamed into place."""
+    os.chmod(path, _user_mode(is_dir=Path(path).is_dir()))
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:
