@@ -17,7 +17,7 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Iterator
+from typing import BinaryIO, Iterator
 
 
 @contextlib.contextmanager
@@ -65,13 +65,26 @@ def recover_dir(target: str | Path) -> bool:
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
-    path = Path(path)
+    with _file_beside(Path(path)) as f:
+        f.write(data)
+
+
+def atomic_copy(src: str | Path, path: str | Path) -> None:
+    """Copy the file ``src`` to ``path`` as :func:`atomic_write_bytes` writes: whole or not at all."""
+    with _file_beside(Path(path)) as f, open(src, "rb") as fin:
+        shutil.copyfileobj(fin, f, 1 << 20)
+
+
+@contextlib.contextmanager
+def _file_beside(path: Path) -> Iterator[BinaryIO]:
+    """A temp file in ``path``'s folder with the user's mode, fsynced and renamed onto ``path``
+    when the block ends; removed if the block fails."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
         os.fchmod(fd, _user_mode(is_dir=False))
         with os.fdopen(fd, "wb") as f:
-            f.write(data)
+            yield f
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
