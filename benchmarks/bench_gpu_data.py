@@ -71,7 +71,8 @@ def _trainer(student, device: str):
 def from_shards(student, step, device: str, batch: int, workers: int, steps: int, n: int, workdir: str | None) -> dict:
     from torch.utils.data import DataLoader
 
-    from birdbridge.data.shards import load_shards, prepare_shards
+    from birdbridge.data.shard_writer import prepare_shards
+    from birdbridge.data.shards import load_shards
     from birdbridge.distill.data import EpochShuffleSampler, clip_dataset, collate_clips, waves_as_float
 
     from .bench_loader import make_dataset

@@ -188,7 +188,7 @@ def components(d: Path, batch: int, reps: int = 3) -> dict:
     import soundfile as sf
     import torch
 
-    from birdbridge.data.audio import resample
+    from birdbridge.data.audio_file import resample
     from birdbridge.data.shards import ShardReader
 
     torch.set_num_threads(1)
@@ -246,14 +246,14 @@ def quantisation(d: Path, n: int = 8) -> dict:
     from transformers import ClapFeatureExtractor
 
     from birdbridge.data.audio import load_audio
-    from birdbridge.data.shards import to_pcm16
+    from birdbridge.data.shards import PCM16_SCALE, to_pcm16
     from birdbridge.encoders.frontend import ClapFrontend
 
     front = ClapFrontend.from_feature_extractor(ClapFeatureExtractor(truncation="rand_trunc"))
     snr, dmax, d99 = [], [], []
     for p in sorted((d / "audio").glob("*.wav"))[:n]:
         w = load_audio(p, SR)[: int(CLIP_S * SR)]
-        q = to_pcm16(w).astype(np.float32) / 32768
+        q = to_pcm16(w).astype(np.float32) / PCM16_SCALE
         snr.append(10 * np.log10(np.sum(w.astype(np.float64) ** 2) / max(np.sum((w - q).astype(np.float64) ** 2), 1e-30)))
         with torch.no_grad():
             a, b = (front(torch.from_numpy(x)[None], crop="start")[0, 0].numpy() for x in (w, q))
@@ -271,7 +271,7 @@ def quantisation(d: Path, n: int = 8) -> dict:
 
 def run(n: int = 48, max_s: float = 120.0, seconds: float = 8.0, repeats: int = 2, batch: int = 32,
         variants=VARIANTS, workdir: str | Path | None = None) -> dict:
-    from birdbridge.data.shards import prepare_shards
+    from birdbridge.data.shard_writer import prepare_shards
 
     with tempfile.TemporaryDirectory(dir=workdir) as tmp:
         d = Path(tmp)

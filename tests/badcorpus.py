@@ -32,7 +32,7 @@ def _encoded(wave: np.ndarray, sr: int, fmt: str, subtype: str | None = None) ->
     return buf.getvalue()
 
 
-# Expected reasons (see birdbridge.data.audio / birdbridge.data.images module docstrings).
+# Expected reasons (see birdbridge.data.audio_file / birdbridge.data.images module docstrings).
 AUDIO_EXPECTED: dict[str, str | None] = {
     "good_a.wav": None,
     "good_b.flac": None,

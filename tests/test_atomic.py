@@ -163,6 +163,32 @@ def test_distilled_checkpoint_reader_recovers_an_aside_checkpoint(tmp_path, tiny
         assert torch.equal(loaded(wave), model(wave)), "the recovered checkpoint is the saved one"
 
 
+def test_the_umask_is_read_without_setting_it_and_shared_modes_follow_it(tmp_path, monkeypatch):
+    """No /proc (macOS): the umask is read off a probe folder's mode, never by setting it."""
+    import birdbridge.io as bio
+
+    def no_proc(path, *args, **kwargs):
+        if str(path).startswith("/proc"):
+            raise OSError("no /proc here")
+        return open(path, *args, **kwargs)
+
+    old = os.umask(0o027)
+    try:
+        assert bio.current_umask() == 0o027
+        monkeypatch.setattr(bio, "open", no_proc, raising=False)
+        assert bio.current_umask() == 0o027
+        f, d = tmp_path / "f", tmp_path / "d"
+        f.write_bytes(b"x")
+        f.chmod(0o600)
+        d.mkdir(0o700)
+        bio.share(f)
+        bio.share(d)
+        assert (f.stat().st_mode & 0o777, d.stat().st_mode & 0o777) == (0o640, 0o750)
+        assert os.umask(0o027) == 0o027  # left as it was
+    finally:
+        os.umask(old)
+
+
 # --------------------------------------------------------------------------- index --add
 
 

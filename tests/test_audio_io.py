@@ -16,10 +16,10 @@ from birdbridge.data.audio import (
     crop_or_pad,
     load_audio,
     pad_to_length,
-    resample,
     sliding_windows,
     window_starts,
 )
+from birdbridge.data.audio_file import resample
 from birdbridge.data.stream import iter_windows
 from birdbridge.errors import BadInputError
 

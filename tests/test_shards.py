@@ -19,7 +19,8 @@ import soundfile as sf
 
 from birdbridge.data.audio import crop_or_pad, load_audio
 from birdbridge.data.crop import load_crop
-from birdbridge.data.shards import ShardReader, decode_sample, load_shards, prepare_shards
+from birdbridge.data.shard_writer import prepare_shards
+from birdbridge.data.shards import ShardReader, decode_sample, load_shards
 
 BIN = Path(sys.executable).with_name("birdbridge")
 SR = 22050

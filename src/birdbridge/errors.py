@@ -7,9 +7,13 @@ is counted and written next to the outputs, so nothing is dropped silently.
 
 from __future__ import annotations
 
+import json
 from collections import Counter
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+
+from .io import atomic_write_json
 
 
 class BirdbridgeError(Exception):
@@ -75,7 +79,16 @@ class SkipLog:
         parts = ", ".join(f"{n} {r}" for r, n in sorted(self.counts().items()))
         return f"{len(self.skips)} inputs skipped ({parts})"
 
-    def write_json(self, path: str | Path) -> None:
-        from .io import atomic_write_json
+    @classmethod
+    def from_list(cls, rows: Iterable[dict]) -> SkipLog:
+        """The log :meth:`to_list` wrote."""
+        return cls([Skip(s["input"], s["reason"], s.get("detail", "")) for s in rows])
 
-        atomic_write_json(path, {"n_skipped": len(self), "counts": self.counts(), "skipped": self.to_list()})
+    def write_json(self, path: str | Path, **extra) -> None:
+        """Write ``skipped.json`` atomically: ``n_skipped``, ``counts``, ``skipped`` (then ``extra``'s keys)."""
+        atomic_write_json(path, {"n_skipped": len(self), "counts": self.counts(), "skipped": self.to_list(), **extra})
+
+    @classmethod
+    def read_json(cls, path: str | Path) -> SkipLog:
+        """The log a :meth:`write_json` file holds."""
+        return cls.from_list(json.loads(Path(path).read_text())["skipped"])

@@ -5,6 +5,8 @@ Outputs follow the user's umask like any other file: ``mkstemp``/``mkdtemp`` cre
 temp file or folder gets the mode ``open()``/``mkdir()`` would have given it (0666 or
 0777 less the umask) before it is renamed. Colleagues on a shared lab account or group
 project folder can then read results, and a private umask (077) still keeps them private.
+This module is the one place that reads the umask; :func:`share` gives the same mode to
+what another library made privately (an archive unpacked into a ``mkdtemp`` folder).
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Iterator
+from typing import BinaryIO, Iterator
 
 
 @contextlib.contextmanager
@@ -30,7 +32,7 @@ def atomic_dir(target: str | Path) -> Iterator[Path]:
     recover_dir(target)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
     try:
-        os.chmod(tmp, 0o777 & ~current_umask())
+        share(tmp)
         yield tmp
         old = None
         if target.exists():
@@ -63,13 +65,26 @@ def recover_dir(target: str | Path) -> bool:
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
-    path = Path(path)
+    with _file_beside(Path(path)) as f:
+        f.write(data)
+
+
+def atomic_copy(src: str | Path, path: str | Path) -> None:
+    """Copy the file ``src`` to ``path`` as :func:`atomic_write_bytes` writes: whole or not at all."""
+    with _file_beside(Path(path)) as f, open(src, "rb") as fin:
+        shutil.copyfileobj(fin, f, 1 << 20)
+
+
+@contextlib.contextmanager
+def _file_beside(path: Path) -> Iterator[BinaryIO]:
+    """A temp file in ``path``'s folder with the user's mode, fsynced and renamed onto ``path``
+    when the block ends; removed if the block fails."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
-        os.fchmod(fd, 0o666 & ~current_umask())
+        os.fchmod(fd, _user_mode(is_dir=False))
         with os.fdopen(fd, "wb") as f:
-            f.write(data)
+            yield f
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -80,8 +95,9 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
 
 
 def current_umask() -> int:
-    """The process umask, read without changing it (``os.umask`` can only be read by setting it,
-    which would briefly loosen it for every other thread)."""
+    """The process umask, read without changing it: ``os.umask`` can only be read by setting it,
+    which would briefly loosen it for every other thread. Linux reports it in /proc; elsewhere
+    (macOS) it is read off the mode the kernel gives a new folder asked for with 0777."""
     try:
         with open("/proc/self/status", encoding="ascii") as fh:
             for line in fh:
@@ -89,9 +105,23 @@ def current_umask() -> int:
                     return int(line.split()[1], 8)
     except (OSError, ValueError):
         pass
-    mask = os.umask(0o077)  # no /proc (macOS): set-and-restore, with the strict value in between
-    os.umask(mask)
-    return mask
+    probe = Path(tempfile.mkdtemp(prefix=".umask-"))
+    try:
+        (probe / "d").mkdir(0o777)
+        return 0o777 & ~(probe / "d").stat().st_mode
+    finally:
+        shutil.rmtree(probe, ignore_errors=True)
+
+
+def _user_mode(is_dir: bool) -> int:
+    return (0o777 if is_dir else 0o666) & ~current_umask()
+
+
+def share(path: str | Path) -> None:
+    """Give a file or folder the mode a new one of the user's would have (0666 or 0777 less the
+    umask), as :func:`atomic_write_bytes` and :func:`atomic_dir` give theirs: for what another
+    library created owner-only (``mkdtemp``'s 0700) before it is renamed into place."""
+    os.chmod(path, _user_mode(is_dir=Path(path).is_dir()))
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:

@@ -95,7 +95,7 @@ def prepare_cmd(
     strict: bool = typer.Option(False, "--strict", help="Exit non-zero when any recording was skipped."),
 ) -> None:
     """Decode a dataset's recordings once into shards that training streams (`data: {kind: shards}`)."""
-    from ..data.shards import prepare_shards
+    from ..data.shard_writer import prepare_shards
     from ..errors import ConfigError
 
     if sample_rate != "native" and not sample_rate.isdigit():

@@ -85,7 +85,7 @@ def train_cmd(
     from ..data.shards import is_remote
     from ..distill.train import TrainConfig, distill
     from ..distributed import is_main_process
-    from ..errors import ConfigError
+    from ..errors import ConfigError, SkipLog
 
     from ..devices import check_accelerator
     from ..encoders.hub import anchored
@@ -114,13 +114,11 @@ def train_cmd(
     distill(load_collection(kind, path, **data), cfg, out, resume=resume)
     if is_main_process():
         typer.echo(f"model written to {out / 'model'}")
-        import json
-
-        skipped = json.loads((out / "skipped.json").read_text())
-        if skipped["n_skipped"]:
-            console.print(f"{skipped['n_skipped']} training clips skipped {skipped['counts']} (listed in {out / 'skipped.json'})",
+        skipped = SkipLog.read_json(out / "skipped.json")
+        if skipped:
+            console.print(f"{len(skipped)} training clips skipped {skipped.counts()} (listed in {out / 'skipped.json'})",
                           markup=False)
         print_outputs((out / "model", "distilled model"), (out / "checkpoints", "Lightning checkpoints (--resume)"),
                       (out / "logs", "training metrics (CSV)"), (out / "skipped.json", "clips skipped, with reasons"))
         # no step at all raised in distill(); here only --strict can turn skips into a failure
-        exit_status(False, skipped["n_skipped"], None, "training clips", "", strict)
+        exit_status(False, len(skipped), None, "training clips", "", strict)

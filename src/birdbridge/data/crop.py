@@ -16,29 +16,13 @@ import math
 from pathlib import Path
 
 import numpy as np
-import soundfile as sf
 
-from ..errors import BadInputError
-from .audio import (
-    DEFAULT_QUALITY,
-    SILENCE_PEAK,
-    CropPolicy,
-    PadMode,
-    _check_frames,
-    _check_wav_end,
-    _mix,
-    _open,
-    _segment_frames,
-    _short,
-    _SHORTFALL_FRAMES,
-    crop_offset,
-    crop_or_pad,
-    load_audio,
-    resample,
-)
+from .audio import SILENCE_PEAK, CropPolicy, PadMode, crop_offset, crop_or_pad, load_audio
+from .audio_file import DEFAULT_QUALITY, AudioFile, mix, resample
+
 
 def resampled_length(frames: int, sr_in: int, sr_out: int) -> int:
-    """Samples :func:`~birdbridge.data.audio.resample` returns for ``frames`` input frames: soxr rounds to nearest."""
+    """Samples :func:`~birdbridge.data.audio_file.resample` returns for ``frames`` input frames: soxr rounds to nearest."""
     return frames if sr_in == sr_out else (2 * frames * sr_out + sr_in) // (2 * sr_in)
 
 
@@ -106,31 +90,26 @@ def load_crop(
     ``data prepare``, which decode everything).
     """
     p = Path(path)
-    with _open(p) as f:
-        _check_frames(f, p)
+    with AudioFile(p) as f:
         native = f.samplerate
-        start, stop = _segment_frames(f, start_s, end_s, None)
+        start, stop = f.segment(start_s, end_s)
         length = resampled_length(stop - start, native, sr)
         if length > n:
             off = crop_offset(length, n, policy, rng)
             a, b, skip = native_span(off, n, native, sr, stop - start)
-            _check_wav_end(f, p, start + b)
-            try:
-                f.seek(start + a)
-                raw = f.read(b - a, dtype="float32", always_2d=True)
-            except (sf.LibsndfileError, RuntimeError) as err:
-                raise BadInputError("decode_error", p, _short(err)) from None
+            f.check_end(start + b)
+            # read without holding back mpg123's notes, as crops always were: the hold-back
+            # costs a temporary file per call, and this runs for every clip of every epoch
+            raw = f.read(b - a, start=start + a, hush=False)
     if length <= n:  # short: decoded whole, with every check load_audio makes
         wave = load_audio(p, sr, start_s=start_s, end_s=end_s, silence_peak=silence_peak, quality=quality)
         return crop_or_pad(wave, n, policy, rng, pad=pad)
-    if (b - a) - len(raw) > _SHORTFALL_FRAMES or len(raw) == 0:
-        raise BadInputError("decode_error", p, f"truncated: got {len(raw)} of {b - a} frames at frame {start + a}")
-    if not np.isfinite(raw).all():
-        raise BadInputError("non_finite", p)
-    seg = resample(_mix(raw, True), native, sr, quality)
+    f.check_decoded(len(raw), b - a, f" at frame {start + a}")
+    f.check_finite(raw)
+    seg = resample(mix(raw, True), native, sr, quality)
     crop = seg[skip : skip + n]
     if len(crop) < n:  # an MP3 a few frames shorter than its header said
         crop = np.concatenate([crop, np.zeros(n - len(crop), np.float32)])
-    if float(np.max(np.abs(crop))) < silence_peak:
-        raise BadInputError("silent", p, f"the {n / sr:g} s crop at {off / sr:.2f} s is digitally silent")
+    f.check_peak(float(np.max(np.abs(crop))), silence_peak,
+                 f"the {n / sr:g} s crop at {off / sr:.2f} s is digitally silent")
     return np.ascontiguousarray(crop)

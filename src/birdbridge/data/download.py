@@ -41,7 +41,7 @@ from pathlib import Path
 from typing import Callable
 
 from ..errors import BirdbridgeError, ConfigError
-from ..io import atomic_write_json
+from ..io import atomic_copy, atomic_write_json
 from .fetch import MIRROR_ENV, DownloadError, Hashes, extract, fetch, hash_file, remote_size
 
 DOWNLOADS = ".downloads"
@@ -177,10 +177,8 @@ def _install(a: Asset, root: Path, archive: Path, keep: bool, report: Reporter) 
     target.parent.mkdir(parents=True, exist_ok=True)
     if a.member is not None:
         extract(archive, a.member, target, report(f"extract {a.kind}/{a.name}", archive.stat().st_size))
-    else:  # a plain file: copy beside the target, then rename (a reader never sees half of it)
-        tmp = target.with_name(f".{target.name}.extract-{os.getpid()}")
-        shutil.copyfile(archive, tmp)
-        os.replace(tmp, target)
+    else:  # a plain file: copied beside the target, then renamed (a reader never sees half of it)
+        atomic_copy(archive, target)
     if not keep:
         archive.unlink()
 

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Callable
 
 from ..errors import BirdbridgeError, ConfigError
+from ..io import share
 
 MIRROR_ENV = "BIRDBRIDGE_DATA_MIRROR"
 _BLOCK = 1 << 20
@@ -139,7 +140,7 @@ def extract(archive: Path, member: str | None, target: Path, advance: Callable[[
             found = sorted(p.name for p in tmp.iterdir())[:5]
             raise ConfigError(f"{archive.name} has no {member!r} at its top level (found {found}); is it the right file?")
         if src.is_dir():
-            os.chmod(src, 0o777 & ~_umask())  # mkdtemp made it 0700; data is for sharing
+            share(src)  # mkdtemp made it 0700; data is for sharing
         os.replace(src, target)  # the commit: the target appears whole or not at all
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -155,12 +156,6 @@ class _Counting:
         b = self.fh.read(n)
         self.advance(len(b))
         return b
-
-
-def _umask() -> int:
-    m = os.umask(0)
-    os.umask(m)
-    return m
 
 
 def hash_file(path: Path, algo: str) -> str:

@@ -2,7 +2,8 @@
 
 The dispatcher sits apart from the loaders it names: ``generic`` (CSV/folder parsing) is
 used by ``ssw60``, ``soundscapes`` and ``synthetic``, and this module imports them all,
-so the dependency runs one way.
+so the dependency runs one way. Shards are read here (``shards``, below) and written above
+(``shard_writer``, which reads its input through :func:`load_collection`).
 """
 
 from __future__ import annotations
@@ -52,7 +53,7 @@ LOADERS: dict[str, Callable[..., Collection]] = {
     "csv": load_csv,
     "folder": load_folder,
     "synthetic": _synthetic,
-    "shards": _shards,  # written by `birdbridge data prepare` (data/shards.py)
+    "shards": _shards,  # read by data/shards.py, written by `birdbridge data prepare` (data/shard_writer.py)
 }
 
 

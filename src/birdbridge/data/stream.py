@@ -2,8 +2,8 @@
 
 The file is read in blocks and resampled with a streaming soxr resampler, so memory stays
 bounded for hours-long files and block edges are seamless: the windows equal those cut
-from a fully decoded file (:func:`~birdbridge.data.audio.window_starts`). Decoding,
-checks and reasons are :mod:`.audio`'s.
+from a fully decoded file (:func:`~birdbridge.data.audio.window_starts`). Opening,
+checks and reasons are :class:`~birdbridge.data.audio_file.AudioFile`'s.
 """
 
 from __future__ import annotations
@@ -12,13 +12,13 @@ from pathlib import Path
 from typing import Iterator, Literal
 
 import numpy as np
-import soundfile as sf
 import soxr
 
 from ..errors import BadInputError
-from ..quiet import native_stderr
-from .audio import (_BLOCK_S, _SHORTFALL_FRAMES, DEFAULT_QUALITY, SILENCE_PEAK, _check_frames, _check_wav_end, _mix,
-                    _open, _segment_frames, _short, pad_to_length)
+from .audio import SILENCE_PEAK, pad_to_length
+from .audio_file import DEFAULT_QUALITY, AudioFile, mix
+
+_BLOCK_S = 20.0  # streaming block length: bounded memory, few Python round-trips
 
 
 def iter_windows(
@@ -83,14 +83,12 @@ def iter_spans(
     win, hop = int(round(window_s * sr)), int(round(hop_s * sr))
     keep = win if last == "end" else 0  # samples kept behind the next window start
     p = Path(path)
-    f = _open(p)
-    with f:
-        _check_frames(f, p)
+    with AudioFile(p) as f:
         native = f.samplerate
-        start, stop = _segment_frames(f, start_s, end_s, None)
+        start, stop = f.segment(start_s, end_s)
         if stop <= start:
             raise BadInputError("empty", p, "segment starts after the end of the file")
-        _check_wav_end(f, p, stop)
+        f.check_end(stop)
         offset_s = start / native
         stream = soxr.ResampleStream(native, sr, 1, dtype="float32", quality=quality) if native != sr else None
         block = max(1, int(block_s * native))
@@ -105,17 +103,13 @@ def iter_spans(
         read = 0
         peak = 0.0
         while remaining > 0:
-            try:
-                with native_stderr():  # mpg123's notes on damaged frames
-                    raw = f.read(min(block, remaining), dtype="float32", always_2d=True)
-            except (sf.LibsndfileError, RuntimeError) as err:
-                raise BadInputError("decode_error", p, _short(err)) from None
+            raw = f.read(min(block, remaining))
             got = len(raw)
             read += got
             remaining = remaining - got if got else 0
-            if got and not np.isfinite(raw).all():
-                raise BadInputError("non_finite", p)
-            mono = _mix(raw, True) if got else np.zeros(0, np.float32)
+            if got:
+                f.check_finite(raw)
+            mono = mix(raw, True) if got else np.zeros(0, np.float32)
             out = stream.resample_chunk(mono, last=remaining <= 0) if stream is not None else mono
             if len(out):
                 peak = max(peak, float(np.max(np.abs(out))))
@@ -129,13 +123,9 @@ def iter_spans(
             buf, buf_start = buf[drop:], buf_start + drop
             if got == 0:
                 break
-        if read < stop - start and (stop - start - read > _SHORTFALL_FRAMES or read == 0):
-            raise BadInputError("decode_error", p, f"truncated: got {read} of {stop - start} frames")
+        f.check_decoded(read, stop - start)
         total = buf_start + len(buf)
-        if total == 0:
-            raise BadInputError("empty", p)
-        if total < min_duration_s * sr:
-            raise BadInputError("too_short", p, f"{total / sr:.3f} s < {min_duration_s} s")
+        f.check_length(total, sr, min_duration_s)
         end_t = offset_s + total / sr
         if last == "pad" and nxt < total and (not emitted or last_end < total):
             # the model's own padding rule (HF repeatpad), as its front end would pad this tail
@@ -144,5 +134,5 @@ def iter_spans(
             yield offset_s, end_t, buf.copy()  # shorter than a window: the whole recording
         elif last == "end" and last_end < total:
             yield offset_s + (total - win) / sr, end_t, buf[total - win - buf_start :].copy()
-        if reject_silent and peak < silence_peak:
-            raise BadInputError("silent", p, f"peak below {silence_peak:g}")
+        if reject_silent:
+            f.check_peak(peak, silence_peak)

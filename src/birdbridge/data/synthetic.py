@@ -20,10 +20,12 @@ from __future__ import annotations
 
 import csv
 from dataclasses import dataclass
+from io import StringIO
 from pathlib import Path
 
 import numpy as np
 
+from ..io import atomic_write_text
 from ..taxonomy import Species
 
 COLOURS = {  # name -> RGB
@@ -201,10 +203,11 @@ class SyntheticWorld:
                     rel = f"images/{sp.id}_{split}_{k:03d}.png"
                     Image.fromarray(self.render_image(sp.id, rng, image_size)).save(root / rel)
                     image_rows.append(row(sp, rel, split))
-        with open(root / "world.csv", "w", newline="") as fh:
-            w = csv.writer(fh)
-            w.writerow(cols)
-            w.writerows(audio_rows + image_rows)
+        table = StringIO(newline="")
+        w = csv.writer(table)
+        w.writerow(cols)
+        w.writerows(audio_rows + image_rows)
+        atomic_write_text(root / "world.csv", table.getvalue())
         return root / "world.csv"
 
     def captions(self, species_id: str, known: bool = True) -> list[str]:

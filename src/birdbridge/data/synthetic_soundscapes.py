@@ -12,11 +12,13 @@ from __future__ import annotations
 
 import csv
 from dataclasses import dataclass
+from io import StringIO
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 
+from ..io import atomic_write_text
 from .synthetic import SyntheticWorld
 
 ANNOTATION_HEADER = ["Filename", "Start Time (s)", "End Time (s)", "Low Freq (Hz)", "High Freq (Hz)", "Species eBird Code"]
@@ -82,14 +84,16 @@ def write_synthetic_soundscapes(world: SyntheticWorld, species_ids: Sequence[str
             t += dur + rng.uniform(*spec.gap_s)
         sf.write(out / "soundscape_data" / f"synthetic_{k:02d}.wav", np.clip(wave, -1, 1).astype(np.float32), sr, subtype="PCM_16")
     ann = out / "annotations.csv"
-    with open(ann, "w", newline="") as fh:
-        w = csv.writer(fh)
-        w.writerow(ANNOTATION_HEADER)
-        w.writerows(rows)
+    _write_csv(ann, ANNOTATION_HEADER, rows)
     tax = out / "taxonomy.csv"
-    with open(tax, "w", newline="") as fh:
-        w = csv.writer(fh)
-        w.writerow(TAXONOMY_HEADER)
-        for sp in world.species:
-            w.writerow([sp.id, sp.scientific_name, sp.common_name, sp.order, sp.family, sp.genus, sp.epithet])
+    _write_csv(tax, TAXONOMY_HEADER, [[sp.id, sp.scientific_name, sp.common_name, sp.order, sp.family, sp.genus,
+                                        sp.epithet] for sp in world.species])
     return ann, tax
+
+
+def _write_csv(path: Path, header: Sequence[str], rows: list[list]) -> None:
+    table = StringIO(newline="")
+    w = csv.writer(table)
+    w.writerow(header)
+    w.writerows(rows)
+    atomic_write_text(path, table.getvalue())

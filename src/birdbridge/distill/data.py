@@ -18,6 +18,7 @@ from torch.utils.data import Dataset, Sampler
 from ..data.audio import crop_or_pad, load_audio
 from ..data.crop import load_crop
 from ..data.records import AudioItem, Collection
+from ..data.shards import PCM16_SCALE
 from ..errors import BadInputError
 
 
@@ -133,7 +134,7 @@ def waves_as_float(waves: torch.Tensor) -> torch.Tensor:
     """A batch as float32 in [-1, 1): int16 batches (pcm16 shards) scaled by 1/32768, exactly as
     libsndfile reads 16-bit PCM; float batches unchanged. Runs where the batch is, so on the GPU."""
     if waves.dtype == torch.int16:
-        return waves.to(torch.float32) * (1.0 / 32768.0)
+        return waves.to(torch.float32) * (1.0 / PCM16_SCALE)
     return waves
 
 

@@ -18,7 +18,6 @@ from ..encoders.identity import identify
 from ..encoders.student import AudioStudent, DistilledModel
 from ..encoders.teacher import DEFAULT_TEACHER, load_teacher
 from ..errors import BadInputError, ConfigError, SkipLog
-from ..io import atomic_write_json
 from ..quiet import lightning_fit, settle_lightning
 from ..taxonomy import MIXED, PROMPT_TYPES, TEMPLATE_SETS, resolve_prompt_types
 from .text_cache import TextEmbeddingCache
@@ -300,9 +299,7 @@ def distill(collection: Collection, cfg: TrainConfig, out_dir: str | Path, *, re
         model = model.with_combination(combination_for(cfg, species, heard_species=collection.species))
     skips = _all_ranks_skips(module.skips)  # under DDP each rank met its own bad clips
     if trainer.global_rank == 0:
-        atomic_write_json(out_dir / "skipped.json", {"n_skipped": len(skips), "counts": skips.counts(),
-                                                     "skipped": skips.to_list(),
-                                                     "steps_without_clips": module.steps_without_clips})
+        skips.write_json(out_dir / "skipped.json", steps_without_clips=module.steps_without_clips)
     resumed = resume and last.exists()
     # Lightning advances global_step even for skipped steps, so it cannot tell a run that
     # trained from one that saw only bad files
