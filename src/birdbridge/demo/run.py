@@ -26,9 +26,9 @@ from ..data.synthetic import SyntheticWorld, load_world
 from ..distill.train import TrainConfig, distill
 from ..encoders.factory import StudentEmbedder
 from ..encoders.teacher import Teacher
-from ..evaluate.metrics import chance_map, retrieval_metrics
 from ..io import atomic_write_json, atomic_write_text
 from ..retrieval.embed import embed_audio, embed_images
+from ..retrieval.metrics import chance_map, retrieval_metrics
 
 DEMO_TRAIN = {
     "prompt_types": ["mixed"],  # the paper's three: common, scientific, taxonomic
