@@ -63,7 +63,7 @@ def test_shipped_configs_parse():
         assert cfg.train_config().batch_size >= 2
     syn = load_eval_config(root / "synthetic" / "paper_table.yaml")
     assert list(syn.methods) == list(METHODS) and set(syn.prompt_ablation) == {"common", "scientific", "taxonomic", "mixed"}
-    from birdbridge.demo.run import DEMO_TRAIN
+    from birdbridge.distill.presets import DEMO_TRAIN
 
     tc = syn.train_config()
     assert all(getattr(tc, k) == v for k, v in DEMO_TRAIN.items())
