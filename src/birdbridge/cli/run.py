@@ -53,7 +53,8 @@ def score_cmd(
     """Score your own embeddings: retrieval mAP / R@k of queries against a gallery, per rank."""
     import json
 
-    from ..evaluate.score import score_files, write_json
+    from ..evaluate.score import score_files
+    from ..evaluate.write import write_json
 
     rank_list = [r for r in ranks.split(",")] if ranks is not None else None
     result = score_files(queries, gallery, ranks=rank_list)

@@ -70,9 +70,9 @@ def run_eval(config: EvalConfig | str | Path, out: str | Path, *, root: str | Pa
     """
     import torch
 
-    from ..io import atomic_write_json, atomic_write_text
     from . import report
     from .spaces import Evaluator
+    from .write import write_outputs
 
     cfg = config.with_root(root) if isinstance(config, EvalConfig) else load_eval_config(config, root)
     refuse_multi_process()
@@ -200,14 +200,9 @@ def run_eval(config: EvalConfig | str | Path, out: str | Path, *, root: str | Pa
         "unseen": unseen,
         "timings_s": {k: round(v, 2) for k, v in timings.items()},
     }
-    from .score import write_json
-
-    write_json(results, out / "results.json")
-    atomic_write_text(out / "report.md", report.render_markdown(results))
-    if cfg.plots and cfg.main_table:
-        report.write_plots(results, ev.plot_data(main_view), out)
-    atomic_write_json(out / "skipped.json", ev.skips_summary())
-    log(f"wrote {out / 'results.json'}, {out / 'report.md'} ({timings['total_s']:.0f} s)")
+    figures = (lambda r: report.figures(r, ev.plot_data(main_view))) if cfg.plots and cfg.main_table else None
+    write_outputs(out, results, report.render_markdown, figures=figures, skips=ev.skips_summary(),
+                  seconds=timings["total_s"], log=log)
     return results
 
 

@@ -85,9 +85,8 @@ def check_targets(table: dict, candidates: list[str]) -> list[dict]:
 
 
 def run_sweep(cfg, out: str | Path, run_eval, *, log=print) -> dict:
-    from ..io import atomic_write_text
-    from .score import write_json
-    from .sweep_report import render_sweep, plot_sweep
+    from . import sweep_report
+    from .write import write_outputs
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -117,11 +116,8 @@ def run_sweep(cfg, out: str | Path, run_eval, *, log=print) -> dict:
                "table": {f"{k:g}": v for k, v in table.items()}, "targets": check_targets(table, candidates),
                "species_counts": counts, "runs": runs, "total_s": round(time.time() - t0, 1),
                "config": _config(cfg)}
-    write_json(results, out / "results.json")
-    atomic_write_text(out / "report.md", render_sweep(results))
-    if cfg.plots:
-        plot_sweep(results, out / "unseen.png")
-    log(f"wrote {out / 'results.json'}, {out / 'report.md'} ({results['total_s']:.0f} s)")
+    write_outputs(out, results, sweep_report.render_sweep, figures=sweep_report.figures if cfg.plots else None,
+                  seconds=results["total_s"], log=log)
     return results
 
 
