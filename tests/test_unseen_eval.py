@@ -91,9 +91,9 @@ def test_sweep_scores_candidates_on_seen_and_unseen_species(tmp_path):
                main_table=False, unseen={"split": "one_per_genus"}, knn_ks=[1], max_items_per_species=2,
                combination={"confidence": "entropy"}, sweep={"seeds": [0], "clap_known_fractions": [1.0]})
     out = tmp_path / "eval"
-    from birdbridge.evaluate.runner import run_eval
+    from birdbridge.evaluate.pipeline import evaluate
 
-    res = run_eval(cfg, out, log=lambda m: None)
+    res = evaluate(cfg, out, log=lambda m: None)
     assert res["kind"] == "sweep" and res["seeds"] == [0]
     table = res["table"]["1"]
     for side in ("seen", "unseen"):

@@ -10,6 +10,9 @@ path (:mod:`~birdbridge.evaluate.spaces`). Its phases (:mod:`~birdbridge.evaluat
 main table, prompt-type ablation, unseen species) each return their section, and
 :mod:`~birdbridge.evaluate.write` writes the files once. Distilled models are given in the
 config or trained here, on one device (:mod:`~birdbridge.evaluate.models`).
+
+A sweep (:mod:`~birdbridge.evaluate.sweep`) calls :func:`run_eval` once per run;
+:func:`~birdbridge.evaluate.pipeline.evaluate` picks one or the other for ``birdbridge eval``.
 """
 
 from __future__ import annotations
@@ -49,10 +52,6 @@ def run_eval(config: EvalConfig | str | Path, out: str | Path, *, root: str | Pa
 
     cfg = config.with_root(root) if isinstance(config, EvalConfig) else load_eval_config(config, root)
     refuse_multi_process()
-    if cfg.sweep is not None:
-        from .sweep import run_sweep
-
-        return run_sweep(cfg, out, run_eval, log=log)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     work = Path(cfg.work_dir).expanduser() if cfg.work_dir else out / "work"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 
-from .sweep import CLAP_SPACE, SIDES
+from .sweep_table import CLAP_SPACE, SIDES
 
 COLUMNS = (("map", "A→I mAP"), ("recall@1", "R@1"), ("knn@1", "kNN@1"), ("zs_top1", "ZS top-1"))
 
