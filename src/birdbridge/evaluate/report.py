@@ -12,8 +12,6 @@ from typing import Any
 
 import numpy as np
 
-PLOT_FILES = ("per_species_ap.png", "similarity.png", "pr_curves.png")
-
 
 # --------------------------------------------------------------------------- helpers
 def _get(d: Any, *path, default=None):
