@@ -249,7 +249,7 @@ def test_outputs_follow_the_umask(project, tmp_path, umask):
                          preexec_fn=with_umask, timeout=600)
     assert res.returncode == 0, res.stderr[-2000:]
     script = ("import sys; from pathlib import Path; from birdbridge.io import atomic_dir, atomic_write_json\n"
-              "from birdbridge.evaluate.score import write_json\n"
+              "from birdbridge.evaluate.write import write_json\n"
               "with atomic_dir(Path(sys.argv[1]) / 'model') as d: (d / 'config.json').write_text('{}')\n"
               "write_json({'x': 1}, Path(sys.argv[1]) / 'results.json')\n")
     subprocess.run([sys.executable, "-c", script, str(out)], check=True, env=ENV, preexec_fn=with_umask, timeout=120)

@@ -18,7 +18,8 @@ import yaml
 
 from birdbridge.config import from_dict
 from birdbridge.errors import ConfigError
-from birdbridge.evaluate.runner import EvalConfig, run_eval
+from birdbridge.evaluate.eval_config import EvalConfig
+from birdbridge.evaluate.runner import run_eval
 
 BIN = Path(sys.executable).with_name("birdbridge")
 

@@ -18,7 +18,9 @@ from typer.testing import CliRunner
 from birdbridge.cli import app
 from birdbridge.config import from_dict
 from birdbridge.errors import ConfigError
-from birdbridge.evaluate.runner import METHODS, EvalConfig, load_eval_config, run_eval, unseen_split
+from birdbridge.evaluate.eval_config import METHODS, EvalConfig, UnseenSpec, load_eval_config
+from birdbridge.evaluate.phases import unseen_split
+from birdbridge.evaluate.runner import run_eval
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
@@ -63,7 +65,7 @@ def test_shipped_configs_parse():
         assert cfg.train_config().batch_size >= 2
     syn = load_eval_config(root / "synthetic" / "paper_table.yaml")
     assert list(syn.methods) == list(METHODS) and set(syn.prompt_ablation) == {"common", "scientific", "taxonomic", "mixed"}
-    from birdbridge.demo.run import DEMO_TRAIN
+    from birdbridge.distill.presets import DEMO_TRAIN
 
     tc = syn.train_config()
     assert all(getattr(tc, k) == v for k, v in DEMO_TRAIN.items())
@@ -85,7 +87,6 @@ def test_cli_eval_bad_config_is_one_line(tmp_path, monkeypatch, capsys):
 # --------------------------------------------------------------------------- pieces
 def test_unseen_split_one_per_genus_and_random():
     from birdbridge.data.synthetic import SyntheticWorld
-    from birdbridge.evaluate.runner import UnseenSpec
 
     species = SyntheticWorld(0).species
     seen, unseen = unseen_split(species, UnseenSpec())

@@ -10,8 +10,9 @@ import pyarrow.parquet as pq
 import pytest
 
 from birdbridge.errors import BadInputError, ConfigError
-from birdbridge.evaluate import metrics as M
-from birdbridge.evaluate.score import score_files, write_json
+from birdbridge.retrieval import metrics as M
+from birdbridge.evaluate.score import score_files
+from birdbridge.evaluate.write import write_json
 
 
 def _write(path, emb, labels, **ranks):
@@ -142,7 +143,7 @@ def test_write_json_nan_to_null_and_atomic_failure(tmp_path, monkeypatch):
     def crash(src, dst):
         raise OSError("disk gone")
 
-    monkeypatch.setattr("birdbridge.io.os.replace", crash)  # score.write_json uses the one atomic writer
+    monkeypatch.setattr("birdbridge.io.os.replace", crash)  # write_json uses the one atomic writer
     with pytest.raises(OSError, match="disk gone"):
         write_json({"metrics": {"map": 0.9}}, out)
     assert json.loads(out.read_text()) == back  # old file intact

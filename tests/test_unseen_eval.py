@@ -44,7 +44,7 @@ def test_sweep_needs_the_synthetic_world():
 
 def test_student_is_keyed_by_the_known_fraction(tmp_path, monkeypatch):
     """World and teacher are built once per seed; each fraction gets its own student, reused after."""
-    from birdbridge.demo import pretrain
+    from birdbridge.distill import standins
     from birdbridge.evaluate import setting
 
     calls = {"teacher": 0, "clap": []}
@@ -57,8 +57,8 @@ def test_student_is_keyed_by_the_known_fraction(tmp_path, monkeypatch):
         calls["clap"].append(None if known is None else len(known))
         Path(out).mkdir(parents=True)
 
-    monkeypatch.setattr(pretrain, "train_teacher", fake_teacher)
-    monkeypatch.setattr(pretrain, "pretrain_clap", fake_clap)
+    monkeypatch.setattr(standins, "train_teacher", fake_teacher)
+    monkeypatch.setattr(standins, "pretrain_clap", fake_clap)
     monkeypatch.setattr("birdbridge.data.synthetic.SyntheticWorld.write", lambda self, root: Path(root).mkdir(parents=True))
     monkeypatch.setattr("birdbridge.data.synthetic.load_world", lambda root: None)
     base = tmp_path / "synthetic"
@@ -91,9 +91,9 @@ def test_sweep_scores_candidates_on_seen_and_unseen_species(tmp_path):
                main_table=False, unseen={"split": "one_per_genus"}, knn_ks=[1], max_items_per_species=2,
                combination={"confidence": "entropy"}, sweep={"seeds": [0], "clap_known_fractions": [1.0]})
     out = tmp_path / "eval"
-    from birdbridge.evaluate.runner import run_eval
+    from birdbridge.evaluate.pipeline import evaluate
 
-    res = run_eval(cfg, out, log=lambda m: None)
+    res = evaluate(cfg, out, log=lambda m: None)
     assert res["kind"] == "sweep" and res["seeds"] == [0]
     table = res["table"]["1"]
     for side in ("seen", "unseen"):

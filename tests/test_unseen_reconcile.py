@@ -99,7 +99,9 @@ def _datasets(tmp_path: Path, other_taxon: dict[str, int] | None = None) -> dict
 def test_eval_refuses_a_leaking_split_before_any_work(tmp_path):
     from birdbridge.config import from_dict
     from birdbridge.data.ssw60 import load_ssw60
-    from birdbridge.evaluate.runner import EvalConfig, run_eval, unseen_split
+    from birdbridge.evaluate.eval_config import EvalConfig
+    from birdbridge.evaluate.phases import unseen_split
+    from birdbridge.evaluate.runner import run_eval
 
     cfg = from_dict(EvalConfig, _datasets(tmp_path))
     by_id = load_ssw60(tmp_path / "ssw60").species_by_id
@@ -113,7 +115,8 @@ def test_eval_refuses_a_leaking_split_before_any_work(tmp_path):
 
 def test_setting_reconciles_ssw60_with_inat_sounds_by_taxon_id(tmp_path):
     from birdbridge.config import from_dict
-    from birdbridge.evaluate.runner import EvalConfig, unseen_split
+    from birdbridge.evaluate.eval_config import EvalConfig
+    from birdbridge.evaluate.phases import unseen_split
     from birdbridge.evaluate.setting import prepare_setting
 
     cfg = from_dict(EvalConfig, _datasets(tmp_path))

@@ -34,10 +34,10 @@ def eval_cmd(
     """Run the paper's evaluation (methods x protocols, ablation, unseen species) from a config."""
     from transformers.utils import logging as hf_logging
 
-    from ..evaluate.runner import run_eval
+    from ..evaluate.pipeline import evaluate
 
     hf_logging.disable_progress_bar()  # one "Loading weights" bar per model load buries the log
-    run_eval(config, out, root=root, log=lambda msg: console.print(msg, markup=False))
+    evaluate(config, out, root=root, log=lambda msg: console.print(msg, markup=False))
     typer.echo((out / "report.md").read_text())
     print_outputs((out / "report.md", "the tables"), (out / "results.json", "every number"),
                   (out / "skipped.json", "inputs skipped, with reasons"), *sorted(out.glob("*.png")))
@@ -53,7 +53,8 @@ def score_cmd(
     """Score your own embeddings: retrieval mAP / R@k of queries against a gallery, per rank."""
     import json
 
-    from ..evaluate.score import score_files, write_json
+    from ..evaluate.score import score_files
+    from ..evaluate.write import write_json
 
     rank_list = [r for r in ranks.split(",")] if ranks is not None else None
     result = score_files(queries, gallery, ranks=rank_list)

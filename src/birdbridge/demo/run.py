@@ -23,37 +23,13 @@ from rich.table import Table
 from .. import __version__
 from ..console import make_console
 from ..data.synthetic import SyntheticWorld, load_world
+from ..distill.presets import DEMO_TRAIN
 from ..distill.train import TrainConfig, distill
 from ..encoders.factory import StudentEmbedder
 from ..encoders.teacher import Teacher
-from ..evaluate.metrics import chance_map, retrieval_metrics
 from ..io import atomic_write_json, atomic_write_text
 from ..retrieval.embed import embed_audio, embed_images
-
-DEMO_TRAIN = {
-    "prompt_types": ["mixed"],  # the paper's three: common, scientific, taxonomic
-    "template_set": "single",
-    "head": "linear",
-    "batch_size": 32,
-    "max_epochs": 30,
-    "lr_encoder": 2e-3,
-    "lr_head": 3e-2,
-    "warmup_steps": 10,
-    # The tiny teacher's species text embeddings are nearly orthogonal (mean cosine
-    # -0.03). With a learnable temperature the scale climbs towards 100 and clips stop
-    # once they win the softmax, far (in cosine) from their species' text and so from its
-    # photos: mAP 0.58. A fixed, milder temperature keeps pulling them close: mAP 0.91.
-    "init_temperature": 0.2,
-    "learn_temperature": False,
-    # The tiny CLAP has no dropout, so the mode only decides HTSAT's BatchNorm over mel
-    # bins: batch statistics of 32 clips (train) or the pretrained ones (eval). Measured on
-    # this demo (seed 0, same world/teacher/student): eval mAP 0.852 / R@1 0.799, train
-    # 0.826 / 0.813. Eval mode trains best here by the headline mAP; real fine-tuning
-    # (BioLingual, dropout 0.1, large batches) keeps TrainConfig's default, train.
-    "encoder_mode": "eval",
-    "num_workers": 0,
-    "cache_decoded_audio": True,
-}
+from ..retrieval.metrics import chance_map, retrieval_metrics
 
 
 def _progress(console: Console) -> Progress:
@@ -91,7 +67,7 @@ def run_demo(out: str | Path, seed: int = 0, *, teacher_steps: int = 150, clap_s
         prog.update(task, completed=1, info=f"{len(collection.species)} species, {len(collection.audio)} clips, {len(collection.images)} images")
         timings["world_s"] = time.time() - t_start
 
-        from .pretrain import pretrain_clap, train_teacher
+        from ..distill.standins import pretrain_clap, train_teacher
 
         t0 = time.time()
         task = prog.add_task("teacher (tiny open_clip, image-text)", total=teacher_steps, info="")

@@ -1,5 +1,7 @@
-"""Evaluation: retrieval / classification / soundscape metrics and "bring your own embeddings" scoring.
+"""Evaluation: ``birdbridge eval`` and "bring your own embeddings" scoring.
 
-``metrics`` holds the numpy metric code (checked against scikit-learn and torchmetrics in
-the tests); ``score`` reads query/gallery parquet files and writes a results JSON.
+:mod:`.pipeline` shows ``birdbridge eval`` top to bottom (sweep → one run → phases → one
+writer). ``score`` reads query/gallery parquet files and writes a results JSON. The metric
+code is :mod:`birdbridge.retrieval.metrics` (checked against scikit-learn and torchmetrics
+in the tests).
 """

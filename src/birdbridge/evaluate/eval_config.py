@@ -151,7 +151,7 @@ class EvalConfig:
     soundscapes: SoundscapeSpec | None = None
     eval_split: str = "test"
     reference_split: str = "train"  # kNN reference clips
-    train_preset: str | None = None  # "demo": start from birdbridge.demo.run.DEMO_TRAIN
+    train_preset: str | None = None  # "demo": start from birdbridge.distill.presets.DEMO_TRAIN
     train: dict = field(default_factory=dict)  # TrainConfig fields (birdbridge.distill.train)
     methods: list[str] = field(default_factory=lambda: list(METHODS))
     # distilled_aligned / distilled_combined (evaluate/candidates.py): TrainConfig keys over
@@ -229,7 +229,7 @@ class EvalConfig:
 
         base: dict = {}
         if self.train_preset == "demo":
-            from ..demo.run import DEMO_TRAIN
+            from ..distill.presets import DEMO_TRAIN
 
             base.update(DEMO_TRAIN)
         base.setdefault("seed", self.seed)

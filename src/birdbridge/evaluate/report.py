@@ -1,22 +1,16 @@
-"""``report.md`` (paper-style tables) and PNG plots from an evaluation's ``results.json``.
+"""``report.md`` (paper-style tables) and the plots of an evaluation's ``results.json``.
 
 The markdown is rendered from the results dict only, so a report can be regenerated
-from a saved ``results.json``. Plots use matplotlib's object API (``Figure`` +
-Agg canvas): no pyplot state, no display needed.
+from a saved ``results.json``. Plots are matplotlib ``Figure`` objects (the object API:
+no pyplot state, no display needed); :mod:`.write` saves them with the rest.
 """
 
 from __future__ import annotations
 
-import io
 import math
-from pathlib import Path
 from typing import Any
 
 import numpy as np
-
-from ..io import atomic_write_bytes
-
-PLOT_FILES = ("per_species_ap.png", "similarity.png", "pr_curves.png")
 
 
 # --------------------------------------------------------------------------- helpers
@@ -225,17 +219,7 @@ def render_markdown(results: dict) -> str:
 
 
 # --------------------------------------------------------------------------- plots
-def _save(fig, path: Path) -> Path:
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-
-    FigureCanvasAgg(fig)
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
-    atomic_write_bytes(path, buf.getvalue())
-    return path
-
-
-def plot_per_species_ap(methods: dict, path: Path) -> Path:
+def plot_per_species_ap(methods: dict):
     from matplotlib.figure import Figure
 
     per = {m: _sp(r, "audio_to_image").get("per_class_ap", {}) for m, r in methods.items()}
@@ -251,10 +235,10 @@ def plot_per_species_ap(methods: dict, path: Path) -> Path:
     ax.set_ylim(0, 1)
     ax.set_title("Per-species audio → image average precision")
     ax.legend(fontsize=7)
-    return _save(fig, path)
+    return fig
 
 
-def plot_similarity(sim: dict, path: Path) -> Path:
+def plot_similarity(sim: dict):
     from matplotlib.figure import Figure
 
     m = np.asarray(sim["matrix"])
@@ -269,10 +253,10 @@ def plot_similarity(sim: dict, path: Path) -> Path:
     ax.set_xlabel("gallery images (sorted by species)")
     ax.set_ylabel("audio queries (sorted by species)")
     ax.set_title(f"Query-to-gallery similarity: {sim['method']}")
-    return _save(fig, path)
+    return fig
 
 
-def plot_pr_curves(curves: dict, path: Path) -> Path:
+def plot_pr_curves(curves: dict):
     from matplotlib.figure import Figure
 
     fig = Figure(figsize=(5.5, 4.5))
@@ -285,17 +269,17 @@ def plot_pr_curves(curves: dict, path: Path) -> Path:
     ax.set_ylim(0, 1.02)
     ax.set_title("Audio → image precision–recall")
     ax.legend(fontsize=8)
-    return _save(fig, path)
+    return fig
 
 
-def write_plots(results: dict, plot_data: dict, out: str | Path) -> list[Path]:
-    out = Path(out)
+def figures(results: dict, plot_data: dict) -> dict:
+    """The plots these results can draw, by file name (``plot_data``: the similarity matrix)."""
     main = results.get("main", {})
-    written = []
+    out = {}
     if main.get("methods"):
-        written.append(plot_per_species_ap(main["methods"], out / "per_species_ap.png"))
+        out["per_species_ap.png"] = plot_per_species_ap(main["methods"])
     if plot_data.get("similarity") is not None:
-        written.append(plot_similarity(plot_data["similarity"], out / "similarity.png"))
+        out["similarity.png"] = plot_similarity(plot_data["similarity"])
     if main.get("pr_curves"):
-        written.append(plot_pr_curves(main["pr_curves"], out / "pr_curves.png"))
-    return written
+        out["pr_curves.png"] = plot_pr_curves(main["pr_curves"])
+    return out

@@ -11,8 +11,6 @@ missing label) are skipped and listed in the result instead of failing the whole
 
 from __future__ import annotations
 
-import json
-import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
@@ -20,7 +18,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from birdbridge.errors import BadInputError, ConfigError, SkipLog
-from birdbridge.evaluate.metrics import chance_map, rank_retrieval_metrics
+from birdbridge.retrieval.metrics import chance_map, rank_retrieval_metrics
 
 EMBEDDING_COLUMN = "embedding"
 LABEL_COLUMN = "label"
@@ -150,7 +148,7 @@ def score_files(queries: str | Path, gallery: str | Path, ranks: Sequence[str] |
     ``ranks=None`` scores species plus whichever of genus/family/order both files have;
     an explicit list must name columns present in both files (:class:`ConfigError`
     otherwise). Each rank's metrics are those of
-    :func:`~birdbridge.evaluate.metrics.retrieval_metrics` without ``per_query_ap``,
+    :func:`~birdbridge.retrieval.metrics.retrieval_metrics` without ``per_query_ap``,
     plus ``chance_map`` (the exact expected mAP of random rankings).
     """
     skips = SkipLog()
@@ -179,25 +177,3 @@ def score_files(queries: str | Path, gallery: str | Path, ranks: Sequence[str] |
         "metrics": metrics,
         "skipped": skips.to_list(),
     }
-
-
-def _json_safe(x: Any) -> Any:
-    # NaN (e.g. mAP with no scorable query) is not valid JSON; write null instead.
-    if isinstance(x, dict):
-        return {(k.item() if isinstance(k, np.generic) else k): _json_safe(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [_json_safe(v) for v in x]
-    if isinstance(x, np.generic):
-        x = x.item()
-    if isinstance(x, float) and not math.isfinite(x):
-        return None
-    return x
-
-
-def write_json(result: dict, out: str | Path) -> Path:
-    """Write ``result`` to ``out`` atomically (:mod:`birdbridge.io`), NaN as null."""
-    from ..io import atomic_write_text
-
-    out = Path(out)
-    atomic_write_text(out, json.dumps(_json_safe(result), indent=2, allow_nan=False) + "\n")
-    return out

@@ -1,10 +1,11 @@
 """What an evaluation runs on: collections, models and soundscapes, real or synthetic.
 
-``prepare_setting`` turns the data part of an :class:`~birdbridge.evaluate.runner.EvalConfig`
+``prepare_setting`` turns the data part of an :class:`~birdbridge.evaluate.eval_config.EvalConfig`
 into a :class:`Setting`. For ``synthetic:`` it builds (or reuses) the demo's world,
-teacher and student with the demo's own functions, and writes synthetic soundscapes;
-for real data it loads the named collections through ``load_collection`` and the
-soundscape loader. Everything downstream only sees the :class:`Setting`.
+teacher and student with the demo's own functions (:mod:`birdbridge.distill.standins`),
+and writes synthetic soundscapes; for real data it loads the named collections through
+``load_collection`` and the soundscape loader. Everything downstream only sees the
+:class:`Setting`.
 """
 
 from __future__ import annotations
@@ -143,7 +144,7 @@ def _generate_synthetic(spec, base: Path, log) -> Path:
     World and teacher do not depend on ``clap_known_fraction``: runs that differ only in
     it share them, each with its own student (``student`` at 1.0, ``student-known<f>``)."""
     from ..data.synthetic import SyntheticWorld, load_world
-    from ..demo.pretrain import pretrain_clap, train_teacher
+    from ..distill.standins import pretrain_clap, train_teacher
 
     import torch
 

@@ -1,11 +1,10 @@
-"""The sweep's report.md (mean ± sd tables, targets) and its plot (unseen.png)."""
+"""The sweep's report.md (mean ± sd tables, targets) and its plot (unseen.png); :mod:`.write` writes them."""
 
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
-from .sweep import CLAP_SPACE, SIDES
+from .sweep_table import CLAP_SPACE, SIDES
 
 COLUMNS = (("map", "A→I mAP"), ("recall@1", "R@1"), ("knn@1", "kNN@1"), ("zs_top1", "ZS top-1"))
 
@@ -65,11 +64,9 @@ def render_sweep(results: dict) -> str:
     return "\n".join(lines)
 
 
-def plot_sweep(results: dict, path: Path) -> Path:
+def plot_sweep(results: dict):
     """A→I mAP (mean ± sd) against the CLAP-known fraction, seen and unseen species side by side."""
     from matplotlib.figure import Figure
-
-    from .report import _save
 
     fracs = results["clap_known_fractions"]
     fig = Figure(figsize=(10, 4))
@@ -89,4 +86,9 @@ def plot_sweep(results: dict, path: Path) -> Path:
     axes[0].set_ylabel("audio → image mAP (species)")
     axes[1].legend(fontsize=7, loc="lower right")
     fig.tight_layout()
-    return _save(fig, path)
+    return fig
+
+
+def figures(results: dict) -> dict:
+    """The sweep's plot by file name."""
+    return {"unseen.png": plot_sweep(results)}

@@ -1,7 +1,7 @@
 """Pretraining the stand-ins for BioCLIP-2 and BioLingual on the synthetic world.
 
-Real users start from published weights; here none can be downloaded, so the demo
-trains a tiny open_clip CLIP on synthetic image-text pairs (the teacher's role:
+Real users start from published weights; here none can be downloaded, so the demo (and
+``birdbridge eval`` on ``synthetic:``) trains a tiny open_clip CLIP on synthetic image-text pairs (the teacher's role:
 photos and names in one space) and a tiny ``ClapModel`` on audio-caption pairs (the
 student's role: sounds and captions in one space). Both are then saved and loaded
 back through the real loaders. No audio-image pair is ever formed.

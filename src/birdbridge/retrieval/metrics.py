@@ -1,5 +1,7 @@
 """Retrieval, classification and soundscape metrics: numpy in, plain Python out.
 
+They sit below ``evaluate/`` and ``demo/``, which both score with them.
+
 Every number here is pinned to a reference implementation in the tests (scikit-learn,
 torchmetrics, brute force or Monte Carlo), because published comparisons are only
 meaningful if "mAP" means the same thing. Conventions that matter:
