@@ -311,7 +311,7 @@ def distill(collection: Collection, cfg: TrainConfig, out_dir: str | Path, *, re
     if cfg.combination is not None:
         species = collection.species
         if cfg.combination_species:
-            from ..retrieval.search import load_species_list
+            from ..data.species_list import load_species_list
 
             species = load_species_list(cfg.combination_species)
         model = model.with_combination(combination_for(cfg, species, heard_species=collection.species))

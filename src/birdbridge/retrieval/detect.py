@@ -58,7 +58,7 @@ def detect_audio(
     """Per-window top-``k`` species of each recording; one :class:`DetectionResult` per path, in order.
 
     ``species``: a list of :class:`~birdbridge.taxonomy.Species` (e.g. from
-    :func:`~birdbridge.retrieval.search.load_species_list`); ``index``: an image index (or
+    :func:`~birdbridge.data.species_list.load_species_list`); ``index``: an image index (or
     its directory) whose species are used when ``species`` is None, and whose teacher is
     checked against the model's. Without an index the model's recorded teacher embeds the
     names. ``hop_s`` defaults to the window (no overlap). A recording that cannot be read

@@ -263,23 +263,6 @@ def guess_species(query_vec: np.ndarray, species, text: np.ndarray, top: int = 5
              "common_name": species[i].common_name, "score": round(float(sims[i]), 4)} for i in order]
 
 
-def load_species_list(csv_path: str | Path):
-    """Species from a CSV with ``scientific_name`` (+ optional common_name, species_id, ranks)."""
-    from ..data.generic import read_csv_rows, species_from_row
-
-    rows = read_csv_rows(csv_path)
-    if not rows or "scientific_name" not in rows[0]:
-        raise ConfigError(f"{csv_path}: a species list needs a 'scientific_name' column")
-    out, seen = [], set()
-    for row in rows:
-        if row.get("scientific_name"):
-            sp = species_from_row(row)
-            if sp.id not in seen:
-                seen.add(sp.id)
-                out.append(sp)
-    return sorted(out, key=lambda s: s.id)
-
-
 # --------------------------------------------------------------------------- per-window species
 
 
@@ -406,5 +389,5 @@ def search_audio(
 
 
 __all__ = ["search_audio", "search_file", "search_wave", "load_search_model", "species_text_matrix", "teacher_text",
-           "window_species", "load_species_list", "guess_species", "rank_images", "embed_windows", "stream_windows",
+           "window_species", "guess_species", "rank_images", "embed_windows", "stream_windows",
            "embed_segments", "iter_window_vectors", "SearchResult", "QueryResult", "Hit", "Window", "Detection", "AGGREGATES"]
