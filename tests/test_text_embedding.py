@@ -21,13 +21,13 @@ import torch
 PROBE = r'''
 import json, re, sys
 from pathlib import Path
-from birdbridge.encoders.clap import load_clap_text
+from birdbridge.encoders.text import ClapTextEncoder
 from birdbridge.retrieval.embed import embed_texts
 
 def hwm_kb():
     return int(re.search(r"VmHWM:\s+(\d+)", Path("/proc/self/status").read_text()).group(1))
 
-enc = load_clap_text(sys.argv[1])
+enc = ClapTextEncoder.load(sys.argv[1])
 texts = [f"the song of a Red Barred Warbler number {i}" for i in range(int(sys.argv[2]))]
 embed_texts(enc, texts[:300])  # warm up the allocator and lazy initialisation
 Path("/proc/self/clear_refs").write_text("5")  # reset the high-water mark
@@ -60,10 +60,10 @@ def test_peak_memory_of_20000_prompts_is_bounded(tiny_clap_dir):
 
 
 def test_batches_agree_with_one_pass(tiny_clap_dir):
-    from birdbridge.encoders.clap import load_clap_text
+    from birdbridge.encoders.text import ClapTextEncoder
     from birdbridge.retrieval.embed import embed_texts
 
-    enc = load_clap_text(str(tiny_clap_dir))
+    enc = ClapTextEncoder.load(str(tiny_clap_dir))
     texts = [f"a recording of Setophaga coronata {'calling ' * (i % 5)}{i}" for i in range(37)]
     whole = embed_texts(enc, texts, batch_size=1000).vectors
     parts = embed_texts(enc, texts, batch_size=8).vectors
@@ -98,10 +98,11 @@ def _tok(texts, **_):
 
 
 def test_text_runs_on_the_models_device_in_bounded_batches():
+    from birdbridge.encoders.text import ClapTextEncoder
     from birdbridge.retrieval.embed import embed_texts
 
     clap = _ClapOnMeta()
-    emb = embed_texts((clap, _tok), [f"t{i}" for i in range(600)], batch_size=256)
+    emb = embed_texts(ClapTextEncoder(clap, _tok), [f"t{i}" for i in range(600)], batch_size=256)
     assert set(clap.devices) == {"meta"} and clap.batches == [256, 256, 88]
     assert emb.vectors.shape == (600, 4)
 

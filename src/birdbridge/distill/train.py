@@ -145,11 +145,11 @@ def build_student(cfg: TrainConfig, out_dim: int) -> AudioStudent:
 
 def clap_species_table(cfg: TrainConfig, species) -> tuple[torch.Tensor, float]:
     """The frozen CLAP text rows of ``species`` (captions: ``clap_templates`` x ``clap_prompt_types``) and CLAP's scale."""
-    from ..encoders.clap import load_clap_text
-    from ..encoders.combination import clap_logit_scale, clap_species_text
+    from ..encoders.combination import clap_species_text
+    from ..encoders.text import ClapTextEncoder
 
-    enc = load_clap_text(cfg.student)
-    return torch.from_numpy(clap_species_text(enc, species, cfg.clap_templates, cfg.clap_prompt_types)), clap_logit_scale(enc[0])
+    enc = ClapTextEncoder.load(cfg.student)
+    return torch.from_numpy(clap_species_text(enc, species, cfg.clap_templates, cfg.clap_prompt_types)), enc.logit_scale
 
 
 def combination_for(cfg: TrainConfig, species, teacher_text=None, heard_species=()):
