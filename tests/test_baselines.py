@@ -162,12 +162,12 @@ def test_random_projection_is_the_distillation_start(tiny_clap_dir):
 
 
 def test_clap_species_text_and_logit_scale(tiny_clap_dir):
-    from birdbridge.encoders import combination as C  # their home: checkpoints carry the same text
+    from birdbridge.encoders.species_text import clap_species_text  # its home: checkpoints carry the same text
 
     enc = ClapTextEncoder.load(str(tiny_clap_dir))
-    t = C.clap_species_text(enc, SPECIES[:3], ["the song of a {}", "{} calling"], ["common", "scientific"])
+    t = clap_species_text(enc, SPECIES[:3], ["the song of a {}", "{} calling"], ["common", "scientific"])
     assert t.shape == (3, enc.model.config.projection_dim)
     np.testing.assert_allclose(_norms(t), 1.0, atol=1e-5)
     assert 0 < enc.logit_scale <= 100
     with pytest.raises(ValueError):
-        C.clap_species_text(enc, SPECIES[:3], [], ["common"])
+        clap_species_text(enc, SPECIES[:3], [], ["common"])

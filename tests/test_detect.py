@@ -55,6 +55,7 @@ def test_scores_are_window_by_species_text_cosines(files, tiny_distilled_dir, ti
     from birdbridge.data.audio import load_audio
     from birdbridge.data.species_list import load_species_list
     from birdbridge.encoders.factory import load_audio_embedder
+    from birdbridge.encoders.species_text import teacher_species_text
     from birdbridge.encoders.teacher import Teacher
     from birdbridge.retrieval.detect import detect_audio
 
@@ -72,7 +73,7 @@ def test_scores_are_window_by_species_text_cosines(files, tiny_distilled_dir, ti
     wave = load_audio(files / "dawn.wav", model.sample_rate)
     n = model.window_samples
     vecs = model.embed_windows([wave[int(round(w.start_s * model.sample_rate)):][:n] for w in r.windows])
-    text = Teacher.load(str(tiny_open_clip_dir)).embed_species(species, "taxonomic", "single").numpy()
+    text = teacher_species_text(Teacher.load(str(tiny_open_clip_dir)), species, "taxonomic", "single").numpy()
     text /= np.linalg.norm(text, axis=1, keepdims=True)
     expected = vecs @ text.T
     for w in range(len(r.windows)):

@@ -29,7 +29,7 @@ config.json), so search, detect and serve use the combination with no flags.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import Sequence
 
 import numpy as np
@@ -38,6 +38,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import ConfigError
+from .species_text import ClapTextRecipe, clap_species_text
 from .text import ClapTextEncoder
 
 CONFIDENCES = ("max_prob", "entropy")
@@ -176,33 +177,9 @@ class ZeroShotCombination(nn.Module):
         return self
 
 
-# --------------------------------------------------------------------------- CLAP species texts
-def clap_species_text(clap_text_encoder, species, templates: Sequence[str], prompt_types: Sequence[str],
-                      progress: bool = False) -> np.ndarray:
-    """One CLAP text embedding per species: every (template, prompt type) string embedded,
-    normalised, averaged, renormalised (the same recipe the teacher's prompts use).
-    ``clap_text_encoder``: a :class:`~.text.ClapTextEncoder`."""
-    from ..taxonomy import prompt_body
-
-    if not templates or not prompt_types:
-        raise ValueError("need at least one CLAP template and one prompt type")
-    texts = [[t.format(prompt_body(sp, pt)) for t in templates for pt in prompt_types] for sp in species]
-    flat = [s for row in texts for s in row]
-    emb = clap_text_encoder.encode_text(flat, progress=progress).numpy().reshape(len(species), len(texts[0]), -1)
-    mean = emb.astype(np.float64).mean(axis=1)
-    return (mean / np.maximum(np.linalg.norm(mean, axis=1, keepdims=True), 1e-12)).astype(np.float32)
-
-
+# --------------------------------------------------------------------------- building one
 def species_records(species) -> list[dict]:
     return [{"id": sp.id, "scientific_name": sp.scientific_name, "common_name": sp.common_name} for sp in species]
-
-
-@dataclass
-class ClapTextRecipe:
-    """How species become CLAP captions (shared by the alignment loss and the combination)."""
-
-    templates: list[str] = field(default_factory=lambda: ["{}"])
-    prompt_types: list[str] = field(default_factory=lambda: ["common", "scientific"])
 
 
 def heard_mask(species, heard_species) -> torch.Tensor:

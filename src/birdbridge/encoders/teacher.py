@@ -16,10 +16,9 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import BadInputError, ModelNotAvailableError
-from ..taxonomy import Species, prompts
 from . import hub
 from .ids import KNOWN_TEACHERS  # noqa: F401 - re-exported: the known teachers
-from .text import TEXT_BATCH, encode_in_batches, text_progress
+from .text import TEXT_BATCH, encode_in_batches
 
 DEFAULT_TEACHER = "hf-hub:imageomics/bioclip-2"
 # BioCLIP's authors (pybioclip's TreeOfLife classifier) resize photos to 224x224
@@ -131,27 +130,6 @@ class Teacher:
         if not out:
             raise BadInputError("no_images", detail="nothing to embed")
         return torch.cat(out)
-
-    @torch.no_grad()
-    def embed_species(self, species: Sequence[Species], prompt_type: str, template_set: str = "single",
-                      *, batch_size: int = TEXT_BATCH, progress: bool = False) -> torch.Tensor:
-        """One row per species: each template embedded and normalised, averaged, renormalised
-        (the TreeOfLife recipe; with one template it is just that template's embedding).
-
-        Species go through in groups of about ``batch_size`` prompts, each group averaged
-        before the next, so memory holds one group's prompt embeddings, not every species'
-        (17k eBird species x 80 templates would be 1.4M rows)."""
-        n_t = len(prompts(species[0], prompt_type, template_set)) if species else 1
-        per_group = max(1, batch_size // n_t)
-        rows = []
-        with text_progress(f"teacher text: {len(species)} species ({prompt_type})", len(species), progress) as advance:
-            for i in range(0, len(species), per_group):
-                group = species[i : i + per_group]
-                flat = [p for sp in group for p in prompts(sp, prompt_type, template_set)]
-                emb = self.encode_text(flat, batch_size=batch_size).view(len(group), n_t, -1)
-                rows.append(F.normalize(emb.mean(dim=1), dim=-1))
-                advance(len(group))
-        return torch.cat(rows) if rows else torch.zeros(0, self.dim)
 
 
 def load_teacher(model_id: str = DEFAULT_TEACHER, device: str = "cpu") -> Teacher:

@@ -4,6 +4,7 @@ A text encoder is any object with ``encode_text(texts, *, batch_size, progress)`
 ``[N, D]`` float32 unit rows on the CPU, plus ``model_id`` and ``space`` (whose space the
 rows are in). Two kinds exist: the teacher's text tower (:class:`~.teacher.Teacher`, the
 teacher's space) and a CLAP's own text tower (:class:`ClapTextEncoder`, that CLAP's space).
+What species become as text (prompts, captions, the cache) is :mod:`.species_text`.
 
 Texts go through the tower :data:`TEXT_BATCH` at a time, so memory holds one batch of
 activations plus the result however many texts there are (a soundscape label space with

@@ -18,7 +18,7 @@ from typing import Callable
 
 import numpy as np
 
-from ..encoders.combination import clap_species_text
+from ..encoders.species_text import TextEmbeddingCache, clap_species_text
 from ..encoders.text import ClapTextEncoder
 from ..errors import SkipLog
 from . import protocols
@@ -192,8 +192,6 @@ class Evaluator:
     # ------------------------------------------------------------------ texts
     def teacher_rows(self, species: list, prompt_type: str, template_set: str) -> np.ndarray:
         """The teacher's species embeddings in one prompt format, through the on-disk text cache."""
-        from ..distill.text_cache import TextEmbeddingCache
-
         key = ("teacher", prompt_type, template_set, tuple(sp.id for sp in species))
         if key not in self._text_cache:
             cache = TextEmbeddingCache(Path(self.setting.cache_dir).expanduser())
