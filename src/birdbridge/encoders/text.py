@@ -1,6 +1,6 @@
 """Text encoders: texts in, unit rows out, batched, on the encoder's own device.
 
-A text encoder is any object with ``encode_text(texts, *, batch_size, progress)`` returning
+A text encoder is any object with ``encode_text(texts, batch_size, *, progress)`` returning
 ``[N, D]`` float32 unit rows on the CPU, plus ``model_id`` and ``space`` (whose space the
 rows are in). Two kinds exist: the teacher's text tower (:class:`~.teacher.Teacher`, the
 teacher's space) and a CLAP's own text tower (:class:`ClapTextEncoder`, that CLAP's space).
