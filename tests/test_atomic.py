@@ -48,7 +48,7 @@ EMBEDDINGS_WRITER = """
 import sys
 import numpy as np
 from birdbridge.errors import SkipLog
-from birdbridge.retrieval.embed import Embeddings
+from birdbridge.embeddings import Embeddings
 out, i = sys.argv[1], 0
 while True:
     i += 1

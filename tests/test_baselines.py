@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+from birdbridge.encoders.text import ClapTextEncoder
 from birdbridge.evaluate import baselines as B
 from birdbridge.taxonomy import Species
 
@@ -113,7 +114,7 @@ def test_text_mapping_recovers_the_map_and_carries_it_to_new_inputs():
     types = ["common", "scientific", "taxonomic"]
     # the teacher's species rows: its own space is the CLAP names' space under W_TRUE
     rows = {pt: np.stack([_clap_vec(prompt_body(sp, pt)) @ W_TRUE for sp in SPECIES]) for pt in types}
-    lin = B.fit_text_mapping((clap, FakeTokenizer(clap)), rows, SPECIES, templates=CLAP_TEMPLATES, alpha=1e-6)
+    lin = B.fit_text_mapping(ClapTextEncoder(clap, FakeTokenizer(clap)), rows, SPECIES, templates=CLAP_TEMPLATES, alpha=1e-6)
     assert lin.n_pairs == len(SPECIES) * len(types) * len(CLAP_TEMPLATES)
     assert all(t.startswith(("the song of a ", "a recording of ")) for t in clap.texts)  # CLAP read CLAP captions
     np.testing.assert_allclose(lin.weight, W_TRUE, atol=1e-3)
@@ -161,12 +162,12 @@ def test_random_projection_is_the_distillation_start(tiny_clap_dir):
 
 
 def test_clap_species_text_and_logit_scale(tiny_clap_dir):
-    from birdbridge.encoders import combination as C  # their home: checkpoints carry the same text
+    from birdbridge.encoders.species_text import clap_species_text  # its home: checkpoints carry the same text
 
-    enc = B.load_clap_text(tiny_clap_dir)
-    t = C.clap_species_text(enc, SPECIES[:3], ["the song of a {}", "{} calling"], ["common", "scientific"])
-    assert t.shape == (3, enc[0].config.projection_dim)
+    enc = ClapTextEncoder.load(str(tiny_clap_dir))
+    t = clap_species_text(enc, SPECIES[:3], ["the song of a {}", "{} calling"], ["common", "scientific"])
+    assert t.shape == (3, enc.model.config.projection_dim)
     np.testing.assert_allclose(_norms(t), 1.0, atol=1e-5)
-    assert 0 < C.clap_logit_scale(enc[0]) <= 100
+    assert 0 < enc.logit_scale <= 100
     with pytest.raises(ValueError):
-        C.clap_species_text(enc, SPECIES[:3], [], ["common"])
+        clap_species_text(enc, SPECIES[:3], [], ["common"])

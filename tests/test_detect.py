@@ -53,10 +53,11 @@ def files(tmp_path_factory) -> Path:
 
 def test_scores_are_window_by_species_text_cosines(files, tiny_distilled_dir, tiny_open_clip_dir, tmp_path):
     from birdbridge.data.audio import load_audio
+    from birdbridge.data.species_list import load_species_list
     from birdbridge.encoders.factory import load_audio_embedder
+    from birdbridge.encoders.species_text import teacher_species_text
     from birdbridge.encoders.teacher import Teacher
     from birdbridge.retrieval.detect import detect_audio
-    from birdbridge.retrieval.search import load_species_list
 
     species = load_species_list(files / "species.csv")
     res = detect_audio(str(tiny_distilled_dir), [files / "dawn.wav", files / "nope.wav"], species=species, k=2,
@@ -72,7 +73,7 @@ def test_scores_are_window_by_species_text_cosines(files, tiny_distilled_dir, ti
     wave = load_audio(files / "dawn.wav", model.sample_rate)
     n = model.window_samples
     vecs = model.embed_windows([wave[int(round(w.start_s * model.sample_rate)):][:n] for w in r.windows])
-    text = Teacher.load(str(tiny_open_clip_dir)).embed_species(species, "taxonomic", "single").numpy()
+    text = teacher_species_text(Teacher.load(str(tiny_open_clip_dir)), species, "taxonomic", "single").numpy()
     text /= np.linalg.norm(text, axis=1, keepdims=True)
     expected = vecs @ text.T
     for w in range(len(r.windows)):
@@ -90,8 +91,8 @@ def test_scores_are_window_by_species_text_cosines(files, tiny_distilled_dir, ti
 
 def test_long_recordings_stream_and_are_never_decoded_whole(files, tiny_distilled_dir, tmp_path, monkeypatch):
     import birdbridge.data.audio as audio
+    from birdbridge.data.species_list import load_species_list
     from birdbridge.retrieval.detect import detect_audio
-    from birdbridge.retrieval.search import load_species_list
 
     long = chirps(tmp_path / "night.wav", 95.0, 8000)
 

@@ -143,7 +143,7 @@ def test_zero_shot_species_guess(model, index, clips, tmp_path, world):
     wanted = sorted({sp for _, sp in clips})[:3]
     rows = [s for s in world.species if s.id in wanted]
     sp_csv.write_text("species_id,scientific_name,common_name\n" + "".join(f"{s.id},{s.scientific_name},{s.common_name}\n" for s in rows))
-    from birdbridge.retrieval.search import load_species_list
+    from birdbridge.data.species_list import load_species_list
 
     res = search_audio(model, index, [clips[0][0]], k=1, species=load_species_list(sp_csv), cache_dir=tmp_path / "cache")[0]
     assert {g["species_id"] for g in res.species_guess} <= set(wanted) and len(res.species_guess) == 3

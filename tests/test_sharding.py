@@ -153,7 +153,7 @@ def test_failed_rank_is_reported_not_merged(tmp_path):
     """Rank 0 of a 2-rank job whose rank 1 failed raises instead of writing a partial output."""
     from birdbridge.distributed import ShardError, _marker, job_token
     from birdbridge.io import atomic_write_text
-    from birdbridge.retrieval.embed import Embeddings
+    from birdbridge.embeddings import Embeddings
 
     out = tmp_path / "e.npy"
     inputs = ["a", "b", "c"]
@@ -167,7 +167,7 @@ def test_failed_rank_is_reported_not_merged(tmp_path):
 
 
 def test_merge_keeps_rank_order_and_empty_parts():
-    from birdbridge.retrieval.embed import Embeddings
+    from birdbridge.embeddings import Embeddings
 
     a = Embeddings(np.eye(2, 3, dtype=np.float32), [{"input": "x"}, {"input": "y"}])
     empty = Embeddings(np.zeros((0, 3), np.float32), [])

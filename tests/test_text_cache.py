@@ -1,7 +1,7 @@
 import torch
 
 from birdbridge.data.synthetic import SyntheticWorld
-from birdbridge.distill.text_cache import TextEmbeddingCache, cache_key
+from birdbridge.encoders.species_text import TextEmbeddingCache, cache_key, teacher_species_text
 from birdbridge.encoders.teacher import Teacher
 from birdbridge.taxonomy import prompts
 
@@ -61,7 +61,7 @@ def test_key_covers_recipe_species_and_teacher(tmp_path, tiny_open_clip_dir):
 def test_tree_of_life_recipe_normalise_average_renormalise(tiny_open_clip_dir):
     teacher = Teacher.load(str(tiny_open_clip_dir))
     sp = _species()[0]
-    got = teacher.embed_species([sp], "taxonomic_common", "openai")[0]
+    got = teacher_species_text(teacher, [sp], "taxonomic_common", "openai")[0]
     each = teacher.encode_text(prompts(sp, "taxonomic_common", "openai"))
     assert each.shape[0] == 80
     assert torch.allclose(each.norm(dim=1), torch.ones(80), atol=1e-5)

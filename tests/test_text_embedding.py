@@ -21,13 +21,13 @@ import torch
 PROBE = r'''
 import json, re, sys
 from pathlib import Path
-from birdbridge.encoders.clap import load_clap_text
+from birdbridge.encoders.text import ClapTextEncoder
 from birdbridge.retrieval.embed import embed_texts
 
 def hwm_kb():
     return int(re.search(r"VmHWM:\s+(\d+)", Path("/proc/self/status").read_text()).group(1))
 
-enc = load_clap_text(sys.argv[1])
+enc = ClapTextEncoder.load(sys.argv[1])
 texts = [f"the song of a Red Barred Warbler number {i}" for i in range(int(sys.argv[2]))]
 embed_texts(enc, texts[:300])  # warm up the allocator and lazy initialisation
 Path("/proc/self/clear_refs").write_text("5")  # reset the high-water mark
@@ -60,10 +60,10 @@ def test_peak_memory_of_20000_prompts_is_bounded(tiny_clap_dir):
 
 
 def test_batches_agree_with_one_pass(tiny_clap_dir):
-    from birdbridge.encoders.clap import load_clap_text
+    from birdbridge.encoders.text import ClapTextEncoder
     from birdbridge.retrieval.embed import embed_texts
 
-    enc = load_clap_text(str(tiny_clap_dir))
+    enc = ClapTextEncoder.load(str(tiny_clap_dir))
     texts = [f"a recording of Setophaga coronata {'calling ' * (i % 5)}{i}" for i in range(37)]
     whole = embed_texts(enc, texts, batch_size=1000).vectors
     parts = embed_texts(enc, texts, batch_size=8).vectors
@@ -98,10 +98,11 @@ def _tok(texts, **_):
 
 
 def test_text_runs_on_the_models_device_in_bounded_batches():
+    from birdbridge.encoders.text import ClapTextEncoder
     from birdbridge.retrieval.embed import embed_texts
 
     clap = _ClapOnMeta()
-    emb = embed_texts((clap, _tok), [f"t{i}" for i in range(600)], batch_size=256)
+    emb = embed_texts(ClapTextEncoder(clap, _tok), [f"t{i}" for i in range(600)], batch_size=256)
     assert set(clap.devices) == {"meta"} and clap.batches == [256, 256, 88]
     assert emb.vectors.shape == (600, 4)
 
@@ -110,15 +111,18 @@ def test_teacher_text_cache_is_filled_on_the_training_device(monkeypatch, tmp_pa
     from birdbridge.data.records import Collection
     from birdbridge.data.synthetic import SyntheticWorld
     from birdbridge.distill import train as train_mod
+    from birdbridge.encoders import species_text
 
     calls = []
 
     class FakeTeacher:
-        def embed_species(self, species, prompt_type, template_set, progress=False):
-            return torch.ones(len(species), 4)
+        dim = 4
+
+        def encode_text(self, texts, batch_size=256, *, progress=False):
+            return torch.ones(len(texts), 4)
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-    monkeypatch.setattr(train_mod, "load_teacher", lambda model_id, device="cpu": calls.append(device) or FakeTeacher())
+    monkeypatch.setattr(species_text, "load_teacher", lambda model_id, device="cpu": calls.append(device) or FakeTeacher())
     coll = Collection("c", SyntheticWorld(0, n_orders=1, n_families=1, n_genera=1, n_species=2).species)
     for accelerator, cache, want in (("auto", "a", "cuda"), ("cpu", "b", "cpu")):
         cfg = train_mod.TrainConfig.from_dict({"teacher": "t", "cache_dir": str(tmp_path / cache), "prompt_types": ["common"],
@@ -131,11 +135,12 @@ def test_teacher_species_embedding_in_groups_equals_one_pass(tiny_open_clip_dir)
     import torch.nn.functional as F
 
     from birdbridge.data.synthetic import SyntheticWorld
+    from birdbridge.encoders.species_text import teacher_species_text
     from birdbridge.encoders.teacher import Teacher
     from birdbridge.taxonomy import prompts
 
     teacher = Teacher.load(str(tiny_open_clip_dir))
     species = SyntheticWorld(0).species[:7]
-    grouped = teacher.embed_species(species, "common", "openai", batch_size=160)  # 2 species (160 prompts) a group
+    grouped = teacher_species_text(teacher, species, "common", "openai", batch_size=160)  # 2 species (160 prompts) a group
     flat = teacher.encode_text([p for sp in species for p in prompts(sp, "common", "openai")]).view(7, 80, -1)
     torch.testing.assert_close(grouped, F.normalize(flat.mean(1), dim=-1), atol=1e-6, rtol=0)

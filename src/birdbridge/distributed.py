@@ -30,6 +30,7 @@ from typing import Callable, Iterator, Sequence
 
 import numpy as np
 
+from .embeddings import Embeddings
 from .errors import BirdbridgeError, SkipLog
 
 # (rank, world) sources, most specific first: torchrun/Lightning, then SLURM, then MPI.
@@ -133,31 +134,11 @@ def job_token(inputs: Sequence, world: int, key: str = "") -> str:
     return h.hexdigest()[:16]
 
 
-# --- reading parts back -------------------------------------------------------------
+# --- merging parts -------------------------------------------------------------------
 
 
-def load_embeddings(path: str | Path):
-    """Read an ``Embeddings.save`` output (``.npy`` + ``.parquet`` rows + ``.json`` meta)."""
-    import pyarrow.parquet as pq
-
-    from .retrieval.embed import Embeddings
-
-    path = Path(path)
-    vectors = np.load(path)
-    rows = pq.read_table(path.with_suffix(".parquet")).to_pylist() if len(vectors) else []
-    meta = json.loads(path.with_suffix(".json").read_text())
-    skips = SkipLog()
-    for s in meta.pop("skipped", []):
-        skips.add(s["input"], s["reason"], s.get("detail", ""))
-    for k in ("n_rows", "dim", "n_skipped"):
-        meta.pop(k, None)
-    return Embeddings(vectors, rows, skips, meta)
-
-
-def merge_embeddings(parts: Sequence) -> "object":
+def merge_embeddings(parts: Sequence[Embeddings]) -> Embeddings:
     """Concatenate per-rank :class:`Embeddings` in the given (rank) order."""
-    from .retrieval.embed import Embeddings
-
     dims = {p.vectors.shape[1] for p in parts if p.vectors.ndim == 2 and len(p.vectors)}
     if len(dims) > 1:
         raise ShardError(f"ranks produced different embedding sizes {sorted(dims)}")
@@ -353,7 +334,7 @@ def run_sharded(
             sync.barrier()  # rank 0 merges in between
             return None
         sync.wait_for_all()
-        merged = merge_embeddings([load_embeddings(part_path(out, r)) for r in range(world)])
+        merged = merge_embeddings([Embeddings.load(part_path(out, r)) for r in range(world)])
         merged.meta.pop("shard", None)
         if save:
             merged.save(out)  # each file is written atomically

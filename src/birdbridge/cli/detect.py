@@ -28,11 +28,11 @@ def detect_cmd(
     strict: bool = typer.Option(False, "--strict", help="Exit non-zero when any recording was skipped."),
 ) -> None:
     """Score each window of each recording against species names (the teacher's text space): per-window top-k species."""
+    from ..data.species_list import load_species_list
     from ..errors import ConfigError
     from ..retrieval import tables
     from ..retrieval.detect import detect_audio, load_detect_model
     from ..retrieval.embed import expand_inputs
-    from ..retrieval.search import load_species_list
 
     tables.check_format(fmt)
     device = _device(device)  # an absent device fails before anything loads

@@ -89,13 +89,13 @@ def embed_text_cmd(
     if not items:
         raise ConfigError("no texts to embed")
     if model:
-        from ..encoders.clap import load_clap_text
         from ..encoders.student import is_distilled_checkpoint
+        from ..encoders.text import ClapTextEncoder
 
         if is_distilled_checkpoint(model):
             raise ConfigError(f"{model} is a distilled audio checkpoint (no text tower); its space is the "
                               f"teacher's: use --teacher {{teacher id}} instead")
-        encoder = load_clap_text(model)
+        encoder = ClapTextEncoder.load(model)
     else:
         from ..encoders.teacher import DEFAULT_TEACHER, Teacher
 

@@ -115,8 +115,9 @@ def search_cmd(
     """Show the photos nearest to each recording (long recordings are searched window by window)."""
     import json
 
+    from ..data.species_list import load_species_list
     from ..retrieval.embed import expand_inputs
-    from ..retrieval.search import load_species_list, search_audio
+    from ..retrieval.search import search_audio
 
     from ..retrieval import tables
 

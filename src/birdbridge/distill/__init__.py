@@ -5,5 +5,7 @@ Submodules:
 - ``loss``: contrastive (multi-positive / deduplicated InfoNCE, distributed like
   open_clip's ``ClipLoss``) and species-softmax objectives, plus the learnable
   ``LogitScale`` temperature holder.
-- ``text_cache``: the per-species teacher text embeddings, computed once and cached.
+
+The per-species teacher text embeddings it trains against are computed once and cached by
+:mod:`birdbridge.encoders.species_text`.
 """

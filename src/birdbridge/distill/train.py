@@ -15,12 +15,12 @@ from ..devices import check_accelerator
 from ..encoders import hub
 from ..encoders.heads import HeadSpec
 from ..encoders.identity import identify
+from ..encoders.species_text import ClapTextRecipe, cached_teacher_text, clap_species_text
 from ..encoders.student import AudioStudent, DistilledModel
-from ..encoders.teacher import DEFAULT_TEACHER, load_teacher
+from ..encoders.teacher import DEFAULT_TEACHER
 from ..errors import BadInputError, ConfigError, SkipLog
 from ..quiet import lightning_fit, settle_lightning
 from ..taxonomy import MIXED, PROMPT_TYPES, TEMPLATE_SETS, resolve_prompt_types
-from .text_cache import TextEmbeddingCache
 
 
 ENCODER_MODES = ("train", "eval")
@@ -143,11 +143,10 @@ def build_student(cfg: TrainConfig, out_dim: int) -> AudioStudent:
 
 def clap_species_table(cfg: TrainConfig, species) -> tuple[torch.Tensor, float]:
     """The frozen CLAP text rows of ``species`` (captions: ``clap_templates`` x ``clap_prompt_types``) and CLAP's scale."""
-    from ..encoders.clap import load_clap_text
-    from ..encoders.combination import clap_logit_scale, clap_species_text
+    from ..encoders.text import ClapTextEncoder
 
-    enc = load_clap_text(cfg.student)
-    return torch.from_numpy(clap_species_text(enc, species, cfg.clap_templates, cfg.clap_prompt_types)), clap_logit_scale(enc[0])
+    enc = ClapTextEncoder.load(cfg.student)
+    return torch.from_numpy(clap_species_text(enc, species, cfg.clap_templates, cfg.clap_prompt_types)), enc.logit_scale
 
 
 def combination_for(cfg: TrainConfig, species, teacher_text=None, heard_species=()):
@@ -155,13 +154,12 @@ def combination_for(cfg: TrainConfig, species, teacher_text=None, heard_species=
 
     ``teacher_text``: the teacher's rows of ``species`` (default: from the text cache, in the
     spec's prompt type and template set)."""
-    from ..encoders.combination import ClapTextRecipe, CombinationSpec, build_combination
+    from ..encoders.combination import CombinationSpec, build_combination
 
     spec = from_dict(CombinationSpec, cfg.combination or {}, where="combination.")
     if teacher_text is None:
-        cache = TextEmbeddingCache(Path(cfg.cache_dir).expanduser())
-        teacher_text = cache.get(cfg.teacher, species, spec.teacher_prompt_type, spec.teacher_template_set,
-                                 lambda: load_teacher(cfg.teacher, device="cpu")).numpy()
+        pt = spec.teacher_prompt_type
+        teacher_text = cached_teacher_text(cfg.teacher, species, [pt], spec.teacher_template_set, cfg.cache_dir)[pt].numpy()
     comb = build_combination(cfg.student, species, teacher_text, spec,
                              ClapTextRecipe(list(cfg.clap_templates), list(cfg.clap_prompt_types)),
                              heard_species=heard_species)
@@ -174,11 +172,11 @@ def combination_for(cfg: TrainConfig, species, teacher_text=None, heard_species=
 
 
 def species_text_embeddings(cfg: TrainConfig, collection: Collection) -> dict[str, torch.Tensor]:
-    cache = TextEmbeddingCache(Path(cfg.cache_dir).expanduser())
+    """The distillation targets: ``{prompt type: [S, D] teacher rows}`` of the collection's species, from the cache."""
     # a cache miss embeds every species prompt: on the GPU when training will use one
     device = "cuda" if cfg.uses_gpu() and torch.cuda.is_available() else "cpu"
-    return cache.get_many(cfg.teacher, collection.species, cfg.resolved_prompt_types, cfg.template_set,
-                          lambda: load_teacher(cfg.teacher, device=device))
+    return cached_teacher_text(cfg.teacher, collection.species, cfg.resolved_prompt_types, cfg.template_set,
+                               cfg.cache_dir, device=device)
 
 
 def _all_ranks_skips(skips: SkipLog) -> SkipLog:
@@ -293,7 +291,7 @@ def distill(collection: Collection, cfg: TrainConfig, out_dir: str | Path, *, re
     if cfg.combination is not None:
         species = collection.species
         if cfg.combination_species:
-            from ..retrieval.search import load_species_list
+            from ..data.species_list import load_species_list
 
             species = load_species_list(cfg.combination_species)
         model = model.with_combination(combination_for(cfg, species, heard_species=collection.species))

@@ -46,17 +46,15 @@ def load_clap(model_id: str = DEFAULT_STUDENT):
     return model.eval(), fe
 
 
-def load_clap_text(model_id: str = DEFAULT_STUDENT):
-    """Return ``(ClapModel, tokenizer)`` for embedding captions in the CLAP's own space."""
+def load_clap_tokenizer(model_id: str = DEFAULT_STUDENT):
+    """The tokenizer of the CLAP ``model_id``, for its text tower (:class:`.text.ClapTextEncoder`)."""
     from transformers import AutoTokenizer
 
-    model, _ = load_clap(model_id)
     ref = _resolve(model_id)
     try:
-        tokenizer = AutoTokenizer.from_pretrained(ref)
+        return AutoTokenizer.from_pretrained(ref)
     except (OSError, ValueError) as err:
         raise ModelNotAvailableError(f"CLAP model {model_id!r}: its tokenizer could not be loaded from {ref}: {err}") from err
-    return model, tokenizer
 
 
 def check_pairing(audio_config, fe, model_id: str = "") -> None:

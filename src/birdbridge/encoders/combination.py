@@ -29,7 +29,7 @@ config.json), so search, detect and serve use the combination with no flags.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import Sequence
 
 import numpy as np
@@ -38,6 +38,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import ConfigError
+from .species_text import ClapTextRecipe, clap_species_text
+from .text import ClapTextEncoder
 
 CONFIDENCES = ("max_prob", "entropy")
 GATES = ("confidence", "heard")
@@ -175,39 +177,9 @@ class ZeroShotCombination(nn.Module):
         return self
 
 
-# --------------------------------------------------------------------------- CLAP species texts
-def clap_species_text(clap_text_encoder, species, templates: Sequence[str], prompt_types: Sequence[str],
-                      progress: bool = False) -> np.ndarray:
-    """One CLAP text embedding per species: every (template, prompt type) string embedded,
-    normalised, averaged, renormalised (the same recipe the teacher's prompts use)."""
-    from ..retrieval.embed import embed_texts
-    from ..taxonomy import prompt_body
-
-    if not templates or not prompt_types:
-        raise ValueError("need at least one CLAP template and one prompt type")
-    texts = [[t.format(prompt_body(sp, pt)) for t in templates for pt in prompt_types] for sp in species]
-    flat = [s for row in texts for s in row]
-    emb = embed_texts(clap_text_encoder, flat, progress=progress).vectors.reshape(len(species), len(texts[0]), -1)
-    mean = emb.astype(np.float64).mean(axis=1)
-    return (mean / np.maximum(np.linalg.norm(mean, axis=1, keepdims=True), 1e-12)).astype(np.float32)
-
-
-def clap_logit_scale(clap) -> float:
-    """CLAP's audio→text logit scale (``exp(logit_scale_a)``, capped at 100 as in training)."""
-    with torch.no_grad():
-        return float(min(100.0, clap.logit_scale_a.exp().item()))
-
-
+# --------------------------------------------------------------------------- building one
 def species_records(species) -> list[dict]:
     return [{"id": sp.id, "scientific_name": sp.scientific_name, "common_name": sp.common_name} for sp in species]
-
-
-@dataclass
-class ClapTextRecipe:
-    """How species become CLAP captions (shared by the alignment loss and the combination)."""
-
-    templates: list[str] = field(default_factory=lambda: ["{}"])
-    prompt_types: list[str] = field(default_factory=lambda: ["common", "scientific"])
 
 
 def heard_mask(species, heard_species) -> torch.Tensor:
@@ -218,14 +190,12 @@ def heard_mask(species, heard_species) -> torch.Tensor:
 
 
 def build_combination(student_id: str, species, teacher_text: np.ndarray | torch.Tensor, spec: CombinationSpec,
-                      recipe: ClapTextRecipe, *, heard_species=(), clap_text_encoder=None,
+                      recipe: ClapTextRecipe, *, heard_species=(), clap_text_encoder: ClapTextEncoder | None = None,
                       progress: bool = False) -> ZeroShotCombination:
     """The combination for ``species`` from the student's own CLAP text tower (``student_id``);
     ``heard_species``: those the distilled model was trained on."""
-    from .clap import load_clap_text
-
-    enc = clap_text_encoder if clap_text_encoder is not None else load_clap_text(student_id)
+    enc = clap_text_encoder if clap_text_encoder is not None else ClapTextEncoder.load(student_id)
     ct = clap_species_text(enc, species, recipe.templates, recipe.prompt_types, progress)
     return ZeroShotCombination(torch.from_numpy(ct), torch.as_tensor(np.asarray(teacher_text, np.float32)),
-                               clap_logit_scale(enc[0]), spec, species_records(species),
+                               enc.logit_scale, spec, species_records(species),
                                heard=heard_mask(species, heard_species))

@@ -16,9 +16,9 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import BadInputError, ModelNotAvailableError
-from ..taxonomy import Species, prompts
 from . import hub
 from .ids import KNOWN_TEACHERS  # noqa: F401 - re-exported: the known teachers
+from .text import TEXT_BATCH, encode_in_batches
 
 DEFAULT_TEACHER = "hf-hub:imageomics/bioclip-2"
 # BioCLIP's authors (pybioclip's TreeOfLife classifier) resize photos to 224x224
@@ -41,6 +41,8 @@ def _resize_mode_for(model_id: str) -> str | None:
 
 class Teacher:
     """A frozen open_clip model: ``encode_text`` and ``encode_images`` return unit rows."""
+
+    space = "teacher"
 
     def __init__(self, model, preprocess, tokenizer, model_id: str, device: str | torch.device = "cpu"):
         self.model = model.eval().requires_grad_(False).to(device)
@@ -100,14 +102,16 @@ class Teacher:
 
         return identify(self.model_id)
 
-    @torch.no_grad()
-    def encode_text(self, texts: Sequence[str], batch_size: int = 256) -> torch.Tensor:
+    def encode_text(self, texts: Sequence[str], batch_size: int = TEXT_BATCH, *, progress: bool = False) -> torch.Tensor:
+        """Unit rows in the teacher's space, ``batch_size`` texts per forward pass (a text encoder, :mod:`.text`)."""
         self.text_calls += 1
-        out = []
-        for i in range(0, len(texts), batch_size):
-            tokens = self.tokenizer(list(texts[i : i + batch_size])).to(self.device)
-            out.append(F.normalize(self.model.encode_text(tokens).float(), dim=-1))
-        return torch.cat(out).cpu()
+
+        @torch.no_grad()
+        def forward(chunk: list[str]) -> np.ndarray:
+            tokens = self.tokenizer(chunk).to(self.device)
+            return F.normalize(self.model.encode_text(tokens).float(), dim=-1).cpu().numpy()
+
+        return encode_in_batches(forward, texts, batch_size=batch_size, progress=progress, space=self.space)
 
     @torch.no_grad()
     def encode_image_tensors(self, pixels: torch.Tensor) -> torch.Tensor:
@@ -126,29 +130,6 @@ class Teacher:
         if not out:
             raise BadInputError("no_images", detail="nothing to embed")
         return torch.cat(out)
-
-    @torch.no_grad()
-    def embed_species(self, species: Sequence[Species], prompt_type: str, template_set: str = "single",
-                      *, batch_size: int = 256, progress: bool = False) -> torch.Tensor:
-        """One row per species: each template embedded and normalised, averaged, renormalised
-        (the TreeOfLife recipe; with one template it is just that template's embedding).
-
-        Species go through in groups of about ``batch_size`` prompts, each group averaged
-        before the next, so memory holds one group's prompt embeddings, not every species'
-        (17k eBird species x 80 templates would be 1.4M rows)."""
-        from ..retrieval.embed import text_progress
-
-        n_t = len(prompts(species[0], prompt_type, template_set)) if species else 1
-        per_group = max(1, batch_size // n_t)
-        rows = []
-        with text_progress(f"teacher text: {len(species)} species ({prompt_type})", len(species), progress) as advance:
-            for i in range(0, len(species), per_group):
-                group = species[i : i + per_group]
-                flat = [p for sp in group for p in prompts(sp, prompt_type, template_set)]
-                emb = self.encode_text(flat, batch_size=batch_size).view(len(group), n_t, -1)
-                rows.append(F.normalize(emb.mean(dim=1), dim=-1))
-                advance(len(group))
-        return torch.cat(rows) if rows else torch.zeros(0, self.dim)
 
 
 def load_teacher(model_id: str = DEFAULT_TEACHER, device: str = "cpu") -> Teacher:

@@ -22,7 +22,6 @@ the distilled model:
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Mapping, Sequence
 
 import numpy as np
@@ -84,18 +83,16 @@ def fit_text_mapping(clap_text_encoder, teacher_rows: Mapping[str, np.ndarray], 
                      templates: Sequence[str], alpha: float = 1e-2, progress: bool = False) -> LinearMap:
     """Fit CLAP text space → teacher text space on CLAP captions and the teacher's prompts.
 
-    ``clap_text_encoder``: a ``(ClapModel, tokenizer)`` pair (see :func:`load_clap_text`);
+    ``clap_text_encoder``: the student's CLAP text tower (:class:`~birdbridge.encoders.text.ClapTextEncoder`);
     ``teacher_rows[prompt type]``: the teacher's ``[len(species), D]`` species embeddings of
     that prompt type (its prompts, template-averaged: the text cache's rows). One pair per
     caption: ``x`` the CLAP caption ``template.format(name)``, ``y`` the teacher's row for the
     same species and prompt type.
     """
-    from ..retrieval.embed import embed_texts
-
     if not templates or not teacher_rows:
         raise ValueError("need at least one CLAP template and one prompt type")
     pairs = text_mapping_pairs(species, list(teacher_rows), templates)
-    x = embed_texts(clap_text_encoder, [c for c, _, _ in pairs], progress=progress).vectors
+    x = clap_text_encoder.encode_text([c for c, _, _ in pairs], progress=progress).numpy()
     y = np.stack([np.asarray(teacher_rows[pt][i], np.float32) for _, i, pt in pairs])
     return fit_ridge(x, y, alpha)
 
@@ -121,13 +118,6 @@ def zero_shot_combination(clap_audio: np.ndarray, clap_species_text: np.ndarray,
 
 
 # --------------------------------------------------------------------------- the student's own CLAP
-def load_clap_text(student: str | Path):
-    """The student's CLAP text tower as a ``(ClapModel, tokenizer)`` encoder for ``embed_texts``."""
-    from ..encoders.clap import load_clap_text as _load
-
-    return _load(str(student))
-
-
 def random_projection_student(train_cfg, teacher_dim: int):
     """The untrained student: CLAP audio tower + a head initialised exactly as distillation's."""
     import torch

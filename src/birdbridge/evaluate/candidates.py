@@ -46,7 +46,8 @@ def add_candidates(ev, cfg, setting, train_ids: list[str], suffix: str, work: Pa
     """Train (or reuse) and embed the configured candidates on ``train_ids``; ``{method: space name}``.
 
     ``plain``: ``(model, info)`` of the plain distilled model on the same species (``distilled_ensemble``)."""
-    from ..encoders.combination import ClapTextRecipe, ClapTower, build_combination
+    from ..encoders.combination import ClapTower, build_combination
+    from ..encoders.species_text import ClapTextRecipe
     from .models import distilled_model
 
     wanted = [m for m in CANDIDATES if m in cfg.methods]

@@ -18,12 +18,12 @@ from typing import Callable
 
 import numpy as np
 
-from ..encoders.combination import clap_logit_scale, clap_species_text
+from ..encoders.species_text import TextEmbeddingCache, clap_species_text
+from ..encoders.text import ClapTextEncoder
 from ..errors import SkipLog
 from . import protocols
 from .baselines import (
     fit_text_mapping,
-    load_clap_text,
     random_projection_student,
     zero_shot_combination,
 )
@@ -152,10 +152,9 @@ class Evaluator:
         return random_projection_student(self.train_cfg, self.teacher.dim)
 
     @property
-    def clap_text(self):
+    def clap_text(self) -> ClapTextEncoder:
         if self._clap_text is None:
-            clap, tok = load_clap_text(self.setting.student)
-            self._clap_text = (clap.to(self.device), tok)
+            self._clap_text = ClapTextEncoder.load(str(self.setting.student)).to(self.device)
         return self._clap_text
 
     def add_text_mapping(self, name: str, train_species_ids: list[str]) -> None:
@@ -174,7 +173,7 @@ class Evaluator:
 
     def add_zero_shot_combination(self, name: str, all_species: bool = False) -> None:
         """``all_species``: CLAP chooses among every evaluation species, not only the view's."""
-        scale = clap_logit_scale(self.clap_text[0])
+        scale = self.clap_text.logit_scale
         every = list(self.setting.eval_collection.species)
 
         def space(view: View) -> Space:
@@ -193,8 +192,6 @@ class Evaluator:
     # ------------------------------------------------------------------ texts
     def teacher_rows(self, species: list, prompt_type: str, template_set: str) -> np.ndarray:
         """The teacher's species embeddings in one prompt format, through the on-disk text cache."""
-        from ..distill.text_cache import TextEmbeddingCache
-
         key = ("teacher", prompt_type, template_set, tuple(sp.id for sp in species))
         if key not in self._text_cache:
             cache = TextEmbeddingCache(Path(self.setting.cache_dir).expanduser())

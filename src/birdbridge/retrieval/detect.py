@@ -6,7 +6,7 @@ scored against the teacher's text embedding of every species in the list -- BioC
 open vocabulary: the list may hold species the model never heard in training, only the
 teacher's text tower reads their names. The prompts follow the recipe stored in the
 checkpoint, and the text embeddings come from the on-disk cache
-(:mod:`birdbridge.distill.text_cache`), so a list is embedded once.
+(:mod:`birdbridge.encoders.species_text`), so a list is embedded once.
 
 Recordings are streamed window by window (:func:`~birdbridge.data.stream.iter_spans`):
 an all-night recording is never decoded whole, and only a batch of windows is in
@@ -23,7 +23,7 @@ import numpy as np
 
 from ..errors import BadInputError, ConfigError
 from .results import Detection, DetectionResult, Window
-from .search import iter_window_vectors, load_search_model, stream_windows, teacher_text
+from .search import iter_window_vectors, load_search_model, model_prompt_recipe, stream_windows
 
 
 def load_detect_model(model, device: str = "cpu"):
@@ -58,12 +58,13 @@ def detect_audio(
     """Per-window top-``k`` species of each recording; one :class:`DetectionResult` per path, in order.
 
     ``species``: a list of :class:`~birdbridge.taxonomy.Species` (e.g. from
-    :func:`~birdbridge.retrieval.search.load_species_list`); ``index``: an image index (or
+    :func:`~birdbridge.data.species_list.load_species_list`); ``index``: an image index (or
     its directory) whose species are used when ``species`` is None, and whose teacher is
     checked against the model's. Without an index the model's recorded teacher embeds the
     names. ``hop_s`` defaults to the window (no overlap). A recording that cannot be read
     gives a result with ``error`` set instead of stopping the batch.
     """
+    from ..encoders.species_text import recipe_species_text
     from .index import ImageIndex
     from .search import index_teacher, model_teacher
 
@@ -86,7 +87,7 @@ def detect_audio(
     species = list(species or [])
     if not species:
         raise ConfigError("no species to detect: pass --species-list FILE or --index DIR")
-    text = teacher_text(model, species, teacher_id, cache_dir, fingerprint)  # [S, D]
+    text = recipe_species_text(model_prompt_recipe(model), species, teacher_id, cache_dir, fingerprint)  # [S, D]
     window_s = window_s or model.window_samples / model.sample_rate
     hop_s = hop_s or window_s
     results = []

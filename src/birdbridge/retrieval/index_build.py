@@ -318,7 +318,7 @@ class _IndexWriter:
 
 def _select(emb, paths: set[str]):
     """The rows and skips of ``emb`` whose input is in ``paths`` (order kept)."""
-    from .embed import Embeddings
+    from ..embeddings import Embeddings
 
     keep = [i for i, row in enumerate(emb.rows) if row["input"] in paths]
     skips = SkipLog([s for s in emb.skips.skips if s.input in paths])

@@ -20,20 +20,18 @@ Results follow the shared schema of :mod:`.results` (docs/SEARCH_SCHEMA.md).
 
 from __future__ import annotations
 
-import os
 import warnings
 from pathlib import Path
 from typing import Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 
-from ..errors import BadInputError, ConfigError
 from ..encoders.identity import recorded, same_teacher
+from ..errors import BadInputError, ConfigError
 from .index import ImageIndex
 from .results import Detection, Hit, QueryResult, SearchResult, Window
 
 AGGREGATES = ("max", "mean")
-DEFAULT_CACHE_DIR = "~/.cache/birdbridge/text"
 
 
 # --------------------------------------------------------------------------- model checks
@@ -202,21 +200,30 @@ def rank_images(index: ImageIndex, window_vecs: np.ndarray, k: int, aggregate: s
 def species_text_matrix(index: ImageIndex, model, species=None, cache_dir: str | Path | None = None):
     """``(species list, [S, D] teacher text embeddings)`` of ``species`` (default: the index's).
 
-    The text comes from the teacher the index was built with, found where it is now.
+    The text comes from the teacher the index was built with, found where it is now, in the
+    prompts the model was trained with (:func:`model_prompt_recipe`).
     """
+    from ..encoders.species_text import recipe_species_text
+
     species = list(species) if species is not None else index.species()
     if not species:
         raise ConfigError(f"no species to guess from: the index {index.root} has no species names (its photos were "
                           "indexed without them); pass --species-list FILE, a CSV with a scientific_name column "
                           "(species=load_species_list(FILE) in Python)")
     tid, fingerprint = index_teacher(index)
-    return species, teacher_text(model, species, tid, cache_dir, fingerprint)
+    return species, recipe_species_text(model_prompt_recipe(model), species, tid, cache_dir, fingerprint)
 
 
 def index_teacher(index: ImageIndex) -> tuple[str, str | None]:
     """An id that loads the index's teacher from here, and its weights fingerprint (None if unknown)."""
     teacher = index.teacher
     return index.teacher_model_id(), teacher.fingerprint if teacher is not None else None
+
+
+def model_prompt_recipe(model) -> dict:
+    """The prompt recipe a distilled model was trained with (``{}`` when it records none):
+    species lists are scored with the same prompts (:func:`~birdbridge.encoders.species_text.recipe_species_text`)."""
+    return _model_meta(model).get("prompt_recipe") or {}
 
 
 def model_teacher(model) -> tuple[str | None, str | None]:
@@ -228,56 +235,11 @@ def model_teacher(model) -> tuple[str | None, str | None]:
     return (str(rec.path) if rec.path is not None else _model_meta(model)["teacher_id"]), rec.fingerprint
 
 
-def teacher_text(model, species, teacher_id: str, cache_dir: str | Path | None = None,
-                 fingerprint: str | None = None) -> np.ndarray:
-    """``[S, D]`` unit rows: each species' prompt(s) through ``teacher_id``'s text tower, via the on-disk cache.
-
-    Prompts follow the model's training recipe (stored in the distilled checkpoint); a
-    recipe of several prompt types is answered with the mean of every type's embedding,
-    renormalised. Any species list works, including species never trained on:
-    only the teacher's text tower sees their names.
-    """
-    from ..distill.text_cache import TextEmbeddingCache
-    from ..encoders.teacher import Teacher
-    from ..taxonomy import PROMPT_TYPES, resolve_prompt_types
-
-    recipe = _model_meta(model).get("prompt_recipe") or {}
-    if recipe.get("prompt_types"):
-        types = resolve_prompt_types(recipe["prompt_types"])
-    else:  # checkpoints before prompt_types: one type, or "mixed", which then meant all five
-        legacy = recipe.get("prompt_type") or "taxonomic_common"
-        types = PROMPT_TYPES if legacy == "mixed" else resolve_prompt_types(legacy)
-    template_set = recipe.get("template_set") or "single"
-    # Keyed by the teacher's weights fingerprint (when known), so the distillation run's entries
-    # are reused wherever the teacher folder is now; the teacher itself loads only on a miss.
-    cache = TextEmbeddingCache(Path(cache_dir or os.environ.get("BIRDBRIDGE_CACHE", DEFAULT_CACHE_DIR)).expanduser())
-    per_type = cache.get_many(teacher_id, list(species), types, template_set, lambda: Teacher.load(teacher_id),
-                              fingerprint=fingerprint)
-    return _unit(np.mean([per_type[t].numpy() for t in types], axis=0))
-
-
 def guess_species(query_vec: np.ndarray, species, text: np.ndarray, top: int = 5) -> list[dict]:
     sims = text @ _unit(query_vec)
     order = np.argsort(-sims)[:top]
     return [{"species_id": species[i].id, "scientific_name": species[i].scientific_name,
              "common_name": species[i].common_name, "score": round(float(sims[i]), 4)} for i in order]
-
-
-def load_species_list(csv_path: str | Path):
-    """Species from a CSV with ``scientific_name`` (+ optional common_name, species_id, ranks)."""
-    from ..data.generic import read_csv_rows, species_from_row
-
-    rows = read_csv_rows(csv_path)
-    if not rows or "scientific_name" not in rows[0]:
-        raise ConfigError(f"{csv_path}: a species list needs a 'scientific_name' column")
-    out, seen = [], set()
-    for row in rows:
-        if row.get("scientific_name"):
-            sp = species_from_row(row)
-            if sp.id not in seen:
-                seen.add(sp.id)
-                out.append(sp)
-    return sorted(out, key=lambda s: s.id)
 
 
 # --------------------------------------------------------------------------- per-window species
@@ -405,6 +367,6 @@ def search_audio(
     return results
 
 
-__all__ = ["search_audio", "search_file", "search_wave", "load_search_model", "species_text_matrix", "teacher_text",
-           "window_species", "load_species_list", "guess_species", "rank_images", "embed_windows", "stream_windows",
+__all__ = ["search_audio", "search_file", "search_wave", "load_search_model", "species_text_matrix", "model_prompt_recipe",
+           "window_species", "guess_species", "rank_images", "embed_windows", "stream_windows",
            "embed_segments", "iter_window_vectors", "SearchResult", "QueryResult", "Hit", "Window", "Detection", "AGGREGATES"]
