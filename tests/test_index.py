@@ -186,7 +186,7 @@ def test_index_kinds_auto_choice_and_approximate_recall(tmp_path, teacher, test_
     exact = build_faiss("faiss-flat", base).search(queries, 1)[1][:, 0]
     for kind in ("faiss-hnsw", "faiss-ivf"):
         approx = build_faiss(kind, base)
-        index_mod._tune(approx, kind)
+        index_mod.tune_search(approx, kind)
         recall = float((approx.search(queries, 1)[1][:, 0] == exact).mean())
         assert recall >= 0.9, (kind, recall)
     idx = ImageIndex.build(tmp_path / "hnsw", teacher, test_records[:30], kind="faiss-hnsw")

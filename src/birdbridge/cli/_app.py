@@ -52,15 +52,8 @@ def version() -> None:
     typer.echo(__version__)
 
 
-def _out_npy(out: Path) -> Path:
+def out_npy(out: Path) -> Path:
     return out if out.suffix == ".npy" else out.with_name(out.name + ".npy")
-
-
-def _device(device: str) -> str:
-    """``--device`` checked before anything loads (one line when this machine lacks it)."""
-    from ..devices import resolve_device
-
-    return resolve_device(device)
 
 
 DEVICE_HELP = "cpu, cuda, cuda:N, mps, or auto (cuda when there is one)."
@@ -80,7 +73,7 @@ def print_outputs(*outputs, what: str = "outputs") -> None:
         console.print(f"  {path}{'/' if path.is_dir() else ''}" + (f"  ({note})" if note else ""), markup=False)
 
 
-def _run_with_progress(label: str, total: int, job):
+def run_with_progress(label: str, total: int, job):
     """Run ``job(progress_callback)`` under a rich progress bar on stderr."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
@@ -105,13 +98,13 @@ def exit_status(none_done: bool, n_failed: int, n_inputs: int | None, what: str,
         raise typer.Exit(1)
 
 
-def _save_and_report(emb, out: Path, n_inputs: int, what: str, strict: bool) -> None:
+def save_and_report(emb, out: Path, n_inputs: int, what: str, strict: bool) -> None:
     """Write the outputs, say what was skipped and why, and set the exit status.
 
     Exit 0 when at least one input was embedded (``--strict``: when none was skipped);
     1 otherwise. The sidecar JSON is written either way, so the reasons stay on disk.
     """
-    path = emb.save(_out_npy(out))
+    path = emb.save(out_npy(out))
     n_ok = len({r["input"] for r in emb.rows})
     dim = emb.vectors.shape[1] if emb.vectors.ndim == 2 else 0
     console.print(f"wrote {len(emb.vectors)} rows ({dim}-d, {emb.meta.get('space')} space) from {n_ok}/{n_inputs} "

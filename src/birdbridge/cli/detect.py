@@ -7,7 +7,8 @@ from typing import Optional
 
 import typer
 
-from ._app import DEVICE_HELP, _device, exit_status, _run_with_progress, app, console, print_outputs
+from ..devices import resolve_device
+from ._app import DEVICE_HELP, exit_status, run_with_progress, app, console, print_outputs
 
 
 @app.command("detect")
@@ -35,7 +36,7 @@ def detect_cmd(
     from ..retrieval.embed import expand_inputs
 
     tables.check_format(fmt)
-    device = _device(device)  # an absent device fails before anything loads
+    device = resolve_device(device)  # an absent device fails before anything loads
     if species_list is None and index is None:
         raise ConfigError("detect needs the species to score: --species-list FILE (a CSV with a scientific_name "
                           "column) or --index DIR (the species of an index)")
@@ -44,7 +45,7 @@ def detect_cmd(
     if fmt == "audacity" and len(paths) > 1 and out is None:
         raise ConfigError("Audacity labels are one file per recording: give --out DIR for several recordings")
     embedder = load_detect_model(model, device)
-    results = _run_with_progress("detecting", len(paths), lambda cb: detect_audio(
+    results = run_with_progress("detecting", len(paths), lambda cb: detect_audio(
         embedder, paths, species=species, index=index, k=k, min_score=min_score, window_s=window_s, hop_s=hop_s,
         cache_dir=cache_dir, allow_teacher_mismatch=allow_teacher_mismatch, progress=cb))
     for r in results:

@@ -7,7 +7,8 @@ from typing import Optional
 
 import typer
 
-from ._app import DEVICE_HELP, _device, _out_npy, _run_with_progress, _save_and_report, app, console
+from ..devices import resolve_device
+from ._app import DEVICE_HELP, out_npy, run_with_progress, save_and_report, app, console
 
 
 @app.command("embed-audio")
@@ -27,16 +28,16 @@ def embed_audio_cmd(
 
     from ..distributed import rank_device, run_sharded
 
-    device = rank_device(_device(device))  # an absent device fails before anything loads
+    device = rank_device(resolve_device(device))  # an absent device fails before anything loads
     paths, labels = expand_labelled_inputs(inputs, "audio")  # a CSV's label columns go into the .parquet rows
     embedder = load_audio_embedder(model, device=device)
     # under torchrun/srun each rank embeds one block; rank 0 merges in input order
-    emb = run_sharded(lambda xs: _run_with_progress(f"embedding audio ({embedder.space} space)", len(xs), lambda cb: embed_audio(
+    emb = run_sharded(lambda xs: run_with_progress(f"embedding audio ({embedder.space} space)", len(xs), lambda cb: embed_audio(
         embedder, [p for p, _ in xs], hop_s=hop_s, per_window=per_window, batch_size=batch_size,
-        labels=[lab for _, lab in xs], progress=cb)), list(zip(paths, labels)), _out_npy(out),
+        labels=[lab for _, lab in xs], progress=cb)), list(zip(paths, labels)), out_npy(out),
         key=f"audio {model} {hop_s} {per_window}")
     if emb is not None:
-        _save_and_report(emb, out, len(paths), "recordings", strict)
+        save_and_report(emb, out, len(paths), "recordings", strict)
 
 
 @app.command("embed-images")
@@ -54,14 +55,14 @@ def embed_images_cmd(
 
     from ..distributed import rank_device, run_sharded
 
-    device = rank_device(_device(device))
+    device = rank_device(resolve_device(device))
     paths, labels = expand_labelled_inputs(inputs, "images")
     model = Teacher.load(teacher, device=device)
-    emb = run_sharded(lambda xs: _run_with_progress("embedding images", len(xs), lambda cb: embed_images(
+    emb = run_sharded(lambda xs: run_with_progress("embedding images", len(xs), lambda cb: embed_images(
         model, [p for p, _ in xs], batch_size=batch_size, labels=[lab for _, lab in xs], progress=cb)),
-        list(zip(paths, labels)), _out_npy(out), key=f"images {teacher}")
+        list(zip(paths, labels)), out_npy(out), key=f"images {teacher}")
     if emb is not None:
-        _save_and_report(emb, out, len(paths), "images", strict)
+        save_and_report(emb, out, len(paths), "images", strict)
 
 
 @app.command("embed-text")
@@ -100,7 +101,7 @@ def embed_text_cmd(
         from ..encoders.teacher import DEFAULT_TEACHER, Teacher
 
         encoder = Teacher.load(teacher or DEFAULT_TEACHER)
-    _save_and_report(embed_texts(encoder, items), out, len(items), "texts", strict=False)
+    save_and_report(embed_texts(encoder, items), out, len(items), "texts", strict=False)
 
 
 @app.command("models")

@@ -10,7 +10,8 @@ import typer
 from rich.console import Console
 
 from ..console import make_console
-from ._app import DEVICE_HELP, _device, exit_status, _run_with_progress, app, console, print_outputs
+from ..devices import resolve_device
+from ._app import DEVICE_HELP, exit_status, run_with_progress, app, console, print_outputs
 
 
 @app.command("index")
@@ -35,7 +36,7 @@ def index_cmd(
     from ..retrieval.index import ImageIndex, choose_kind, records_from_source
 
     t0 = time.time()
-    device = rank_device(_device(device))  # as is an absent --device
+    device = rank_device(resolve_device(device))  # as is an absent --device
     choose_kind(kind, 0)  # a typo in --kind fails before the teacher is loaded
     records = records_from_source(images, dataset, splits=split or ())
     if not records:
@@ -73,7 +74,7 @@ def index_cmd(
             build(None)
             console.print(f"rank {rank}/{world}: embedded its part of {out}; rank 0 writes the index", markup=False)
             return
-        index = _run_with_progress("embedding images" + (f" ({world} ranks)" if world > 1 else ""), len(records), build)
+        index = run_with_progress("embedding images" + (f" ({world} ranks)" if world > 1 else ""), len(records), build)
         m = index.manifest
         updated = index.last_build.get("metadata_updated", 0)
         news = f"{index.count - before} new" + (f", metadata of {updated} updated" if updated else "")
@@ -122,7 +123,7 @@ def search_cmd(
     from ..retrieval import tables
 
     tables.check_format(fmt, ("table", "json", "html", "csv", "raven"))
-    device = _device(device)
+    device = resolve_device(device)
     paths = expand_inputs(audio, "audio")
     species = load_species_list(species_list) if species_list else None
     per_window = k if fmt in ("csv", "raven") else 0
@@ -130,7 +131,7 @@ def search_cmd(
         from ..encoders.factory import load_audio_embedder
 
         model = load_audio_embedder(model, device=device)
-    results = _run_with_progress("searching", len(paths), lambda cb: search_audio(
+    results = run_with_progress("searching", len(paths), lambda cb: search_audio(
         model, index, paths, k=k, window_s=window_s, hop_s=hop_s, aggregate=aggregate, guess=guess, species=species,
         cache_dir=cache_dir, allow_teacher_mismatch=allow_teacher_mismatch, per_window_k=per_window, device=device, progress=cb))
     if fmt in ("csv", "raven"):
@@ -207,7 +208,7 @@ def serve_cmd(
     """Serve a search page and JSON API (POST /search, GET /images/{id}) with uvicorn."""
     from ..serve.app import ServeSettings, serve
 
-    device = _device(device)
+    device = resolve_device(device)
     settings = ServeSettings(max_upload_bytes=int(max_upload_mb * 2**20), max_duration_s=max_duration_s,
                              request_timeout_s=timeout_s, guess_species=guess, cache_dir=str(cache_dir) if cache_dir else None)
     serve(model, index, host=host, port=port, settings=settings, allow_teacher_mismatch=allow_teacher_mismatch,

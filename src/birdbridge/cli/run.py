@@ -84,7 +84,8 @@ def train_cmd(
     from ..config import load_yaml
     from ..data.loaders import load_collection
     from ..data.shards import is_remote
-    from ..distill.train import TrainConfig, distill
+    from ..distill.config import TrainConfig
+    from ..distill.train import distill
     from ..distributed import is_main_process
     from ..errors import ConfigError, SkipLog
 

@@ -24,7 +24,8 @@ from .. import __version__
 from ..console import make_console
 from ..data.synthetic import SyntheticWorld, load_world
 from ..distill.presets import DEMO_TRAIN
-from ..distill.train import TrainConfig, distill
+from ..distill.config import TrainConfig
+from ..distill.train import distill
 from ..encoders.factory import StudentEmbedder
 from ..encoders.teacher import Teacher
 from ..io import atomic_write_json, atomic_write_text

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import math
 import random
-from typing import TYPE_CHECKING
 
 import lightning as L
 import torch
@@ -18,11 +17,9 @@ from ..encoders.student import AudioStudent
 from ..errors import SkipLog
 from ..taxonomy import resolve_prompt_types
 from .clap_align import ClapAlignmentLoss, FrozenClapTower, feature_distillation_loss
+from .config import TrainConfig
 from .data import waves_as_float
 from .loss import LogitScale, build_loss
-
-if TYPE_CHECKING:  # train.py builds this module; the config is only read here
-    from .train import TrainConfig
 
 
 def rng_states() -> dict:
@@ -50,7 +47,7 @@ def set_rng_states(states: dict) -> None:
 
 
 class DistillModule(L.LightningModule):
-    """``cfg`` (a :class:`~birdbridge.distill.train.TrainConfig`) gives the recipe: prompt types,
+    """``cfg`` (a :class:`~birdbridge.distill.config.TrainConfig`) gives the recipe: prompt types,
     loss, learning rates and schedule, encoder mode, temperature, seed and the CLAP-space terms.
     ``total_steps`` is the schedule's length outside a Trainer (inside one, Lightning's estimate);
     ``clap_text`` / ``clap_logit_scale`` are the CLAP species captions' embeddings the alignment
@@ -60,7 +57,7 @@ class DistillModule(L.LightningModule):
         self,
         student: AudioStudent,
         text_embeddings: dict[str, torch.Tensor],
-        cfg: "TrainConfig",
+        cfg: TrainConfig,
         *,
         total_steps: int = 1000,
         clap_text: torch.Tensor | None = None,

@@ -11,17 +11,17 @@ from .ids import KNOWN_STUDENTS  # noqa: F401 - re-exported: the known CLAP stud
 DEFAULT_STUDENT = "davidrrobinson/BioLingual"
 
 
-def _resolve(model_id: str) -> str:
-    kind, ref = hub.split_model_id(model_id)
-    if kind == "builtin":
-        raise ModelNotAvailableError(f"{model_id!r} is not a CLAP model (it has its own loader)")
-    if kind == "local":
-        return str(hub.local_folder(model_id, "CLAP model", required=("config.json",)))
-    hub.prepare_hub(model_id, ref, "config.json")
-    return ref
+def _resolve(model_id: str | hub.ModelRef) -> str:
+    m = hub.parse(model_id)
+    if m.kind == "builtin":
+        raise ModelNotAvailableError(f"{m.given!r} is not a CLAP model (it has its own loader)")
+    if m.kind == "local":
+        return str(hub.local_folder(m, "CLAP model", required=("config.json",)))
+    hub.prepare_hub(m.given, m.ref, "config.json")
+    return m.ref
 
 
-def load_clap(model_id: str = DEFAULT_STUDENT):
+def load_clap(model_id: str | hub.ModelRef = DEFAULT_STUDENT):
     """Return ``(ClapModel, ClapFeatureExtractor)``; refuse fused models and fusion extractors.
 
     BioLingual is a non-fused HTSAT. ``ClapFeatureExtractor()``'s own default truncation is
@@ -31,6 +31,7 @@ def load_clap(model_id: str = DEFAULT_STUDENT):
     from transformers import ClapConfig, ClapFeatureExtractor, ClapModel
 
     ref = _resolve(model_id)
+    model_id = str(model_id)  # as the user wrote it, for messages
     try:
         # Config and extractor first: a fused model is refused before its weights load.
         config = ClapConfig.from_pretrained(ref)

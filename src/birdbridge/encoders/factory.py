@@ -71,14 +71,15 @@ def load_audio_embedder(model_id: str, device: str = "cpu") -> AudioEmbedder:
     (check it with :func:`birdbridge.devices.resolve_device` first). BirdNET runs on the CPU."""
     from .student import AudioStudent, DistilledModel, is_distilled_checkpoint
 
-    kind, ref = hub.split_model_id(model_id)
-    if kind == "builtin":
+    m = hub.parse(model_id)  # read once; the loaders below take the parsed id
+    model_id, ref = m.given, m.ref
+    if m.kind == "builtin":
         return BirdNetEmbedder()
-    if kind == "local":
-        hub.local_folder(model_id)  # a missing folder fails here, with close matches
+    if m.kind == "local":
+        hub.local_folder(m)  # a missing folder fails here, with close matches
         if is_distilled_checkpoint(ref):
-            return StudentEmbedder(DistilledModel.from_pretrained(ref), model_id, device=device)
-    if kind == "hub":
+            return StudentEmbedder(DistilledModel.from_pretrained(m), model_id, device=device)
+    if m.kind == "hub":
         hub.prepare_hub(model_id, ref, "config.json")
         if hub.is_cached(ref, "config.json"):
             import json
@@ -91,7 +92,7 @@ def load_audio_embedder(model_id: str, device: str = "cpu") -> AudioEmbedder:
     from .clap import load_clap
     from .heads import HeadSpec
 
-    clap, fe = load_clap(model_id)
+    clap, fe = load_clap(m)
     # The head is unused in CLAP space; a 1-unit stub keeps AudioStudent's one code path.
     student = AudioStudent.from_clap(clap, fe, HeadSpec(out_dim=1))
     return StudentEmbedder(student, model_id, clap_space=True, device=device)

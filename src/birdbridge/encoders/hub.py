@@ -18,6 +18,7 @@ import difflib
 import functools
 import os
 import re
+from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import ModelNotAvailableError
@@ -47,31 +48,55 @@ def _local(path: str) -> str:
     return str(Path(path).expanduser().resolve())
 
 
-def split_model_id(model_id: str) -> tuple[str, str]:
-    """``(kind, ref)``, kind in ``local`` (ref: an absolute path), ``hub`` (``org/name``), ``builtin``.
-
-    Syntax and the file system only: no network, and no error for a path that is missing.
+@dataclass(frozen=True)
+class ModelRef:
+    """A model id parsed once: ``kind`` in ``local`` (``ref``: an absolute path), ``hub``
+    (``org/name``), ``builtin``; ``given`` is what the user wrote (for messages). Loaders take a
+    ``ModelRef`` or a string and call :func:`parse`, which hands a ``ModelRef`` back unchanged, so
+    an id is read once at the entry point and never re-split (with new file-system checks) below it.
     """
+
+    given: str
+    kind: str
+    ref: str
+
+    def __str__(self) -> str:
+        return self.given
+
+    @property
+    def normalised(self) -> str:
+        """``local-dir:/abs/path``, ``hf-hub:org/name`` or the built-in name."""
+        return {"local": LOCAL_DIR_PREFIX, "hub": HF_HUB_PREFIX}.get(self.kind, "") + self.ref
+
+
+def parse(model_id: "str | Path | ModelRef") -> ModelRef:
+    """The :class:`ModelRef` of ``model_id``. Syntax and the file system only: no network, and no
+    error for a path that is missing."""
+    if isinstance(model_id, ModelRef):
+        return model_id
     s = str(model_id)
     if s.startswith(LOCAL_DIR_PREFIX):
-        return "local", _local(s[len(LOCAL_DIR_PREFIX):])
+        return ModelRef(s, "local", _local(s[len(LOCAL_DIR_PREFIX):]))
     if s.startswith(HF_HUB_PREFIX):
-        return "hub", s[len(HF_HUB_PREFIX):]
+        return ModelRef(s, "hub", s[len(HF_HUB_PREFIX):])
     if Path(s).expanduser().exists():
-        return "local", _local(s)
+        return ModelRef(s, "local", _local(s))
     if s.lower() in BUILTIN_IDS:
-        return "builtin", s.lower()
+        return ModelRef(s, "builtin", s.lower())
     if _REPO_ID.match(s) and not Path(s.split("/", 1)[0]).is_dir():
-        return "hub", s
-    return "local", _local(s)
+        return ModelRef(s, "hub", s)
+    return ModelRef(s, "local", _local(s))
 
 
-def normalise_model_id(model_id: str | None) -> str:
+def split_model_id(model_id: "str | ModelRef") -> tuple[str, str]:
+    """``(kind, ref)`` of :func:`parse`."""
+    m = parse(model_id)
+    return m.kind, m.ref
+
+
+def normalise_model_id(model_id: "str | ModelRef | None") -> str:
     """``local-dir:/abs/path``, ``hf-hub:org/name`` or a built-in name; ``""`` for none."""
-    if not model_id:
-        return ""
-    kind, ref = split_model_id(model_id)
-    return {"local": LOCAL_DIR_PREFIX, "hub": HF_HUB_PREFIX}.get(kind, "") + ref
+    return parse(model_id).normalised if model_id else ""
 
 
 def anchored(model_id: str, base: str | Path) -> str:
@@ -85,17 +110,17 @@ def anchored(model_id: str, base: str | Path) -> str:
     return LOCAL_DIR_PREFIX + str(there.resolve()) if there.is_dir() else s
 
 
-def local_folder(model_id: str, what: str = "model", *, required: tuple[str, ...] = ()) -> Path:
+def local_folder(model_id: "str | ModelRef", what: str = "model", *, required: tuple[str, ...] = ()) -> Path:
     """The folder a local id names; "no such model folder" (with close matches) when it is missing."""
-    kind, ref = split_model_id(model_id)
-    if kind != "local":
-        raise ValueError(f"{model_id!r} is not a local model id")
-    path = Path(ref)
+    m = parse(model_id)
+    if m.kind != "local":
+        raise ValueError(f"{m.given!r} is not a local model id")
+    path = Path(m.ref)
     if not path.is_dir():
-        raise missing_folder(model_id, path, what)
+        raise missing_folder(m.given, path, what)
     for name in required:
         if not (path / name).is_file():
-            raise ModelNotAvailableError(f"{what} {model_id!r}: no {name} in folder {path}")
+            raise ModelNotAvailableError(f"{what} {m.given!r}: no {name} in folder {path}")
     return path
 
 

@@ -96,8 +96,8 @@ def _cached_snapshot(repo_id: str) -> Path | None:
 
 def identify(model_id: str) -> TeacherRecord:
     """The record of the teacher ``model_id`` names now (no network; a hub id is fingerprinted from the cache)."""
-    kind, ref = hub.split_model_id(model_id)
-    norm = hub.normalise_model_id(model_id)
+    m = hub.parse(model_id)
+    kind, ref, norm = m.kind, m.ref, m.normalised
     if kind == "local":
         folder = Path(ref)
         return TeacherRecord(norm, weights_fingerprint(folder) if folder.is_dir() else None,

@@ -149,12 +149,12 @@ class DistilledModel(AudioStudent):
         return directory
 
     @classmethod
-    def from_pretrained(cls, model_id: str | Path, device: str = "cpu") -> "DistilledModel":
+    def from_pretrained(cls, model_id: "str | Path | hub.ModelRef", device: str = "cpu") -> "DistilledModel":
         from safetensors.torch import load_file
         from transformers import ClapAudioConfig, ClapFeatureExtractor
         from transformers.models.clap.modeling_clap import ClapAudioModel, ClapProjectionLayer
 
-        directory = _resolve_checkpoint(str(model_id))
+        directory = _resolve_checkpoint(hub.parse(model_id))
         cfg = json.loads((directory / CONFIG_NAME).read_text())
         if cfg.get("model_type") != MODEL_TYPE:
             raise ModelNotAvailableError(f"{model_id}: not a birdbridge distilled checkpoint (model_type={cfg.get('model_type')!r})")
@@ -210,15 +210,15 @@ def is_distilled_checkpoint(path: str | Path) -> bool:
         return False
 
 
-def _resolve_checkpoint(model_id: str) -> Path:
-    kind, ref = hub.split_model_id(model_id)
+def _resolve_checkpoint(m: hub.ModelRef) -> Path:
+    kind, ref, model_id = m.kind, m.ref, m.given
     if kind == "builtin":
         raise ModelNotAvailableError(f"{model_id!r} is not a distilled birdbridge checkpoint")
     if kind == "local":
         from ..io import recover_dir
 
         recover_dir(Path(ref))  # a save killed between its two renames left the previous checkpoint aside
-        p = hub.local_folder(model_id)
+        p = hub.local_folder(m)
         if not (p / CONFIG_NAME).is_file() or not (p / WEIGHTS_NAME).is_file():
             raise ModelNotAvailableError(f"{model_id}: expected {CONFIG_NAME} and {WEIGHTS_NAME} in {p}")
         return p

@@ -27,12 +27,12 @@ DEFAULT_TEACHER = "hf-hub:imageomics/bioclip-2"
 SQUASH_RESIZE_MODELS = ("imageomics/bioclip", "imageomics/bioclip-2")
 
 
-def _resize_mode_for(model_id: str) -> str | None:
-    kind, ref = hub.split_model_id(model_id)
-    if kind == "hub" and ref in SQUASH_RESIZE_MODELS:
+def _resize_mode_for(model_id: "str | hub.ModelRef") -> str | None:
+    m = hub.parse(model_id)
+    if m.kind == "hub" and m.ref in SQUASH_RESIZE_MODELS:
         return "squash"
-    if kind == "local":
-        cfg = Path(ref) / "open_clip_config.json"
+    if m.kind == "local":
+        cfg = Path(m.ref) / "open_clip_config.json"
         if cfg.exists():
             pre = json.loads(cfg.read_text()).get("preprocess_cfg", {})
             return pre.get("resize_mode")
@@ -53,15 +53,15 @@ class Teacher:
         self.text_calls = 0  # counted so tests can prove the cache skips the text tower
 
     @classmethod
-    def load(cls, model_id: str = DEFAULT_TEACHER, device: str = "cpu") -> "Teacher":
+    def load(cls, model_id: "str | hub.ModelRef" = DEFAULT_TEACHER, device: str = "cpu") -> "Teacher":
         import open_clip
 
-        kind, ref = hub.split_model_id(model_id)
+        m = hub.parse(model_id)  # read once: open_clip gets the explicit local-dir:/hf-hub: form
+        kind, ref, model_id = m.kind, m.ref, m.normalised
         if kind == "builtin":
-            raise ModelNotAvailableError(f"{model_id!r} is not an open_clip teacher")
+            raise ModelNotAvailableError(f"{m.given!r} is not an open_clip teacher")
         if kind == "local":
-            ref = str(hub.local_folder(model_id, "teacher"))
-            model_id = f"{hub.LOCAL_DIR_PREFIX}{ref}"
+            ref = str(hub.local_folder(m, "teacher"))
             if not (Path(ref) / "open_clip_config.json").exists():
                 raise ModelNotAvailableError(
                     f"teacher {model_id!r}: no open_clip_config.json in {ref} (an open_clip local-dir "
@@ -74,13 +74,12 @@ class Teacher:
                     f"(open_clip_model.safetensors); refusing to use random weights"
                 )
         elif kind == "hub":
-            model_id = f"{hub.HF_HUB_PREFIX}{ref}"
             hub.prepare_hub(model_id, ref, "open_clip_config.json")
         try:
             # require_pretrained: open_clip otherwise only *warns* when a download fails
             # and hands back random weights, which would silently poison every number.
             model, _, preprocess = open_clip.create_model_and_transforms(
-                model_id, require_pretrained=True, image_resize_mode=_resize_mode_for(model_id)
+                model_id, require_pretrained=True, image_resize_mode=_resize_mode_for(m)
             )
             tokenizer = open_clip.get_tokenizer(model_id)
         except (OSError, RuntimeError, ValueError) as err:
@@ -135,6 +134,3 @@ class Teacher:
 def load_teacher(model_id: str = DEFAULT_TEACHER, device: str = "cpu") -> Teacher:
     return Teacher.load(model_id, device)
 
-
-def as_numpy(t: torch.Tensor) -> np.ndarray:
-    return t.detach().cpu().numpy().astype(np.float32)

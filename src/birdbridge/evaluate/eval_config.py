@@ -152,7 +152,7 @@ class EvalConfig:
     eval_split: str = "test"
     reference_split: str = "train"  # kNN reference clips
     train_preset: str | None = None  # "demo": start from birdbridge.distill.presets.DEMO_TRAIN
-    train: dict = field(default_factory=dict)  # TrainConfig fields (birdbridge.distill.train)
+    train: dict = field(default_factory=dict)  # TrainConfig fields (birdbridge.distill.config)
     methods: list[str] = field(default_factory=lambda: list(METHODS))
     # distilled_aligned / distilled_combined (evaluate/candidates.py): TrainConfig keys over
     # `train` (default clap_alignment_weight 1, clap_feature_weight 1), CombinationSpec keys
@@ -225,7 +225,7 @@ class EvalConfig:
 
     def train_config(self, **overrides):
         """The :class:`TrainConfig` of the main distilled model (``overrides`` for arms)."""
-        from ..distill.train import TrainConfig
+        from ..distill.config import TrainConfig
 
         base: dict = {}
         if self.train_preset == "demo":

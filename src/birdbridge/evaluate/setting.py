@@ -18,6 +18,7 @@ from pathlib import Path
 
 from ..data.records import Collection
 from ..errors import ConfigError
+from ..io import atomic_write_json
 
 SYNTHETIC_RECIPE = 2  # bump when the synthetic generation changes, so stale work dirs are rebuilt
 
@@ -159,7 +160,7 @@ def _generate_synthetic(spec, base: Path, log) -> Path:
         log(f"generating synthetic world (seed {spec.seed}) and pretraining the teacher in {base}")
         SyntheticWorld(spec.seed).write(base / "world")
         train_teacher(load_world(base / "world"), base / "teacher", steps=spec.teacher_steps, seed=spec.seed)
-        stamp_path.write_text(json.dumps(stamp))  # last: marks the folder complete
+        atomic_write_json(stamp_path, stamp)  # last: marks the folder complete
     frac = spec.clap_known_fraction
     student = base / ("student" if frac == 1.0 else f"student-known{frac:g}")
     s_stamp = {**stamp, "clap_steps": spec.clap_steps, "clap_known_fraction": frac}
@@ -175,7 +176,7 @@ def _generate_synthetic(spec, base: Path, log) -> Path:
     known = world.clap_known_species(frac)
     log(f"pretraining the synthetic CLAP ({len(known)} of {len(world.species)} species named in its captions) -> {student}")
     pretrain_clap(load_world(base / "world"), world, student, steps=spec.clap_steps, seed=spec.seed, known=known)
-    s_stamp_path.write_text(json.dumps(s_stamp))
+    atomic_write_json(s_stamp_path, s_stamp)
     return student
 
 

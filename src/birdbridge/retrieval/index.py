@@ -26,7 +26,7 @@ from typing import Sequence
 import numpy as np
 
 from ..errors import ConfigError
-from .index_format import (EXACT_MAX, FORMAT_VERSION, KINDS, MANIFEST, ImageRecord, Progress, _tune, build_faiss,
+from .index_format import (EXACT_MAX, FORMAT_VERSION, KINDS, MANIFEST, ImageRecord, Progress, tune_search, build_faiss,
                            choose_kind, records_from_collection, records_from_source, teachers_match)
 
 
@@ -76,7 +76,7 @@ class ImageIndex:
         if name and (root / name).is_file():
             index = faiss.read_index(str(root / name))
             if index.ntotal == manifest["count"]:
-                _tune(index, manifest["kind"])
+                tune_search(index, manifest["kind"])
                 return index
         # A build interrupted before its final FAISS write: the shards are the truth, so the
         # index is rebuilt in memory (the next `birdbridge index` run writes it to disk).

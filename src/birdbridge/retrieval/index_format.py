@@ -148,7 +148,7 @@ def build_faiss(kind: str, vectors: np.ndarray):
     return index
 
 
-def _tune(index, kind: str) -> None:
+def tune_search(index, kind: str) -> None:
     # Search-time parameters are not all serialised; set them after every load.
     if kind == "faiss-hnsw":
         index.hnsw.efSearch = HNSW_EF_SEARCH

@@ -127,7 +127,6 @@ def for_server(result: SearchResult, image_url: Callable[[int], tuple[str, str]]
     return replace(result, path=UPLOAD, hits=hits, detections=dets)
 
 
-QueryResult = SearchResult  # the name before the schema was shared with the server
 
 __all__ = ["SEARCH_SCHEMA", "DETECT_SCHEMA", "Window", "Hit", "Detection", "SearchResult", "DetectionResult",
-           "QueryResult", "for_server"]
+           "for_server"]

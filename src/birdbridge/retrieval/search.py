@@ -29,7 +29,7 @@ import numpy as np
 from ..encoders.identity import recorded, same_teacher
 from ..errors import BadInputError, ConfigError
 from .index import ImageIndex
-from .results import Detection, Hit, QueryResult, SearchResult, Window
+from .results import Detection, Hit, SearchResult, Window
 
 AGGREGATES = ("max", "mean")
 
@@ -369,4 +369,4 @@ def search_audio(
 
 __all__ = ["search_audio", "search_file", "search_wave", "load_search_model", "species_text_matrix", "model_prompt_recipe",
            "window_species", "guess_species", "rank_images", "embed_windows", "stream_windows",
-           "embed_segments", "iter_window_vectors", "SearchResult", "QueryResult", "Hit", "Window", "Detection", "AGGREGATES"]
+           "embed_segments", "iter_window_vectors", "SearchResult", "Hit", "Window", "Detection", "AGGREGATES"]

@@ -1,0 +1,122 @@
+"""The training recipe as one config object (``train:`` in YAML): what a run learns and how it runs.
+
+Its own module so the Lightning module and the training loop both read it without importing each
+other.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import ClassVar
+
+import torch
+
+from ..config import from_dict
+from ..encoders.clap import DEFAULT_STUDENT
+from ..encoders.teacher import DEFAULT_TEACHER
+from ..errors import ConfigError
+from ..taxonomy import MIXED, PROMPT_TYPES, TEMPLATE_SETS, resolve_prompt_types
+
+
+ENCODER_MODES = ("train", "eval")
+
+
+@dataclass
+class TrainConfig:
+    student: str = DEFAULT_STUDENT
+    teacher: str = DEFAULT_TEACHER
+    # sampled uniformly per example; `mixed` = the paper's three (common, scientific, taxonomic)
+    prompt_types: list[str] = field(default_factory=lambda: [MIXED])
+    template_set: str = "single"
+    head: str = "linear"
+    head_hidden_dim: int = 1024
+    loss: str = "infonce"
+    positives: str = "multi"
+    batch_size: int = 64
+    max_epochs: int = 10
+    lr_encoder: float = 1e-5
+    lr_head: float = 1e-3
+    weight_decay: float = 0.01
+    warmup_steps: int = 100
+    freeze_encoder: bool = False
+    # train: dropout on and HTSAT's BatchNorm statistics updating while the encoder
+    # fine-tunes (ordinary fine-tuning); eval: the mode the pretrained model loads in.
+    # A frozen encoder is always in eval mode.
+    encoder_mode: str = "train"
+    init_temperature: float = 0.07
+    learn_temperature: bool = True
+    # Keeping the tower's CLAP audio-text alignment (distill/clap_align.py): InfoNCE against
+    # the frozen CLAP text of the species captions, and cosine feature distillation against
+    # the tower as it was (LwF); 0 = off, the paper's recipe.
+    clap_alignment_weight: float = 0.0
+    clap_feature_weight: float = 0.0
+    # CLAP captions of a species (the alignment term and the combination): templates x prompt types
+    clap_templates: list[str] = field(default_factory=lambda: ["{}"])
+    clap_prompt_types: list[str] = field(default_factory=lambda: ["common", "scientific"])
+    # encoders/combination.py CombinationSpec keys: the saved model then mixes its distilled
+    # vector with CLAP's zero-shot combination, by CLAP's confidence, over the species of
+    # `combination_species` (a species-list CSV, as `detect --species`; default: the training species)
+    combination: dict | None = None
+    combination_species: str | None = None
+    seed: int = 0
+    num_workers: int = 2
+    accelerator: str = "auto"
+    devices: int | str = "auto"
+    num_nodes: int = 1
+    strategy: str = "auto"
+    precision: str = "auto"
+    cache_dir: str = "~/.cache/birdbridge/text"
+    train_split: str = "train"
+    val_split: str = "val"
+    cache_decoded_audio: bool = False
+    log_every_n_steps: int = 10
+    progress: bool = True
+
+    RENAMED_KEYS: ClassVar[dict[str, str]] = {"prompt_type": "prompt_types (a list, e.g. [mixed] or [common])"}
+
+    def validate(self) -> None:
+        if isinstance(self.prompt_types, str):
+            self.prompt_types = [self.prompt_types]
+        try:
+            resolve_prompt_types(self.prompt_types)
+        except ValueError:
+            raise ConfigError(f"config key 'prompt_types' must be a non-empty list from {PROMPT_TYPES + (MIXED,)}, "
+                              f"got {self.prompt_types!r}") from None
+        if self.encoder_mode not in ENCODER_MODES:
+            raise ConfigError(f"config key 'encoder_mode' must be one of {ENCODER_MODES}, got {self.encoder_mode!r}")
+        if self.template_set not in TEMPLATE_SETS:
+            raise ConfigError(f"config key 'template_set' must be one of {TEMPLATE_SETS}, got {self.template_set!r}")
+        if self.head not in ("linear", "mlp"):
+            raise ConfigError(f"config key 'head' must be 'linear' or 'mlp', got {self.head!r}")
+        if self.loss not in ("infonce", "species_softmax"):
+            raise ConfigError(f"config key 'loss' must be 'infonce' or 'species_softmax', got {self.loss!r}")
+        if self.batch_size < 2:
+            raise ConfigError("config key 'batch_size' must be at least 2 for a contrastive loss")
+        if self.max_epochs < 1:
+            raise ConfigError("config key 'max_epochs' must be >= 1")
+        for key in ("clap_alignment_weight", "clap_feature_weight"):
+            if getattr(self, key) < 0:
+                raise ConfigError(f"config key {key!r} must be >= 0, got {getattr(self, key)}")
+        if not self.clap_templates or any("{}" not in t for t in self.clap_templates):
+            raise ConfigError("config key 'clap_templates' must be a non-empty list of strings containing '{}'")
+        bad = [t for t in self.clap_prompt_types if t not in PROMPT_TYPES]
+        if bad or not self.clap_prompt_types:
+            raise ConfigError(f"config key 'clap_prompt_types' must be a non-empty list from {PROMPT_TYPES}, got {self.clap_prompt_types}")
+        if self.combination_species is not None and self.combination is None:
+            raise ConfigError("config key 'combination_species' needs 'combination' (e.g. combination: {})")
+        if self.combination is not None:
+            from ..encoders.combination import CombinationSpec
+
+            from_dict(CombinationSpec, self.combination, where="combination.")
+
+    @classmethod
+    def from_dict(cls, d: dict | None) -> "TrainConfig":
+        return from_dict(cls, d)
+
+    @property
+    def resolved_prompt_types(self) -> tuple[str, ...]:
+        return resolve_prompt_types(self.prompt_types)
+
+    def uses_gpu(self) -> bool:
+        """Whether Lightning will put this run on CUDA devices."""
+        return self.accelerator in ("gpu", "cuda") or (self.accelerator == "auto" and torch.cuda.is_available())
