@@ -138,12 +138,19 @@ def test_kill_mid_deployment_then_rerun_loses_and_doubles_nothing(deploy, tiny_d
     assert not (out / "combined.selections.txt").exists()
     before = sum('"kind": "done"' in ln for ln in journal.read_text().splitlines())
     assert 2 <= before < N_GOOD
+    # what a kill during an atomic write leaves (io's temp file beside the table): the re-run clears it
+    stale = out / "siteB" / ".notes.selections.txt.k1ll3d"
+    stale.parent.mkdir(parents=True, exist_ok=True)
+    stale.write_text("half a table")
+    mine = out / "siteB" / ".my-notes.txt"
+    mine.write_text("a user's file")
     res = bb(*base(deploy, tiny_distilled_dir, "--format", "raven", "--out", out), cwd=tmp_path)
     assert res.returncode == 0, res.stderr
     assert f"{before} of {N_GOOD + 2} recordings already analysed (journal), skipping them" in res.stderr
     entries = [json.loads(ln) for ln in journal.read_text().splitlines()[1:]]
     assert sorted(e["path"] for e in entries if e["kind"] == "done") == sorted(
         str(deploy / "rec" / rel) for rel, _ in LAYOUT)  # each recording journaled done exactly once
+    assert not stale.exists() and mine.read_text() == "a user's file"
     per = sorted(p for p in out.rglob("*.selections.txt") if p.name != "combined.selections.txt")
     assert len(per) == N_GOOD
     check_combined_raven(out / "combined.selections.txt", per, deploy)

@@ -20,11 +20,13 @@ exists and whose file is unchanged (size and modification time); a recording the
 records as unreadable is not retried unless the file changed since (a copy that finished,
 a file replaced). A changed setting or model starts afresh: the journal is begun anew and
 every recording is analysed again. A run killed at any point loses at most the recording
-it was analysing.
+it was analysing; the half-written temp file a kill may leave beside a table is removed by
+the next run.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -209,6 +211,7 @@ def run_deployment(model, recordings: Sequence[Recording], out: str | Path, fmt:
         atomic_write_text(out / JOURNAL, json.dumps({"kind": "header", "version": JOURNAL_VERSION, "key": key,
                                                      "settings": settings}) + "\n")
         state = JournalState(True)
+    _remove_stale_temps(out, [*rel_out.values(), *COMBINED.values()])
     todo = []
     for r in recordings:
         now = _stat(r.path)
@@ -290,6 +293,26 @@ def run_description(model, species, *, index=None, species_list: str | Path | No
                 "index": None if index is None else str(Path(index.root).resolve()),
                 "n_species": len(species)}
     return settings, describe
+
+
+def _remove_stale_temps(out: Path, names: Sequence[str]) -> int:
+    """Remove what a killed run's atomic writes left half-written: ``.NAME.<random>`` beside a table
+    this run writes (:mod:`birdbridge.io`'s temp files; nothing else has that name). Returns how many."""
+    by_dir: dict[Path, set[str]] = {}
+    for n in names:
+        p = out / n
+        by_dir.setdefault(p.parent, set()).add(p.name)
+    removed = 0
+    for folder, expected in by_dir.items():
+        if not folder.is_dir():
+            continue
+        for entry in os.scandir(folder):
+            if entry.is_file() and entry.name.startswith(".") and any(
+                    entry.name.startswith(f".{e}.") and len(entry.name) > len(e) + 2 for e in expected):
+                with contextlib.suppress(OSError):
+                    os.unlink(entry.path)
+                    removed += 1
+    return removed
 
 
 def _same_file(entry: dict, now: dict) -> bool:
