@@ -139,7 +139,8 @@ def test_cli_tables_csv_raven_audacity_json(files, tiny_distilled_dir, tmp_path)
     assert res.returncode == 0, res.stderr
     rows = list(csv.DictReader(open(tmp_path / "det.csv")))
     assert list(rows[0]) == ["recording", "start_s", "end_s", "rank", "species_id", "scientific_name", "common_name",
-                             "score", "image"]
+                             "score", "image", "start_time"]  # start_time: empty, the names hold no recorder timestamp
+    assert all(r["start_time"] == "" for r in rows)
     assert len(rows) == 2 * (8 + 3)  # dawn: 8 windows, dusk: 3; two species each
     assert {r["common_name"] for r in rows} <= {"Black Phoebe", "Lesser Goldfinch", "Chestnut-backed Chickadee",
                                                 "Barred Owl", "White-crowned Sparrow"}
@@ -167,7 +168,9 @@ def test_cli_tables_csv_raven_audacity_json(files, tiny_distilled_dir, tmp_path)
     # Audacity labels: one file per recording, start<TAB>end<TAB>label, no header
     res = bb(*base, "--format", "audacity", "--out", "labels", cwd=tmp_path)
     assert res.returncode == 0, res.stderr
-    assert sorted(p.name for p in (tmp_path / "labels").iterdir()) == ["dawn.txt", "dusk.txt"]
+    # a folder of per-recording labels (a deployment: its journal and detect.json beside them)
+    assert sorted(p.name for p in (tmp_path / "labels").glob("*.txt")) == ["dawn.txt", "dusk.txt"]
+    assert (tmp_path / "labels" / "detect.json").is_file()
     dawn = (tmp_path / "labels" / "dawn.txt").read_text().splitlines()
     assert len(dawn) == 16 and all(len(ln.split("\t")) == 3 for ln in dawn)
     assert all(float(ln.split("\t")[0]) < float(ln.split("\t")[1]) for ln in dawn)

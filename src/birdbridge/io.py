@@ -142,3 +142,24 @@ def _json_default(o):
     if isinstance(o, Path):
         return str(o)
     raise TypeError(f"not JSON serialisable: {type(o).__name__}")
+
+
+def append_line(path: str | Path, line: str) -> None:
+    """Append one line to a log (a run's journal) and fsync it: once this returns, the line survives a
+    crash or a kill. A line cut short by a kill during the write is the reader's to ignore (it is the
+    last one, without its newline). A new log gets the user's mode, like every file written here."""
+    path = Path(path)
+    if not path.exists():
+        atomic_write_text(path, "")
+    with open(path, "a", encoding="utf-8") as fh:
+        fh.write(line.rstrip("\n") + "\n")
+        fh.flush()
+        os.fsync(fh.fileno())
+
+
+@contextlib.contextmanager
+def atomic_file(path: str | Path) -> Iterator[BinaryIO]:
+    """A binary file written in place of ``path`` as :func:`atomic_write_bytes` writes one, streamed:
+    for outputs too large to hold as one string (a deployment's combined table)."""
+    with _file_beside(Path(path)) as f:
+        yield f

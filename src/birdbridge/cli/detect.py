@@ -1,4 +1,5 @@
-"""``detect``: per-window species of long recordings, as CSV, Raven selection tables, Audacity labels or JSON."""
+"""``detect``: per-window species of long recordings, as CSV, Raven selection tables, Audacity labels, JSON,
+Kaleidoscope CSV or Parquet; over whole deployments (folders of recorder files) with a resumable journal."""
 
 from __future__ import annotations
 
@@ -15,10 +16,12 @@ from ._app import DEVICE_HELP, exit_status, run_with_progress, app, console, pri
 def detect_cmd(
     audio: list[str] = typer.Argument(..., help="Recordings, folders (recursive), CSVs with a path column, or @list.txt."),
     model: str = typer.Option(..., "--model", "-m", help="A distilled birdbridge checkpoint (teacher space)."),
-    species_list: Optional[Path] = typer.Option(None, "--species-list", help="CSV of species (scientific_name[, common_name, species_id, ranks]); any species, trained on or not."),
+    species_list: Optional[Path] = typer.Option(None, "--species-list", help="Species to score: BirdNET's 'Scientific name_Common name' lines, plain scientific or common names (one a line), or a CSV (scientific_name, common_name, species_id, ranks); any species, trained on or not."),
     index: Optional[Path] = typer.Option(None, "--index", "-i", help="Index directory: its species (when no --species-list) and its teacher."),
-    fmt: str = typer.Option("csv", "--format", "-f", help="csv, raven (Raven selection table), audacity (label track) or json."),
-    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Output file (audacity with several recordings: a folder, one file each); default: stdout."),
+    fmt: str = typer.Option("csv", "--format", "-f", help="csv, raven (Raven selection table), audacity (label track), json, kaleidoscope (Kaleidoscope CSV) or parquet."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="A folder (a deployment: one table per recording mirroring the input tree, a combined table, a journal that lets a re-run resume, detect.json) or one table file (.csv, .txt, .json, .parquet); default: stdout."),
+    glob: Optional[str] = typer.Option(None, "--glob", help="Only a folder's files whose name matches this pattern (e.g. '*.WAV'), at any depth."),
+    combine: Optional[bool] = typer.Option(None, "--combine/--no-combine", help="With --out DIR, also write one combined table (combined.csv, combined.selections.txt, ...); default: on for several recordings."),
     min_score: Optional[float] = typer.Option(None, "--min-score", help="Leave out rows whose score (cosine with the species text) is below this."),
     window_s: Optional[float] = typer.Option(None, "--window-s", min=0.01, help="Window length (default: the model's window)."),
     hop_s: Optional[float] = typer.Option(None, "--hop-s", min=0.01, help="Window hop (default: the window, no overlap)."),
@@ -26,28 +29,54 @@ def detect_cmd(
     cache_dir: Optional[Path] = typer.Option(None, "--cache-dir", help="Text-embedding cache (default ~/.cache/birdbridge/text)."),
     device: str = typer.Option("auto", "--device", help=DEVICE_HELP),
     allow_teacher_mismatch: bool = typer.Option(False, "--allow-teacher-mismatch", help="Only warn when the model's teacher is not the index's."),
-    strict: bool = typer.Option(False, "--strict", help="Exit non-zero when any recording was skipped."),
+    strict: bool = typer.Option(False, "--strict", help="Exit non-zero when any recording was skipped, or when a species-list entry matches none of the model's species."),
 ) -> None:
     """Score each window of each recording against species names (the teacher's text space): per-window top-k species."""
-    from ..data.species_list import load_species_list
+    from ..data.species_list import read_species_list
     from ..errors import ConfigError
-    from ..retrieval import tables
-    from ..retrieval.detect import detect_audio, load_detect_model
-    from ..retrieval.embed import expand_inputs
+    from ..retrieval import deployment, tables
+    from ..retrieval.detect import load_detect_model
 
     tables.check_format(fmt)
     device = resolve_device(device)  # an absent device fails before anything loads
     if species_list is None and index is None:
-        raise ConfigError("detect needs the species to score: --species-list FILE (a CSV with a scientific_name "
-                          "column) or --index DIR (the species of an index)")
-    paths = expand_inputs(audio, "audio")  # a mistyped file fails here, before the model loads
-    species = load_species_list(species_list) if species_list else None
-    if fmt == "audacity" and len(paths) > 1 and out is None:
+        raise ConfigError("detect needs the species to score: --species-list FILE (BirdNET-style names, one a line, or "
+                          "a CSV with a scientific_name column) or --index DIR (the species of an index)")
+    recordings = deployment.find_recordings(audio, glob)  # a mistyped file fails here, before the model loads
+    entries = read_species_list(species_list) if species_list else None
+    deploy = deployment.is_deployment_out(out)
+    if not deploy and fmt == "audacity" and len(recordings) > 1:
         raise ConfigError("Audacity labels are one file per recording: give --out DIR for several recordings")
+    if out is None and fmt == "parquet":
+        raise ConfigError("parquet is a binary format: give --out FILE.parquet or --out DIR")
     embedder = load_detect_model(model, device)
-    results = run_with_progress("detecting", len(paths), lambda cb: detect_audio(
-        embedder, paths, species=species, index=index, k=k, min_score=min_score, window_s=window_s, hop_s=hop_s,
-        cache_dir=cache_dir, allow_teacher_mismatch=allow_teacher_mismatch, progress=cb))
+    index_obj, match, species = _species(embedder, index, species_list, entries, strict)
+    common = dict(species=species, index=index_obj, k=k, min_score=min_score, window_s=window_s, hop_s=hop_s,
+                  cache_dir=cache_dir, allow_teacher_mismatch=allow_teacher_mismatch)
+    if deploy:
+        return _deployment(embedder, recordings, out, fmt, combine, species_list, match, strict, common)
+    _one_table(embedder, [r.path for r in recordings], out, fmt, strict, common)
+
+
+def _species(embedder, index, species_list, entries, strict):
+    """The opened index, the species list's match (printed) and the species to score."""
+    from ..retrieval.detect_species import species_for_detection
+    from ..retrieval.index import ImageIndex
+
+    index_obj = ImageIndex.open(index) if index is not None else None
+    if entries is None:
+        return index_obj, None, None  # the index's species (detect_audio reads them)
+    match = species_for_detection(species_list, embedder, index_obj, strict=strict, entries=entries)
+    console.print(match.summary(), markup=False, soft_wrap=True)
+    return index_obj, match, match.species
+
+
+def _one_table(embedder, paths, out, fmt, strict, common) -> None:
+    """Today's single table: to stdout or one file (several recordings in one table)."""
+    from ..retrieval import tables
+    from ..retrieval.detect import detect_audio
+
+    results = run_with_progress("detecting", len(paths), lambda cb: detect_audio(embedder, paths, progress=cb, **common))
     for r in results:
         if not r.ok:
             console.print(f"  skipped {r.path}: {r.error}" + (f" ({r.error_detail})" if r.error_detail else ""), markup=False)
@@ -63,4 +92,43 @@ def detect_cmd(
         typer.echo(tables.render(results, fmt, high_freq_hz=nyquist), nl=False)
     failed = [r for r in results if not r.ok]
     exit_status(bool(failed) and len(failed) == len(results), len(failed), len(results), "recordings",
-                 f"could be read ({', '.join(sorted({r.error for r in failed}))})", strict)
+                f"could be read ({', '.join(sorted({r.error for r in failed}))})", strict)
+
+
+def _deployment(embedder, recordings, out, fmt, combine, species_list, match, strict, common) -> None:
+    """``--out DIR``: one table per recording, a combined table, the journal and detect.json."""
+    from ..retrieval import deployment
+
+    settings, describe = deployment.run_description(
+        embedder, common["species"] or common["index"].species(), index=common["index"], species_list=species_list,
+        match=match, window_s=common["window_s"], hop_s=common["hop_s"], k=common["k"],
+        min_score=common["min_score"], fmt=fmt)
+
+    def started(run, n_todo):
+        if run.fresh_reason:
+            console.print(f"{out}: starting afresh, the journal there was from other settings ({run.fresh_reason})",
+                          markup=False)
+        if run.n_already:
+            console.print(f"{run.n_already} of {run.n_recordings} recordings already analysed (journal), skipping them",
+                          markup=False)
+        if run.n_skipped_before:
+            console.print(f"{run.n_skipped_before} recordings were unreadable in an earlier run and are unchanged: "
+                          "not retried", markup=False)
+
+    n_todo = len(recordings)
+    run = run_with_progress("detecting", n_todo, lambda cb: deployment.run_deployment(
+        embedder, recordings, out, fmt, settings=settings, describe=describe,
+        combine=len(recordings) > 1 if combine is None else combine, progress=cb, on_start=started, **common))
+    for s in run.skips.skips[:10]:
+        console.print(f"  skipped {s.input}: {s.reason}" + (f" ({s.detail})" if s.detail else ""), markup=False)
+    if len(run.skips) > 10:
+        console.print(f"  ... and {len(run.skips) - 10} more (all listed in {out / deployment.SIDECAR})", markup=False)
+    n_done = run.n_analysed + run.n_already
+    console.print(f"wrote {run.n_detections} detections in {run.n_windows} windows of {n_done} recordings to {out} "
+                  f"({run.n_analysed} analysed now, {run.n_already} by an earlier run; {run.skips.summary()})",
+                  markup=False)
+    print_outputs((out, f"one {fmt} table per recording"), (run.combined, "combined table") if run.combined else None,
+                  (out / deployment.SIDECAR, "model, species list, settings, counts, skips"),
+                  (out / deployment.JOURNAL, "journal: a re-run resumes"))
+    exit_status(n_done == 0 and bool(recordings), len(run.skips), len(recordings), "recordings",
+                f"could be read ({', '.join(sorted(run.skips.counts()))})", strict)

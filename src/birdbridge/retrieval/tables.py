@@ -15,6 +15,13 @@ table does the same).
 
 Audacity labels (*File > Import > Labels*): ``start<TAB>end<TAB>label`` per line, no
 header, one file per recording.
+
+Kaleidoscope (Wildlife Acoustics' results CSV, as BirdNET-Analyzer writes it for Kaleidoscope
+to open): ``INDIR, FOLDER, IN FILE, OFFSET, DURATION, scientific_name, common_name,
+confidence`` (``INDIR`` the folder above the recording's folder, ``FOLDER`` that folder's
+name), then ours. Parquet: one typed row per detection (the CSV's columns, numbers as
+numbers). CSV and Kaleidoscope rows carry ``start_time``: the window's clock time when the
+file name is an AudioMoth or SM4 timestamp (:mod:`birdbridge.data.recorder_time`), else empty.
 """
 
 from __future__ import annotations
@@ -25,8 +32,12 @@ import json
 from pathlib import Path
 from typing import Sequence
 
-FORMATS = ("csv", "raven", "audacity", "json")
-CSV_COLUMNS = ("recording", "start_s", "end_s", "rank", "species_id", "scientific_name", "common_name", "score", "image")
+FORMATS = ("csv", "raven", "audacity", "json", "kaleidoscope", "parquet")
+TEXT_FORMATS = ("csv", "raven", "audacity", "json", "kaleidoscope")
+CSV_COLUMNS = ("recording", "start_s", "end_s", "rank", "species_id", "scientific_name", "common_name", "score", "image",
+               "start_time")
+KALEIDOSCOPE_COLUMNS = ("INDIR", "FOLDER", "IN FILE", "OFFSET", "DURATION", "scientific_name", "common_name",
+                        "confidence", "rank", "species_id", "start_time")
 RAVEN_COLUMNS = ("Selection", "View", "Channel", "Begin Time (s)", "End Time (s)", "Low Freq (Hz)", "High Freq (Hz)",
                  "Begin Path", "Begin File", "File Offset (s)", "Species", "Common Name", "Species ID", "Rank", "Score",
                  "Image")
@@ -36,15 +47,67 @@ def _label(d) -> str:
     return d.scientific_name or d.species_id or (Path(d.image).name if d.image else "unknown")
 
 
+def _clock(path: str):
+    from ..data.recorder_time import recording_start
+
+    return recording_start(path)
+
+
 def csv_text(results: Sequence) -> str:
+    from ..data.recorder_time import absolute_time
+
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
     w.writerow(CSV_COLUMNS)
     for r in results:
+        start = _clock(r.path)
         for d in r.detections:
             w.writerow([r.path, f"{d.start_s:.3f}", f"{d.end_s:.3f}", d.rank, d.species_id, d.scientific_name,
-                        d.common_name, f"{d.score:.4f}", d.image or ""])
+                        d.common_name, f"{d.score:.4f}", d.image or "", absolute_time(start, d.start_s)])
     return buf.getvalue()
+
+
+def kaleidoscope_text(results: Sequence) -> str:
+    from ..data.recorder_time import absolute_time
+
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(KALEIDOSCOPE_COLUMNS)
+    for r in results:
+        p = Path(r.path)
+        start = _clock(r.path)
+        for d in r.detections:
+            w.writerow([str(p.parent.parent), p.parent.name, p.name, f"{d.start_s:.3f}", f"{d.end_s - d.start_s:.3f}",
+                        d.scientific_name, d.common_name, f"{d.score:.4f}", d.rank, d.species_id,
+                        absolute_time(start, d.start_s)])
+    return buf.getvalue()
+
+
+def parquet_bytes(results: Sequence) -> bytes:
+    """One typed row per detection: the CSV's columns (``start_time`` a timestamp, null when unknown)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    cols: dict[str, list] = {c: [] for c in CSV_COLUMNS}
+    for r in results:
+        start = _clock(r.path)
+        for d in r.detections:
+            for c, v in zip(CSV_COLUMNS, (r.path, d.start_s, d.end_s, d.rank, d.species_id, d.scientific_name,
+                                          d.common_name, d.score, d.image,
+                                          None if start is None else start + _seconds(d.start_s))):
+                cols[c].append(v)
+    types = {"start_s": pa.float64(), "end_s": pa.float64(), "rank": pa.int32(), "score": pa.float32(),
+             "start_time": pa.timestamp("ms")}
+    table = pa.table({c: pa.array(v, type=types.get(c, pa.string())) for c, v in cols.items()})
+    sink = pa.BufferOutputStream()
+    pq.write_table(table, sink)
+    return sink.getvalue().to_pybytes()
+
+
+def _seconds(s: float):
+    from datetime import timedelta
+
+    return timedelta(seconds=s)
 
 
 def _tsv(value) -> str:
@@ -87,6 +150,12 @@ def render(results: Sequence, fmt: str, *, high_freq_hz: float = 0.0) -> str:
         return raven_text(results, high_freq_hz)
     if fmt == "json":
         return json_text(results)
+    if fmt == "kaleidoscope":
+        return kaleidoscope_text(results)
+    if fmt == "parquet":
+        from ..errors import ConfigError
+
+        raise ConfigError("parquet is a binary format: give --out FILE.parquet or --out DIR")
     if len(results) != 1:
         from ..errors import ConfigError
 
@@ -111,7 +180,12 @@ def write(results: Sequence, fmt: str, out: str | Path, *, high_freq_hz: float =
             atomic_write_text(out / f"{name}.txt", audacity_text(r))
             written.append(out / f"{name}.txt")
         return written
-    atomic_write_text(out, render(results, fmt, high_freq_hz=high_freq_hz))
+    if fmt == "parquet":
+        from ..io import atomic_write_bytes
+
+        atomic_write_bytes(out, parquet_bytes(results))
+    else:
+        atomic_write_text(out, render(results, fmt, high_freq_hz=high_freq_hz))
     return [out]
 
 
@@ -122,5 +196,6 @@ def check_format(fmt: str, allowed: Sequence[str] = FORMATS) -> None:
         raise ConfigError(f"--format must be one of {', '.join(allowed)}, not {fmt!r}")
 
 
-__all__ = ["FORMATS", "CSV_COLUMNS", "RAVEN_COLUMNS", "csv_text", "raven_text", "audacity_text", "json_text", "render",
+__all__ = ["FORMATS", "TEXT_FORMATS", "CSV_COLUMNS", "RAVEN_COLUMNS", "KALEIDOSCOPE_COLUMNS", "csv_text",
+           "kaleidoscope_text", "parquet_bytes", "raven_text", "audacity_text", "json_text", "render",
            "write", "check_format"]
