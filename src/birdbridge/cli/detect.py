@@ -27,6 +27,10 @@ def detect_cmd(
     device: str = typer.Option("auto", "--device", help=DEVICE_HELP),
     allow_teacher_mismatch: bool = typer.Option(False, "--allow-teacher-mismatch", help="Only warn when the model's teacher is not the index's."),
     strict: bool = typer.Option(False, "--strict", help="Exit non-zero when any recording was skipped."),
+    runtime: str = typer.Option("torch", "--runtime", help="torch, or onnx: the student int8 on ONNX Runtime (CPU; the onnx extra)."),
+    precision: str = typer.Option("auto", "--precision", help="Torch weights: auto (bf16 on a CPU with AMX, else fp32), fp32 or bf16."),
+    workers: int = typer.Option(1, "--workers", min=0, help="Processes decoding recordings ahead of the model (0: none)."),
+    threads: Optional[int] = typer.Option(None, "--threads", min=1, help="CPU threads of the model (default: torch's)."),
 ) -> None:
     """Score each window of each recording against species names (the teacher's text space): per-window top-k species."""
     from ..data.species_list import load_species_list
@@ -44,10 +48,14 @@ def detect_cmd(
     species = load_species_list(species_list) if species_list else None
     if fmt == "audacity" and len(paths) > 1 and out is None:
         raise ConfigError("Audacity labels are one file per recording: give --out DIR for several recordings")
-    embedder = load_detect_model(model, device)
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
+    embedder = load_detect_model(model, device, runtime=runtime, precision=precision)
     results = run_with_progress("detecting", len(paths), lambda cb: detect_audio(
         embedder, paths, species=species, index=index, k=k, min_score=min_score, window_s=window_s, hop_s=hop_s,
-        cache_dir=cache_dir, allow_teacher_mismatch=allow_teacher_mismatch, progress=cb))
+        cache_dir=cache_dir, allow_teacher_mismatch=allow_teacher_mismatch, progress=cb, workers=workers))
     for r in results:
         if not r.ok:
             console.print(f"  skipped {r.path}: {r.error}" + (f" ({r.error_detail})" if r.error_detail else ""), markup=False)
