@@ -86,7 +86,8 @@ class StudentEmbedder:
             return fn(x, crop="start").float().cpu().numpy()
         feats = self.model.features(x, crop="start").to(self.dtype)
         fn = self.model.clap_embed_features if self.clap_space else self.model.embed_features
-        return fn(feats).float().cpu().numpy()
+        # unit rows in float32: the bf16 normalisation leaves norms ~1e-3 off
+        return torch.nn.functional.normalize(fn(feats).float(), dim=-1).cpu().numpy()
 
 
 class BirdNetEmbedder:
