@@ -199,9 +199,9 @@ def _detect(r: dict) -> list[str]:
            f"{' -> '.join(str(x) for x in r['detect_bench_load_avg'])}. Student: real size (`ClapConfig()`), random "
            "weights, 10 s HTSAT windows; BirdNET: 3 s windows (`benchmarks/bench_detect.py`).", "",
            "| variant | audio s / wall s (x real time) | / BirdNET |", "|---|---|---|"]
-    names = {"torch_fp32_inprocess_decode": "detect, torch fp32, decoding in-process (before)",
-             "torch_fp32": "detect, torch fp32", "torch_bf16": "detect, torch bf16 weights (`auto` on an AMX CPU)",
-             "onnx_int8": "detect, `--runtime onnx` (int8)"}
+    names = {"torch_fp32": "detect, torch fp32 (before)", "torch_fp32_decode_worker": "detect, torch fp32, `--workers 1`",
+             "torch_bf16": "detect, torch bf16 weights (`auto` on an AMX CPU)",
+             "torch_bf16_decode_worker": "detect, torch bf16, `--workers 1`", "onnx_int8": "detect, `--runtime onnx` (int8)"}
     for k, name in names.items():
         if f"detect_{k}_audio_s_per_s" in r:
             out.append(f"| {name} | {_f(r[f'detect_{k}_audio_s_per_s'])} | {_f(r.get(f'detect_{k}_over_birdnet'))} |")
@@ -229,23 +229,24 @@ def _detect_goals(r: dict) -> list[str]:
     def verdict(v: float, goal: float) -> str:
         return f"{v:.3g}: met" if v >= goal else f"{v:.3g}: **missed by {100 * (1 - v / goal):.0f} %**"
 
-    for k in ("torch_fp32_inprocess_decode", "torch_fp32", "torch_bf16", "onnx_int8"):
+    for k in ("torch_fp32", "torch_fp32_decode_worker", "torch_bf16", "torch_bf16_decode_worker", "onnx_int8"):
         v = r.get(f"detect_{k}_audio_s_per_s")
         if v is not None:
             out.append(f"| {k} | {verdict(v, 60.0)} | {verdict(v / bn, 0.5)} |")
-    fp32 = r.get("detect_torch_fp32_inprocess_decode_audio_s_per_s") or r.get("detect_torch_fp32_audio_s_per_s")
+    fp32 = r.get("detect_torch_fp32_audio_s_per_s")
     gain = {k: r[f"detect_{k}_audio_s_per_s"] / fp32 for k in ("torch_bf16", "onnx_int8")
             if fp32 and r.get(f"detect_{k}_audio_s_per_s")}
-    return out + ["", f"Why fp32 misses: BirdNET analyses audio {bn / fp32:.2g} times as fast as the fp32 student here. "
+    return out + ["", f"Where fp32 falls short: BirdNET analyses audio {bn / fp32:.2g} times as fast as the fp32 student here. "
                   "A 10 s window costs HTSAT (28 M parameters; Swin attention and MLP matmuls over 1001 x 64 mel "
                   "frames) more than BirdNET's small CNN costs for the same 10 s (3.3 of its 3 s windows on "
                   "LiteRT/XNNPACK), and on 2 fp32 cores those matmuls are compute-bound. bf16 weights run them on the "
                   "AMX tiles (" + ", ".join(f"{k} {v:.2g}x fp32" for k, v in gain.items()) + " measured here); int8 "
                   "quantises only MatMul/Gemm, the convolutional patch embedding, norms and softmax stay fp32. "
                   "`--precision auto` picks bf16 only where the CPU has AMX; elsewhere `--runtime onnx` is the fast "
-                  "path. Decoding in a worker process (`--workers 1`, the default) overlaps MP3 decoding with inference, "
-                  "but on 2 cores it takes a share of a core from the model: compare the first two rows (one repeat "
-                  "each, a shared machine).", ""]
+                  "path. A decoding process (`--workers 1`) overlaps MP3 decoding with inference, but with 2 cores and "
+                  "2 model threads it competes with the model for them: compare the `--workers 1` rows (one repeat "
+                  "each on a shared machine; an earlier 15 min A/B, 2 repeats, had it 1-3 % slower). Within noise, so "
+                  "by default detect starts one only when a core is spare beside `--threads`.", ""]
 
 
 def _memory(r: dict) -> list[str]:

@@ -110,3 +110,16 @@ def test_a_missing_runtime_is_one_clear_line(tiny_distilled_dir, tmp_path):
                           "../species.csv", "--runtime", "tflite"], cwd=work, env=env, capture_output=True, text=True,
                          timeout=300)
     assert res.returncode == 2 and "runtime must be one of torch, onnx" in res.stdout + res.stderr
+
+
+def test_precision_auto_is_bf16_only_on_an_amx_cpu(monkeypatch):
+    from birdbridge.encoders import factory
+    from birdbridge.errors import ConfigError
+
+    monkeypatch.setattr(factory, "cpu_has_fast_bf16", lambda: True)
+    assert [factory.resolve_precision(p) for p in ("auto", "fp32", "bf16")] == ["bf16", "fp32", "bf16"]
+    assert factory.resolve_precision("auto", "cuda:0") == "fp32"  # CUDA keeps its weights as they are
+    monkeypatch.setattr(factory, "cpu_has_fast_bf16", lambda: False)
+    assert factory.resolve_precision("auto") == "fp32"
+    with pytest.raises(ConfigError, match="precision must be one of auto, fp32, bf16"):
+        factory.resolve_precision("fp16")

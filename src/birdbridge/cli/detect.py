@@ -29,7 +29,7 @@ def detect_cmd(
     strict: bool = typer.Option(False, "--strict", help="Exit non-zero when any recording was skipped."),
     runtime: str = typer.Option("torch", "--runtime", help="torch, or onnx: the student int8 on ONNX Runtime (CPU; the onnx extra)."),
     precision: str = typer.Option("auto", "--precision", help="Torch weights: auto (bf16 on a CPU with AMX, else fp32), fp32 or bf16."),
-    workers: int = typer.Option(1, "--workers", min=0, help="Processes decoding recordings ahead of the model (0: none)."),
+    workers: Optional[int] = typer.Option(None, "--workers", min=0, help="Processes decoding recordings ahead of the model (0: none; default: 1 when a core is spare beside --threads)."),
     threads: Optional[int] = typer.Option(None, "--threads", min=1, help="CPU threads of the model (default: torch's)."),
 ) -> None:
     """Score each window of each recording against species names (the teacher's text space): per-window top-k species."""
@@ -52,6 +52,12 @@ def detect_cmd(
         import torch
 
         torch.set_num_threads(threads)
+    if workers is None:
+        import torch
+
+        from ..data.prefetch import default_workers
+
+        workers = default_workers(torch.get_num_threads())
     embedder = load_detect_model(model, device, runtime=runtime, precision=precision)
     results = run_with_progress("detecting", len(paths), lambda cb: detect_audio(
         embedder, paths, species=species, index=index, k=k, min_score=min_score, window_s=window_s, hop_s=hop_s,

@@ -23,6 +23,20 @@ from .stream import iter_spans
 Span = tuple[float, float, "object"]
 
 
+def default_workers(model_threads: int) -> int:
+    """One decoding process when a core is left over beside the model's threads, else none.
+
+    Measured on 2 cores with a 2-thread model (docs/PERFORMANCE.md), a decoding process only
+    takes CPU from the model (1-3 % slower); with a spare core it overlaps decoding with inference."""
+    import os
+
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        cores = os.cpu_count() or 1
+    return 1 if cores > model_threads else 0
+
+
 def _decode(queue, jobs: list[tuple[int, str]], kwargs: dict) -> None:
     """Worker: every window of each of its files, then an end (or error) message per file."""
     for i, path in jobs:
