@@ -4,6 +4,12 @@
 ``embed``, ``retrieval``, ``detect`` and ``run`` register their verbs on it.
 """
 
+import os
+
+# Before anything imports torch: OpenMP threads sleep when idle instead of spinning. On a
+# CPU shared with other work, spinning libgomp threads collapse two-thread inference (detect).
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 from ._app import app, console, main
 from . import data, embed, retrieval, detect, run  # noqa: E402,F401 - registers the verbs (in --help order)
 from .data import download_cmd, inspect_cmd, prepare_cmd

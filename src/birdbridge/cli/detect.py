@@ -30,6 +30,10 @@ def detect_cmd(
     device: str = typer.Option("auto", "--device", help=DEVICE_HELP),
     allow_teacher_mismatch: bool = typer.Option(False, "--allow-teacher-mismatch", help="Only warn when the model's teacher is not the index's."),
     strict: bool = typer.Option(False, "--strict", help="Exit non-zero when any recording was skipped, or when a species-list entry matches none of the model's species."),
+    runtime: str = typer.Option("torch", "--runtime", help="torch, or onnx: the student int8 on ONNX Runtime (CPU; the onnx extra)."),
+    precision: str = typer.Option("auto", "--precision", help="Torch weights: auto (bf16 on a CPU with AMX, else fp32), fp32 or bf16."),
+    workers: Optional[int] = typer.Option(None, "--workers", min=0, help="Processes decoding recordings ahead of the model (0: none; default: 1 when a core is spare beside --threads)."),
+    threads: Optional[int] = typer.Option(None, "--threads", min=1, help="CPU threads of the model (default: torch's)."),
 ) -> None:
     """Score each window of each recording against species names (the teacher's text space): per-window top-k species."""
     from ..data.species_list import read_species_list
@@ -49,13 +53,25 @@ def detect_cmd(
         raise ConfigError("Audacity labels are one file per recording: give --out DIR for several recordings")
     if out is None and fmt == "parquet":
         raise ConfigError("parquet is a binary format: give --out FILE.parquet or --out DIR")
-    embedder = load_detect_model(model, device)
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
+    if workers is None:
+        import torch
+
+        from ..data.prefetch import default_workers
+
+        workers = default_workers(torch.get_num_threads())
+    embedder = load_detect_model(model, device, runtime=runtime, precision=precision)
     index_obj, match, species = _species(embedder, index, species_list, entries, strict)
     common = dict(species=species, index=index_obj, k=k, min_score=min_score, window_s=window_s, hop_s=hop_s,
                   cache_dir=cache_dir, allow_teacher_mismatch=allow_teacher_mismatch)
     if deploy:
-        return _deployment(embedder, recordings, out, fmt, combine, species_list, match, strict, common)
-    _one_table(embedder, [r.path for r in recordings], out, fmt, strict, common)
+        # runtime and precision change scores (within docs/PERFORMANCE.md's bound): part of the journal key
+        return _deployment(embedder, recordings, out, fmt, combine, species_list, match, strict, common,
+                           {"runtime": runtime, "precision": precision})
+    _one_table(embedder, [r.path for r in recordings], out, fmt, strict, {**common, "workers": workers})
 
 
 def _species(embedder, index, species_list, entries, strict):
@@ -95,7 +111,7 @@ def _one_table(embedder, paths, out, fmt, strict, common) -> None:
                 f"could be read ({', '.join(sorted({r.error for r in failed}))})", strict)
 
 
-def _deployment(embedder, recordings, out, fmt, combine, species_list, match, strict, common) -> None:
+def _deployment(embedder, recordings, out, fmt, combine, species_list, match, strict, common, runtime) -> None:
     """``--out DIR``: one table per recording, a combined table, the journal and detect.json."""
     from ..retrieval import deployment
 
@@ -103,6 +119,7 @@ def _deployment(embedder, recordings, out, fmt, combine, species_list, match, st
         embedder, common["species"] or common["index"].species(), index=common["index"], species_list=species_list,
         match=match, window_s=common["window_s"], hop_s=common["hop_s"], k=common["k"],
         min_score=common["min_score"], fmt=fmt)
+    settings = {**settings, **runtime}
 
     def started(run, n_todo):
         if run.fresh_reason:

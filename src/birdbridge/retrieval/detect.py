@@ -16,22 +16,28 @@ below it. Tables: :mod:`.tables` (CSV, Raven, Audacity, JSON).
 
 from __future__ import annotations
 
+from collections import deque
 from pathlib import Path
 from typing import Callable, Sequence
 
 import numpy as np
 
+from ..data.prefetch import prefetch_spans
 from ..errors import BadInputError, ConfigError
 from .results import Detection, DetectionResult, Window
-from .search import iter_window_vectors, load_search_model, model_prompt_recipe, stream_windows
+from .search import iter_window_vectors, load_search_model, model_prompt_recipe, window_span_args
 
 
-def load_detect_model(model, device: str = "cpu"):
-    """A distilled checkpoint (id, directory or loaded embedder): its space must be the teacher's."""
+def load_detect_model(model, device: str = "cpu", *, runtime: str = "torch", precision: str = "fp32"):
+    """A distilled checkpoint (id, directory or loaded embedder): its space must be the teacher's.
+
+    ``runtime`` (``torch`` or ``onnx``: int8 on ONNX Runtime) and ``precision`` (``fp32``, ``bf16``,
+    ``auto``) choose how an id or directory is loaded (:func:`~birdbridge.encoders.factory.load_audio_embedder`);
+    an embedder already loaded is used as it is."""
     if isinstance(model, (str, Path)):
         from ..encoders.factory import load_audio_embedder
 
-        model = load_audio_embedder(str(model), device=device)
+        model = load_audio_embedder(str(model), device=device, runtime=runtime, precision=precision)
     if getattr(model, "space", None) != "teacher":
         raise ConfigError(f"model {getattr(model, 'name', model)!r} embeds audio in its own "
                           f"{getattr(model, 'space', '?')!r} space, not the teacher's: species names can only be "
@@ -54,6 +60,9 @@ def detect_audio(
     allow_teacher_mismatch: bool = False,
     batch_size: int = 32,
     progress: Callable[[int], None] | None = None,
+    workers: int = 0,
+    runtime: str = "torch",
+    precision: str = "fp32",
 ) -> list[DetectionResult]:
     """Per-window top-``k`` species of each recording; one :class:`DetectionResult` per path, in order.
 
@@ -63,6 +72,11 @@ def detect_audio(
     checked against the model's. Without an index the model's recorded teacher embeds the
     names. ``hop_s`` defaults to the window (no overlap). A recording that cannot be read
     gives a result with ``error`` set instead of stopping the batch.
+
+    Batches of ``batch_size`` model windows fill across files (a batch that one file leaves
+    part-empty takes the next file's windows); the results are the same as file by file.
+    ``workers`` processes decode the files ahead (:func:`~birdbridge.data.prefetch.prefetch_spans`;
+    0: in this process). ``runtime`` / ``precision``: see :func:`load_detect_model`.
     """
     from ..encoders.species_text import recipe_species_text
     from .index import ImageIndex
@@ -70,7 +84,7 @@ def detect_audio(
 
     if k < 1:
         raise ConfigError(f"k (--top-k) must be at least 1, got {k}")
-    model = load_detect_model(model, device)
+    model = load_detect_model(model, device, runtime=runtime, precision=precision)
     teacher_id, fingerprint = model_teacher(model)
     if index is not None:
         index = index if isinstance(index, ImageIndex) else ImageIndex.open(index)
@@ -90,34 +104,55 @@ def detect_audio(
     text = recipe_species_text(model_prompt_recipe(model), species, teacher_id, cache_dir, fingerprint)  # [S, D]
     window_s = window_s or model.window_samples / model.sample_rate
     hop_s = hop_s or window_s
-    results = []
-    for p in paths:
-        try:
-            results.append(_detect_one(model, p, species, text, k, min_score, window_s, hop_s, batch_size))
-        except BadInputError as err:
-            results.append(DetectionResult(path=str(p), error=err.reason, error_detail=err.detail))
-        if progress:
-            progress(1)
+    scorer = _Scorer(species, text, k, min_score)
+    results = [DetectionResult(path=str(p)) for p in paths]
+    file_of: deque = deque()  # the file of each window handed to the model, in order
+    finished = 0  # results[:finished] are complete (and reported to progress)
+
+    def windows():
+        for i, spans in prefetch_spans(paths, workers, **window_span_args(model, window_s, hop_s)):
+            try:
+                for span in spans:
+                    file_of.append(i)
+                    yield span
+            except BadInputError as err:
+                results[i] = DetectionResult(path=str(paths[i]), error=err.reason, error_detail=err.detail)
+
+    def finish(upto: int) -> None:
+        nonlocal finished
+        for r in results[finished:upto]:
+            r.duration_s = r.windows[-1].end_s if r.windows else 0.0
+            if progress:
+                progress(1)
+        finished = max(finished, upto)
+
+    for window, vec in iter_window_vectors(model, windows(), batch_size):
+        i = file_of.popleft()
+        finish(i)
+        res = results[i]
+        if res.error is None:  # the windows of a file that failed later are dropped with it
+            scorer.add(res, Window(len(res.windows), window.start_s, window.end_s), vec)
+    finish(len(results))
     return results
 
 
-def _detect_one(model, path, species, text: np.ndarray, k: int, min_score: float | None, window_s: float,
-                hop_s: float, batch_size: int) -> DetectionResult:
-    res = DetectionResult(path=str(path))
-    top = min(k, len(species))
-    for window, vec in iter_window_vectors(model, stream_windows(model, path, window_s, hop_s), batch_size):
+class _Scorer:
+    """Top-``k`` species of a window vector, as detection rows."""
+
+    def __init__(self, species, text: np.ndarray, k: int, min_score: float | None):
+        self.species, self.text, self.top, self.min_score = species, text, min(k, len(species)), min_score
+
+    def add(self, res: DetectionResult, window: Window, vec: np.ndarray) -> None:
         res.windows.append(window)
-        scores = text @ vec
-        order = np.lexsort((np.arange(len(scores)), -scores))[:top]  # ties: list order, so output is deterministic
+        scores = self.text @ vec
+        order = np.lexsort((np.arange(len(scores)), -scores))[: self.top]  # ties: list order, deterministic
         for rank, i in enumerate(order, start=1):
-            if min_score is not None and scores[i] < min_score:
+            if self.min_score is not None and scores[i] < self.min_score:
                 break
-            sp = species[i]
+            sp = self.species[i]
             res.detections.append(Detection(start_s=window.start_s, end_s=window.end_s, rank=rank,
                                             score=round(float(scores[i]), 5), species_id=sp.id,
                                             scientific_name=sp.scientific_name, common_name=sp.common_name))
-    res.duration_s = res.windows[-1].end_s if res.windows else 0.0
-    return res
 
 
 __all__ = ["detect_audio", "load_detect_model", "Detection", "DetectionResult", "Window"]

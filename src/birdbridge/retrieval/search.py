@@ -103,13 +103,20 @@ def stream_windows(model, path: str | Path, window_s: float | None = None, hop_s
     aligned to the end); a silent, empty or too short recording raises
     :class:`~birdbridge.errors.BadInputError` as :func:`~birdbridge.data.audio.load_audio` does.
     """
-    from ..data.audio import MIN_DURATION_S
     from ..data.stream import iter_spans
+
+    return iter_spans(path, **window_span_args(model, window_s, hop_s, max_duration_s=max_duration_s))
+
+
+def window_span_args(model, window_s: float | None = None, hop_s: float | None = None, *,
+                     max_duration_s: float | None = None) -> dict:
+    """The :func:`~birdbridge.data.stream.iter_spans` arguments of :func:`stream_windows` (picklable)."""
+    from ..data.audio import MIN_DURATION_S
 
     win, hop = _window_samples(model, window_s, hop_s)
     sr = model.sample_rate
-    return iter_spans(path, sr, win / sr, hop / sr, last="end", end_s=max_duration_s, reject_silent=True,
-                      min_duration_s=MIN_DURATION_S)
+    return dict(sr=sr, window_s=win / sr, hop_s=hop / sr, last="end", end_s=max_duration_s, reject_silent=True,
+                min_duration_s=MIN_DURATION_S)
 
 
 def embed_segments(model, segments: Iterable[tuple[float, float, np.ndarray]],
