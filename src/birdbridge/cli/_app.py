@@ -21,7 +21,60 @@ from rich.console import Console
 
 from ..errors import BirdbridgeError
 
-app = typer.Typer(
+# Typer 0.2x prints each parameter's Python type as a hint (`<bool>`, `<list[str]>`, `<int range>`): noise
+# to a user, and a flag takes no value at all. Every command here is built with plain metavars instead:
+# none for a flag, TEXT / PATH / INTEGER / FLOAT for a value.
+_PLAIN_TYPES = {"str": "TEXT", "path": "PATH", "file": "PATH", "directory": "PATH", "int": "INTEGER",
+                "int range": "INTEGER", "float": "FLOAT", "float range": "FLOAT", "list[str]": "TEXT"}
+
+
+def _plain_metavar(param, ctx=None) -> None:
+    from typer.core import TyperArgument
+
+    if getattr(param, "is_flag", False):
+        param.metavar = ""
+        return
+    shown = param.display_type(ctx) if hasattr(param, "display_type") else ""
+    label = _PLAIN_TYPES.get(shown.strip("<>"), shown.strip("<>").upper())
+    if isinstance(param, TyperArgument):
+        # an argument's type column ignores its metavar (its name column and usage keep Typer's `audio...`)
+        param.display_type_rich = lambda ctx, label=label: label
+    elif param.metavar is None:
+        param.metavar = label
+
+
+class _Plain:
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        for param in self.params:
+            _plain_metavar(param)
+
+    def get_help_option(self, ctx):
+        option = super().get_help_option(ctx)  # built on demand, not among self.params
+        if option is not None:
+            _plain_metavar(option)
+        return option
+
+
+class _PlainCommand(_Plain, typer.core.TyperCommand):
+    pass
+
+
+class _PlainGroup(_Plain, typer.core.TyperGroup):
+    pass
+
+
+class PlainTyper(typer.Typer):
+    """A Typer app whose commands show plain metavars in ``--help`` (see ``_PLAIN_TYPES``)."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, cls=kwargs.pop("cls", _PlainGroup), **kwargs)
+
+    def command(self, *args, cls=None, **kwargs):
+        return super().command(*args, cls=cls or _PlainCommand, **kwargs)
+
+
+app = PlainTyper(
     name="birdbridge",
     help="Retrieve pictures of bird species from bird sound (audio distilled onto BioCLIP-2's text space).",
     no_args_is_help=True,

@@ -7,12 +7,12 @@ from typing import Optional
 
 import typer
 
-from ._app import app, console, exit_status, print_outputs
+from ._app import PlainTyper, app, console, exit_status, print_outputs
 
 
 @app.command("inspect")
 def inspect_cmd(
-    kind: str = typer.Argument(..., help="Dataset kind: inat_sounds, ssw60, soundscape, csv, folder."),
+    kind: str = typer.Argument(..., help="Dataset kind: inat_sounds, ssw60, soundscape, csv, folder, synthetic or shards (a `data prepare` folder)."),
     path: Path = typer.Argument(..., help="Annotation file (JSON/CSV) or dataset folder."),
     as_json: bool = typer.Option(False, "--json", help="Print the full report as JSON."),
     no_media: bool = typer.Option(False, "--no-media", help="Only read annotations; do not look for media files."),
@@ -39,7 +39,7 @@ def inspect_cmd(
                 "is usable", strict, failed="are bad or missing")
 
 
-data_app = typer.Typer(name="data", help="Fetch the paper's datasets and prepare training shards.", no_args_is_help=True)
+data_app = PlainTyper(name="data", help="Fetch the paper's datasets and prepare training shards.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
 
 
@@ -81,7 +81,7 @@ def download_cmd(
 
 @data_app.command("prepare")
 def prepare_cmd(
-    kind: str = typer.Argument(..., help="Dataset kind as in `inspect`: inat_sounds, ssw60, soundscape, csv, folder."),
+    kind: str = typer.Argument(..., help="Dataset kind as in `inspect`: inat_sounds, ssw60, soundscape, csv, folder or synthetic."),
     path: Path = typer.Argument(..., help="Annotation file (JSON/CSV) or dataset folder."),
     out: Path = typer.Option(..., "--out", "-o", help="Shard directory to write (LitData chunks + birdbridge.json)."),
     sample_rate: str = typer.Option("48000", "--sample-rate", help="Rate the audio is stored at (Hz), or 'native'."),

@@ -24,7 +24,9 @@ def detect_cmd(
     combine: Optional[bool] = typer.Option(None, "--combine/--no-combine", help="With --out DIR, also write one combined table (combined.csv, combined.selections.txt, ...); default: on for several recordings."),
     min_score: Optional[float] = typer.Option(None, "--min-score", help="Leave out rows whose score (cosine with the species text) is below this."),
     window_s: Optional[float] = typer.Option(None, "--window-s", min=0.01, help="Window length (default: the model's window)."),
-    hop_s: Optional[float] = typer.Option(None, "--hop-s", min=0.01, help="Window hop (default: the window, no overlap)."),
+    hop_s: Optional[float] = typer.Option(None, "--hop-s", min=0.01, help="Window hop (default: the window, "
+                                          "unlike search: no overlap, so each stretch of audio is one table row, as in "
+                                          "BirdNET's tables)."),
     k: int = typer.Option(3, "-k", "--top-k", min=1, help="Species per window."),
     cache_dir: Optional[Path] = typer.Option(None, "--cache-dir", help="Text-embedding cache (default ~/.cache/birdbridge/text)."),
     device: str = typer.Option("auto", "--device", help=DEVICE_HELP),

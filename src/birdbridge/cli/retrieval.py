@@ -100,9 +100,12 @@ def search_cmd(
     audio: list[str] = typer.Argument(..., help="Recordings, folders (recursive), CSVs with a path column, or @list.txt."),
     model: str = typer.Option(..., "--model", "-m", help="A distilled birdbridge checkpoint (teacher space)."),
     index: Path = typer.Option(..., "--index", "-i", help="Index directory from `birdbridge index`."),
-    k: int = typer.Option(10, "-k", "--k", min=1, help="Images per recording."),
+    k: int = typer.Option(10, "-k", "--top-k", min=1, help="Images per recording (per window with csv / raven)."),
+    old_k: Optional[int] = typer.Option(None, "--k", min=1, hidden=True),  # the spelling before --top-k, still read
     window_s: Optional[float] = typer.Option(None, "--window-s", min=0.01, help="Search window (default: the model's window)."),
-    hop_s: Optional[float] = typer.Option(None, "--hop-s", min=0.01, help="Window hop (default: half a window)."),
+    hop_s: Optional[float] = typer.Option(None, "--hop-s", min=0.01, help="Window hop (default: half a window, "
+                                          "unlike detect: windows overlap, so a call cut by one window's edge is whole "
+                                          "in the next, and each photo keeps its best window)."),
     aggregate: str = typer.Option("max", "--aggregate", help="Per-image score over windows: max (best window) or mean."),
     fmt: str = typer.Option("table", "--format", "-f", help="table, json, html, or csv / raven: per-window species from the photos (as `detect` writes)."),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Write the output here (html defaults to search.html)."),
@@ -115,6 +118,8 @@ def search_cmd(
 ) -> None:
     """Show the photos nearest to each recording (long recordings are searched window by window)."""
     import json
+
+    k = old_k if old_k is not None else k
 
     from ..data.species_list import load_species_list
     from ..retrieval.embed import expand_inputs
