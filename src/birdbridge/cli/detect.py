@@ -9,6 +9,11 @@ from typing import Optional
 import typer
 
 from ..devices import resolve_device
+from ._checks import Preflight
+
+# encoders.factory's RUNTIMES and PRECISIONS (it imports torch; tests/test_fast_answers.py checks they agree)
+RUNTIMES = ("torch", "onnx")
+PRECISIONS = ("auto", "fp32", "bf16")
 from ._app import DEVICE_HELP, exit_status, run_with_progress, app, console, print_outputs
 
 
@@ -41,20 +46,29 @@ def detect_cmd(
     from ..data.species_list import read_species_list
     from ..errors import ConfigError
     from ..retrieval import deployment, tables
-    from ..retrieval.detect import load_detect_model
 
-    tables.check_format(fmt)
-    device = resolve_device(device)  # an absent device fails before anything loads
+    checks = Preflight()  # every wrong input at once, before torch loads
+    checks.attempt(tables.check_format, fmt)
+    checks.choice(runtime, RUNTIMES, "--runtime")
+    checks.choice(precision, PRECISIONS, "--precision")
+    checks.model(model)
     if species_list is None and index is None:
-        raise ConfigError("detect needs the species to score: --species-list FILE (BirdNET-style names, one a line, or "
-                          "a CSV with a scientific_name column) or --index DIR (the species of an index)")
-    recordings = deployment.find_recordings(audio, glob)  # a mistyped file fails here, before the model loads
-    entries = read_species_list(species_list) if species_list else None
+        checks.problems.append(ConfigError(
+            "detect needs the species to score: --species-list FILE (BirdNET-style names, one a line, or "
+            "a CSV with a scientific_name column) or --index DIR (the species of an index)"))
+    checks.index(index)
+    entries = checks.attempt(read_species_list, species_list) if species_list else None
+    checks.device(device)
+    recordings = deployment.find_recordings(audio, glob, checks.problems)
     deploy = deployment.is_deployment_out(out)
     if not deploy and fmt == "audacity" and len(recordings) > 1:
-        raise ConfigError("Audacity labels are one file per recording: give --out DIR for several recordings")
+        checks.problems.append(ConfigError("Audacity labels are one file per recording: give --out DIR for several recordings"))
     if out is None and fmt == "parquet":
-        raise ConfigError("parquet is a binary format: give --out FILE.parquet or --out DIR")
+        checks.problems.append(ConfigError("parquet is a binary format: give --out FILE.parquet or --out DIR"))
+    checks.done()
+    from ..retrieval.detect import load_detect_model
+
+    device = resolve_device(device)  # torch's word on the device, before anything loads
     if threads:
         import torch
 

@@ -8,6 +8,7 @@ from typing import Optional
 import typer
 
 from ..devices import resolve_device
+from ._checks import Preflight
 from ._app import DEVICE_HELP, out_npy, run_with_progress, save_and_report, app, console
 
 
@@ -23,13 +24,17 @@ def embed_audio_cmd(
     strict: bool = typer.Option(False, "--strict", help="Exit non-zero when any input was skipped."),
 ) -> None:
     """Embed recordings: long ones over sliding windows, averaged and renormalised (or kept per window)."""
+    checks = Preflight()  # every wrong input at once, before torch loads
+    checks.model(model)
+    checks.device(device)
+    paths, labels = checks.inputs(inputs, "audio")  # a CSV's label columns go into the .parquet rows
+    checks.done()
     from ..encoders.factory import load_audio_embedder
-    from ..retrieval.embed import embed_audio, expand_labelled_inputs
+    from ..retrieval.embed import embed_audio
 
     from ..distributed import rank_device, run_sharded
 
-    device = rank_device(resolve_device(device))  # an absent device fails before anything loads
-    paths, labels = expand_labelled_inputs(inputs, "audio")  # a CSV's label columns go into the .parquet rows
+    device = rank_device(resolve_device(device))  # torch's word on the device, before anything loads
     embedder = load_audio_embedder(model, device=device)
     # under torchrun/srun each rank embeds one block; rank 0 merges in input order
     emb = run_sharded(lambda xs: run_with_progress(f"embedding audio ({embedder.space} space)", len(xs), lambda cb: embed_audio(
@@ -50,13 +55,17 @@ def embed_images_cmd(
     strict: bool = typer.Option(False, "--strict", help="Exit non-zero when any input was skipped."),
 ) -> None:
     """Embed photos with the teacher's image tower (the gallery side of retrieval)."""
+    checks = Preflight()  # every wrong input at once, before torch loads
+    checks.model(teacher, "teacher")
+    checks.device(device)
+    paths, labels = checks.inputs(inputs, "images")
+    checks.done()
     from ..encoders.teacher import Teacher
-    from ..retrieval.embed import embed_images, expand_labelled_inputs
+    from ..retrieval.embed import embed_images
 
     from ..distributed import rank_device, run_sharded
 
     device = rank_device(resolve_device(device))
-    paths, labels = expand_labelled_inputs(inputs, "images")
     model = Teacher.load(teacher, device=device)
     emb = run_sharded(lambda xs: run_with_progress("embedding images", len(xs), lambda cb: embed_images(
         model, [p for p, _ in xs], batch_size=batch_size, labels=[lab for _, lab in xs], progress=cb)),
@@ -76,19 +85,24 @@ def embed_text_cmd(
     from ..errors import ConfigError
     from ..retrieval.embed import embed_texts
 
+    checks = Preflight()  # every wrong input at once, before torch loads
     if teacher and model:
-        raise ConfigError("give --teacher (teacher space) or --model (a CLAP's own space), not both")
+        checks.problems.append(ConfigError("give --teacher (teacher space) or --model (a CLAP's own space), not both"))
+    checks.model(teacher, "teacher")
+    checks.model(model, "CLAP model")
     items: list[str] = []
     for t in texts:
         if t.startswith("@"):
             listing = Path(t[1:])
             if not listing.is_file():
-                raise ConfigError(f"text list {listing} not found")
+                checks.problems.append(ConfigError(f"text list {listing} not found"))
+                continue
             items.extend(ln.strip() for ln in listing.read_text(encoding="utf-8-sig").splitlines() if ln.strip())
         else:
             items.append(t)
-    if not items:
-        raise ConfigError("no texts to embed")
+    if not items and not checks.problems:
+        checks.problems.append(ConfigError("no texts to embed"))
+    checks.done()
     if model:
         from ..encoders.student import is_distilled_checkpoint
         from ..encoders.text import ClapTextEncoder

@@ -11,6 +11,7 @@ from rich.console import Console
 
 from ..console import make_console
 from ..devices import resolve_device
+from ._checks import Preflight
 from ._app import DEVICE_HELP, exit_status, run_with_progress, app, console, print_outputs
 
 
@@ -31,21 +32,26 @@ def index_cmd(
     """Embed a photo collection with the teacher and store it as a searchable index."""
     import time
 
-    from ..distributed import agree, rank_device, rank_world, shared_group
-    from ..encoders.teacher import Teacher
-    from ..retrieval.index import ImageIndex, choose_kind, records_from_source
+    from ..errors import ConfigError
+    from ..retrieval.embed import require_some_present
+    from ..retrieval.index_format import choose_kind, records_from_source
 
     t0 = time.time()
-    device = rank_device(resolve_device(device))  # as is an absent --device
-    choose_kind(kind, 0)  # a typo in --kind fails before the teacher is loaded
-    records = records_from_source(images, dataset, splits=split or ())
-    if not records:
-        from ..errors import ConfigError
+    checks = Preflight()  # every wrong input at once, before torch and FAISS load
+    checks.attempt(choose_kind, kind, 0)
+    checks.model(teacher, "teacher")
+    checks.device(device)
+    records = checks.attempt(records_from_source, images, dataset, splits=split or ())
+    if records == []:
+        checks.problems.append(ConfigError(f"no images found in {images}"))
+    elif records:
+        checks.attempt(require_some_present, [r.path for r in records], "image")
+    checks.done()
+    from ..distributed import agree, rank_device, rank_world, shared_group
+    from ..encoders.teacher import Teacher
+    from ..retrieval.index import ImageIndex
 
-        raise ConfigError(f"no images found in {images}")
-    from ..retrieval.embed import require_some_present
-
-    require_some_present([r.path for r in records], "image")  # before the teacher loads
+    device = rank_device(resolve_device(device))  # torch's word on the device
     from ..retrieval.index_format import unnamed_note
 
     note = unnamed_note(records)
@@ -120,17 +126,21 @@ def search_cmd(
     import json
 
     k = old_k if old_k is not None else k
-
+    checks = Preflight()  # every wrong input at once, before torch loads
+    checks.choice(fmt, ("table", "json", "html", "csv", "raven"), "--format")
+    checks.choice(aggregate, ("max", "mean"), "--aggregate")
+    checks.model(model)
+    checks.index(index)
     from ..data.species_list import load_species_list
-    from ..retrieval.embed import expand_inputs
+
+    species = checks.attempt(load_species_list, species_list) if species_list else None
+    checks.device(device)
+    paths, _ = checks.inputs(audio, "audio")
+    checks.done()
+    from ..retrieval import tables
     from ..retrieval.search import search_audio
 
-    from ..retrieval import tables
-
-    tables.check_format(fmt, ("table", "json", "html", "csv", "raven"))
     device = resolve_device(device)
-    paths = expand_inputs(audio, "audio")
-    species = load_species_list(species_list) if species_list else None
     per_window = k if fmt in ("csv", "raven") else 0
     if per_window:  # loaded here: a table's selections span the band the model hears
         from ..encoders.factory import load_audio_embedder
@@ -211,6 +221,11 @@ def serve_cmd(
     device: str = typer.Option("auto", "--device", help=DEVICE_HELP),
 ) -> None:
     """Serve a search page and JSON API (POST /search, GET /images/{id}) with uvicorn."""
+    checks = Preflight()
+    checks.model(model)
+    checks.index(index)
+    checks.device(device)
+    checks.done()
     from ..serve.app import ServeSettings, serve
 
     device = resolve_device(device)

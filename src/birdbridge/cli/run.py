@@ -8,6 +8,23 @@ from typing import Optional
 import typer
 
 from ._app import app, console, exit_status, print_outputs
+from ._checks import Preflight
+
+
+def _check_eval_paths(checks: Preflight, cfg) -> None:
+    """The data files and given models an evaluation config names (URLs left to their readers)."""
+    for name in ("train_data", "eval_data"):
+        spec = getattr(cfg, name)
+        if spec is not None and "://" not in spec.path and not spec.path.startswith("local:"):
+            checks.exists(spec.path, f"config {name}.path")
+    sc = cfg.soundscapes
+    if sc is not None:
+        for key in ("annotations", "taxonomy", "audio_root", "class_list"):
+            value = getattr(sc, key)
+            if value and "://" not in value and not value.startswith("local:"):
+                checks.exists(value, f"config soundscapes.{key}")
+    for model in [cfg.distilled_model, *cfg.ablation_models.values()]:
+        checks.model(model, "distilled model")
 
 
 @app.command()
@@ -32,6 +49,13 @@ def eval_cmd(
                                         "config's relative data paths are read below it (overrides its `root:`)."),
 ) -> None:
     """Run the paper's evaluation (methods x protocols, ablation, unseen species) from a config."""
+    from ..evaluate.eval_config import load_eval_config
+
+    checks = Preflight()  # the config (strict keys, values), its data paths, before torch loads
+    cfg = checks.attempt(load_eval_config, config, root)
+    if cfg is not None:
+        _check_eval_paths(checks, cfg)
+    checks.done()
     from transformers.utils import logging as hf_logging
 
     from ..evaluate.pipeline import evaluate
@@ -82,16 +106,14 @@ def train_cmd(
 ) -> None:
     """Distil the student onto the teacher's species-text space (one GPU, DDP, torchrun or SLURM)."""
     from ..config import load_yaml
-    from ..data.loaders import load_collection
+    from ..data.loaders import loader_kinds
     from ..data.shards import is_remote
     from ..distill.config import TrainConfig
-    from ..distill.train import distill
-    from ..distributed import is_main_process
-    from ..errors import ConfigError, SkipLog
+    from ..errors import ConfigError
 
-    from ..devices import check_accelerator
     from ..encoders.hub import anchored
 
+    checks = Preflight()  # the config (strict keys, values), its paths, the accelerator, before torch loads
     doc = load_yaml(config)
     unknown = sorted(set(doc) - {"data", "train"})
     data = doc.get("data")
@@ -100,10 +122,13 @@ def train_cmd(
                           + (f"; unknown top-level key {unknown[0]!r}" if unknown else ""))
     data = dict(data)
     kind, path = data.pop("kind"), data.pop("path")
+    if kind not in loader_kinds():
+        checks.problems.append(ConfigError(f"{config}: data.kind must be one of {', '.join(loader_kinds())}, not {kind!r}"))
     if not is_remote(path):  # shards may live at a URL (s3://, gs://, ...): kept as written
         path = Path(path)
         if not path.is_absolute():
             path = (config.parent / path) if (config.parent / path).exists() else path  # relative to the config
+        checks.exists(path, f"{config}: data.path")
     overrides = {k: v for k, v in {"num_nodes": num_nodes, "strategy": strategy, "accelerator": accelerator}.items() if v is not None}
     if devices is not None:
         overrides["devices"] = int(devices) if devices.isdigit() else devices
@@ -111,8 +136,19 @@ def train_cmd(
     for key in ("student", "teacher"):  # model folders, like data.path, may be written relative to the config
         if isinstance(train.get(key), str):
             train[key] = anchored(train[key], config.parent)
-    cfg = TrainConfig.from_dict({**train, **overrides})
-    check_accelerator(cfg.accelerator, cfg.devices)  # before the data and models load
+    cfg = checks.attempt(TrainConfig.from_dict, {**train, **overrides})
+    if cfg is not None:
+        checks.model(cfg.student, "student")
+        checks.model(cfg.teacher, "teacher")
+        checks.accelerator(cfg.accelerator)
+    checks.done()
+    from ..data.loaders import load_collection
+    from ..devices import check_accelerator
+    from ..distill.train import distill
+    from ..distributed import is_main_process
+    from ..errors import SkipLog
+
+    check_accelerator(cfg.accelerator, cfg.devices)  # torch's word, before the data and models load
     distill(load_collection(kind, path, **data), cfg, out, resume=resume)
     if is_main_process():
         typer.echo(f"model written to {out / 'model'}")

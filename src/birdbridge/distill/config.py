@@ -1,7 +1,7 @@
 """The training recipe as one config object (``train:`` in YAML): what a run learns and how it runs.
 
 Its own module so the Lightning module and the training loop both read it without importing each
-other.
+other; it imports no torch, so ``birdbridge train`` checks a config before torch loads.
 """
 
 from __future__ import annotations
@@ -9,11 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import ClassVar
 
-import torch
-
 from ..config import from_dict
-from ..encoders.clap import DEFAULT_STUDENT
-from ..encoders.teacher import DEFAULT_TEACHER
+from ..encoders.ids import DEFAULT_STUDENT, DEFAULT_TEACHER
 from ..errors import ConfigError
 from ..taxonomy import MIXED, PROMPT_TYPES, TEMPLATE_SETS, resolve_prompt_types
 
@@ -119,4 +116,6 @@ class TrainConfig:
 
     def uses_gpu(self) -> bool:
         """Whether Lightning will put this run on CUDA devices."""
+        import torch
+
         return self.accelerator in ("gpu", "cuda") or (self.accelerator == "auto" and torch.cuda.is_available())

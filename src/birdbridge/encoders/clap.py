@@ -6,9 +6,8 @@ from pathlib import Path
 
 from ..errors import ModelNotAvailableError
 from . import hub
-from .ids import KNOWN_STUDENTS  # noqa: F401 - re-exported: the known CLAP students
+from .ids import DEFAULT_STUDENT, KNOWN_STUDENTS  # noqa: F401 - re-exported: the known CLAP students, the default
 
-DEFAULT_STUDENT = "davidrrobinson/BioLingual"
 
 
 def _resolve(model_id: str | hub.ModelRef) -> str:

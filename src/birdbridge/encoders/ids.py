@@ -7,6 +7,9 @@ closest of them when a typed id names nothing.
 from __future__ import annotations
 
 BIRDNET_ID = "birdnet"
+# the defaults, here so a config can name them without importing the encoders (torch, open_clip)
+DEFAULT_STUDENT = "davidrrobinson/BioLingual"
+DEFAULT_TEACHER = "hf-hub:imageomics/bioclip-2"
 BUILTIN_IDS = (BIRDNET_ID,)
 
 KNOWN_STUDENTS = {

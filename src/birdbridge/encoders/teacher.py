@@ -17,10 +17,9 @@ import torch.nn.functional as F
 
 from ..errors import BadInputError, ModelNotAvailableError
 from . import hub
-from .ids import KNOWN_TEACHERS  # noqa: F401 - re-exported: the known teachers
+from .ids import DEFAULT_TEACHER, KNOWN_TEACHERS  # noqa: F401 - re-exported: the known teachers, the default
 from .text import TEXT_BATCH, encode_in_batches
 
-DEFAULT_TEACHER = "hf-hub:imageomics/bioclip-2"
 # BioCLIP's authors (pybioclip's TreeOfLife classifier) resize photos to 224x224
 # without cropping, so a bird near the frame edge is not cut away; open_clip's default
 # (resize shortest side + centre crop) is right for models trained that way.

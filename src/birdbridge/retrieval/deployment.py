@@ -61,10 +61,11 @@ def is_deployment_out(out: Path | None) -> bool:
     return out.is_dir() or out.suffix.lower() not in TABLE_SUFFIXES
 
 
-def find_recordings(inputs: Sequence[str | Path], glob: str | None = None) -> list[Recording]:
+def find_recordings(inputs: Sequence[str | Path], glob: str | None = None, problems: list | None = None) -> list[Recording]:
     """Recordings of the inputs, in order: a folder's audio files recursively (sorted; ``glob`` filters
     them by name, e.g. ``*.WAV``; hidden files and folders left out), files, ``@lists`` and CSVs as
-    :func:`~.embed.expand_inputs` reads them. Each gets its place in the output tree."""
+    :func:`~.embed.expand_inputs` reads them. Each gets its place in the output tree.
+    ``problems``: collect every wrong input's error there instead of raising at the first."""
     from ..data.generic import AUDIO_EXTS
     from .embed import expand_inputs
 
@@ -77,11 +78,15 @@ def find_recordings(inputs: Sequence[str | Path], glob: str | None = None) -> li
                            and not any(part.startswith(".") for part in f.relative_to(root).parts))
             if not files:
                 what = f"audio files matching {glob!r}" if glob else "audio files"
-                raise ConfigError(f"folder {arg} holds no {what} ({', '.join(sorted(AUDIO_EXTS))})")
+                err = ConfigError(f"folder {arg} holds no {what} ({', '.join(sorted(AUDIO_EXTS))})")
+                if problems is None:
+                    raise err
+                problems.append(err)
+                continue
             prefix = (root.resolve().name + "/") if several else ""
             found.extend((str(f), prefix + f.relative_to(root).as_posix()) for f in files)
         else:
-            found.extend((p, Path(p).name) for p in expand_inputs([arg], "audio"))
+            found.extend((p, Path(p).name) for p in expand_inputs([arg], "audio", problems))
     out, used, seen = [], set(), set()
     for path, rel in found:
         if path in seen:  # the same file named twice is analysed once

@@ -22,12 +22,13 @@ _PATH_COLUMNS = ("path", "file", "filepath", "file_path", "filename", "file_name
                  "recording", "image", "image_path")
 
 
-def expand_inputs(args: Iterable[str | Path], kind: str = "audio") -> list[str]:
+def expand_inputs(args: Iterable[str | Path], kind: str = "audio", problems: list | None = None) -> list[str]:
     """Command-line inputs -> file paths, in the order given (see :func:`expand_labelled_inputs`)."""
-    return expand_labelled_inputs(args, kind)[0]
+    return expand_labelled_inputs(args, kind, problems)[0]
 
 
-def expand_labelled_inputs(args: Iterable[str | Path], kind: str = "audio") -> tuple[list[str], list[dict]]:
+def expand_labelled_inputs(args: Iterable[str | Path], kind: str = "audio",
+                           problems: list | None = None) -> tuple[list[str], list[dict]]:
     """Command-line inputs -> file paths in the order given, and each path's labels.
 
     A directory gives its media files (``kind`` audio or images, by extension) recursively
@@ -44,42 +45,65 @@ def expand_labelled_inputs(args: Iterable[str | Path], kind: str = "audio") -> t
     before any model loads or output is written (it is a typo, not a bad file). A file a
     list or CSV names may be missing -- it is reported as a skip by the embedding step, as
     a dataset's missing files are -- unless none of the listed files exists.
+
+    ``problems``: a list that collects every wrong argument's error (all of them, not only the
+    first) instead of raising, so a verb reports them at once with its other wrong inputs.
     """
+    from ..errors import ConfigError
+
+    out: list[str] = []
+    labels: list[dict] = []
+    n_before = len(problems) if problems is not None else 0
+    for arg in map(str, args):
+        try:
+            found, found_labels = _expand_one(arg, kind)
+        except ConfigError as err:
+            if problems is None:
+                raise
+            problems.append(err)
+            continue
+        out.extend(found)
+        labels.extend(found_labels)
+    if problems is None:
+        require_some_present(out, kind)
+    elif len(problems) == n_before:  # "none exists" only when every argument itself was right
+        try:
+            require_some_present(out, kind)
+        except ConfigError as err:
+            problems.append(err)
+    return out, labels
+
+
+def _expand_one(arg: str, kind: str) -> tuple[list[str], list[dict]]:
+    """One command-line input's files and their labels (see :func:`expand_labelled_inputs`)."""
     from ..data.generic import AUDIO_EXTS, IMAGE_EXTS, read_csv_rows
     from ..errors import ConfigError
 
     exts = AUDIO_EXTS if kind == "audio" else IMAGE_EXTS
-    out: list[str] = []
-    labels: list[dict] = []
-    for arg in map(str, args):
-        if arg.startswith("@"):
-            listing = Path(arg[1:])
-            if not listing.is_file():
-                raise ConfigError(f"input list {listing} not found")
-            lines = [ln.strip() for ln in listing.read_text(encoding="utf-8-sig").splitlines()]
-            out.extend(str(listing.parent / ln) for ln in lines if ln and not ln.startswith("#"))
-        elif Path(arg).is_dir():
-            root = Path(arg)
-            found = sorted(str(f) for f in root.rglob("*") if f.is_file() and f.suffix.lower() in exts
-                           and not any(part.startswith(".") for part in f.relative_to(root).parts))
-            if not found:
-                raise ConfigError(f"folder {arg} holds no {kind} files ({', '.join(sorted(exts))})")
-            out.extend(found)
-        elif arg.lower().endswith(".csv") and Path(arg).is_file():
-            rows = read_csv_rows(arg)
-            col = next((c for c in _PATH_COLUMNS if rows and c in rows[0]), None)
-            if col is None:
-                raise ConfigError(f"{arg}: no file column (expected one of {', '.join(_PATH_COLUMNS)})")
-            kept = [r for r in rows if r.get(col)]
-            out.extend(str(Path(arg).parent / r[col]) for r in kept)
-            labels.extend(_row_labels(r, col) for r in kept)
-        elif not Path(arg).exists():
-            raise ConfigError(f"no such file: {arg}{_near_miss(arg)}")
-        else:
-            out.append(arg)
-        labels.extend({} for _ in range(len(out) - len(labels)))
-    require_some_present(out, kind)
-    return out, labels
+    if arg.startswith("@"):
+        listing = Path(arg[1:])
+        if not listing.is_file():
+            raise ConfigError(f"input list {listing} not found")
+        lines = [ln.strip() for ln in listing.read_text(encoding="utf-8-sig").splitlines()]
+        found = [str(listing.parent / ln) for ln in lines if ln and not ln.startswith("#")]
+        return found, [{} for _ in found]
+    if Path(arg).is_dir():
+        root = Path(arg)
+        found = sorted(str(f) for f in root.rglob("*") if f.is_file() and f.suffix.lower() in exts
+                       and not any(part.startswith(".") for part in f.relative_to(root).parts))
+        if not found:
+            raise ConfigError(f"folder {arg} holds no {kind} files ({', '.join(sorted(exts))})")
+        return found, [{} for _ in found]
+    if arg.lower().endswith(".csv") and Path(arg).is_file():
+        rows = read_csv_rows(arg)
+        col = next((c for c in _PATH_COLUMNS if rows and c in rows[0]), None)
+        if col is None:
+            raise ConfigError(f"{arg}: no file column (expected one of {', '.join(_PATH_COLUMNS)})")
+        kept = [r for r in rows if r.get(col)]
+        return [str(Path(arg).parent / r[col]) for r in kept], [_row_labels(r, col) for r in kept]
+    if not Path(arg).exists():
+        raise ConfigError(f"no such file: {arg}{_near_miss(arg)}")
+    return [arg], [{}]
 
 
 # the columns an embedding row has already; a CSV column of the same name is kept as csv_<name>

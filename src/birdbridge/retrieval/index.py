@@ -26,7 +26,7 @@ from typing import Sequence
 import numpy as np
 
 from ..errors import ConfigError
-from .index_format import (EXACT_MAX, FORMAT_VERSION, KINDS, MANIFEST, ImageRecord, Progress, tune_search, build_faiss,
+from .index_format import (EXACT_MAX, check_index_dir, FORMAT_VERSION, KINDS, MANIFEST, ImageRecord, Progress, tune_search, build_faiss,
                            choose_kind, records_from_collection, records_from_source, teachers_match)
 
 
@@ -49,10 +49,8 @@ class ImageIndex:
 
     @classmethod
     def open(cls, root: str | Path) -> "ImageIndex":
-        root = Path(root)
+        root = check_index_dir(root)
         mpath = root / MANIFEST
-        if not mpath.is_file():
-            raise ConfigError(f"{root}: not an image index (no {MANIFEST}); build one with `birdbridge index`")
         manifest = json.loads(mpath.read_text())
         if manifest.get("format_version") != FORMAT_VERSION:
             raise ConfigError(f"{root}: index format {manifest.get('format_version')!r} is not supported (expected {FORMAT_VERSION})")

@@ -80,6 +80,14 @@ def records_from_collection(collection, splits: Sequence[str] = ()) -> list[Imag
     return out
 
 
+def check_index_dir(root: str | Path) -> Path:
+    """``root`` if it holds an index (its manifest), else the one message every verb gives."""
+    root = Path(root)
+    if not (root / MANIFEST).is_file():
+        raise ConfigError(f"{root}: not an image index (no {MANIFEST}); build one with `birdbridge index`")
+    return root
+
+
 def records_from_source(source: str | Path, dataset: str | None = None, splits: Sequence[str] = ()) -> list[ImageRecord]:
     """Images from a folder (per-species subfolders and/or loose files), a CSV, or a dataset kind."""
     from ..data.loaders import load_collection
