@@ -127,11 +127,11 @@ def print_outputs(*outputs, what: str = "outputs") -> None:
 
 
 def run_with_progress(label: str, total: int, job):
-    """Run ``job(progress_callback)`` under a rich progress bar on stderr."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+    """Run ``job(progress_callback)`` under the one progress policy (:mod:`birdbridge.progress`):
+    a rich bar on a terminal, plain lines (stage, done/total, rate, ETA) every 10 % or 30 s off it."""
+    from ..progress import make_progress
 
-    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  console=console) as prog:
+    with make_progress(console) as prog:
         task = prog.add_task(label, total=total)
         return job(lambda n: prog.advance(task, n))
 

@@ -7,6 +7,7 @@ from typing import Optional
 
 import typer
 
+from ._checks import Preflight
 from ._app import PlainTyper, app, console, exit_status, print_outputs
 
 
@@ -44,10 +45,9 @@ app.add_typer(data_app, name="data")
 
 
 def _bytes_progress():
-    from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn, TransferSpeedColumn
+    from ..progress import make_progress
 
-    return Progress(TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
-                    TimeRemainingColumn(), console=console)
+    return make_progress(console, unit="bytes")
 
 
 @data_app.command("download")
@@ -95,11 +95,20 @@ def prepare_cmd(
     strict: bool = typer.Option(False, "--strict", help="Exit non-zero when any recording was skipped."),
 ) -> None:
     """Decode a dataset's recordings once into shards that training streams (`data: {kind: shards}`)."""
-    from ..data.shard_writer import prepare_shards
+    from ..data.loaders import loader_kinds
+    from ..data.shards import ENCODINGS
     from ..errors import ConfigError
 
+    checks = Preflight()  # every wrong input at once, before any progress shows
     if sample_rate != "native" and not sample_rate.isdigit():
-        raise ConfigError(f"--sample-rate must be a number of Hz or 'native', got {sample_rate!r}")
+        checks.problems.append(ConfigError(f"--sample-rate must be a number of Hz or 'native', got {sample_rate!r}"))
+    checks.choice(encoding, ENCODINGS, "--encoding")
+    checks.choice(kind, tuple(loader_kinds()), "KIND")
+    checks.exists(path, "dataset")
+    checks.exists(media_root, "--media-root")
+    checks.file(taxonomy, "--taxonomy")
+    checks.done()
+    from ..data.shard_writer import prepare_shards
     opts: dict = {}
     if media_root is not None:
         opts["media_root"] = str(media_root)
@@ -107,10 +116,9 @@ def prepare_cmd(
         opts["taxonomy_csv"] = str(taxonomy)
     if media is not None:
         opts["kind"] = media
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+    from ..progress import make_progress
 
-    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  TimeRemainingColumn(), console=console) as prog:
+    with make_progress(console) as prog:
         task = prog.add_task("recordings", total=None)
         m = prepare_shards(kind, path, out, sample_rate=None if sample_rate == "native" else int(sample_rate),
                            encoding=encoding, splits=split, options=opts, num_workers=workers, part_size=part_size,

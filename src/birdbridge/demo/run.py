@@ -17,7 +17,6 @@ from pathlib import Path
 import numpy as np
 import torch
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from .. import __version__
@@ -33,9 +32,10 @@ from ..retrieval.embed import embed_audio, embed_images
 from ..retrieval.metrics import chance_map, retrieval_metrics
 
 
-def _progress(console: Console) -> Progress:
-    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
-                    TimeElapsedColumn(), console=console, transient=False)
+def _progress(console: Console):
+    from ..progress import make_progress
+
+    return make_progress(console, info=True)
 
 
 def evaluate_retrieval(embedder, teacher: Teacher, collection, split: str = "test") -> dict:

@@ -88,10 +88,16 @@ def _trainer(cfg: TrainConfig, out_dir: Path, ckpt, steps_per_epoch: int, data):
     import lightning as L
     from lightning.pytorch.loggers import CSVLogger
 
+    from ..quiet import verbose
+    from .progress import StepProgress
+
+    # Lightning's own bar (v_num, per-epoch redraws) only with --verbose; else birdbridge's (distill/progress.py)
+    lightning_bar = cfg.progress and verbose()
     return L.Trainer(
         max_epochs=cfg.max_epochs, accelerator=cfg.accelerator, devices=cfg.devices, num_nodes=cfg.num_nodes,
         strategy=cfg.strategy, precision=_precision(cfg), logger=CSVLogger(out_dir, name="logs"),
-        callbacks=[ckpt], enable_progress_bar=cfg.progress, enable_model_summary=False,
+        callbacks=[ckpt] + ([StepProgress()] if cfg.progress and not lightning_bar else []),
+        enable_progress_bar=lightning_bar, enable_model_summary=False,
         log_every_n_steps=min(cfg.log_every_n_steps, steps_per_epoch), deterministic="warn",
         num_sanity_val_steps=0, limit_val_batches=1.0 if data.val_ds is not None else 0,
         use_distributed_sampler=False,  # DistillData's sampler shards each epoch itself

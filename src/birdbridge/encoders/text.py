@@ -31,17 +31,17 @@ class TextEncoder(Protocol):
 
 
 def text_progress(label: str, total: int, enabled: bool):
-    """A rich progress bar on stderr as a context manager yielding ``advance(n)``; silent unless ``enabled``."""
+    """Progress on stderr (:mod:`birdbridge.progress`: a bar, or lines in a log) as a context manager yielding
+    ``advance(n)``; silent unless ``enabled``."""
     if not enabled:
         return contextlib.nullcontext(lambda n: None)
 
     @contextlib.contextmanager
     def bar():
-        from rich.console import Console
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+        from ..console import make_console
+        from ..progress import make_progress
 
-        with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                      console=Console(stderr=True), transient=True) as prog:
+        with make_progress(make_console(stderr=True), transient=True) as prog:
             task = prog.add_task(label, total=total)
             yield lambda n: prog.advance(task, n)
 
