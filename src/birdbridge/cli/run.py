@@ -113,7 +113,7 @@ def train_cmd(
 
     from ..encoders.hub import anchored
 
-    checks = Preflight()  # the config (strict keys, values), its paths, the accelerator, before torch loads
+    checks = Preflight()  # the config (strict keys, values), its paths and data, the accelerator, before torch loads
     doc = load_yaml(config)
     unknown = sorted(set(doc) - {"data", "train"})
     data = doc.get("data")
@@ -122,6 +122,7 @@ def train_cmd(
                           + (f"; unknown top-level key {unknown[0]!r}" if unknown else ""))
     data = dict(data)
     kind, path = data.pop("kind"), data.pop("path")
+    n_before = len(checks.problems)
     if kind not in loader_kinds():
         checks.problems.append(ConfigError(f"{config}: data.kind must be one of {', '.join(loader_kinds())}, not {kind!r}"))
     if not is_remote(path):  # shards may live at a URL (s3://, gs://, ...): kept as written
@@ -129,6 +130,7 @@ def train_cmd(
         if not path.is_absolute():
             path = (config.parent / path) if (config.parent / path).exists() else path  # relative to the config
         checks.exists(path, f"{config}: data.path")
+    data_ok = len(checks.problems) == n_before  # a known kind, a path that exists
     overrides = {k: v for k, v in {"num_nodes": num_nodes, "strategy": strategy, "accelerator": accelerator}.items() if v is not None}
     if devices is not None:
         overrides["devices"] = int(devices) if devices.isdigit() else devices
@@ -141,15 +143,22 @@ def train_cmd(
         checks.model(cfg.student, "student")
         checks.model(cfg.teacher, "teacher")
         checks.accelerator(cfg.accelerator)
+    collection = None
+    if data_ok and cfg is not None:  # the data itself (read, not decoded): its labelled recordings of the train split
+        from ..data.loaders import load_collection
+        from ..distill.items import training_items
+
+        collection = checks.attempt(load_collection, kind, path, **data)
+        if collection is not None:
+            checks.attempt(training_items, collection, cfg)
     checks.done()
-    from ..data.loaders import load_collection
     from ..devices import check_accelerator
     from ..distill.train import distill
     from ..distributed import is_main_process
     from ..errors import SkipLog
 
-    check_accelerator(cfg.accelerator, cfg.devices)  # torch's word, before the data and models load
-    distill(load_collection(kind, path, **data), cfg, out, resume=resume)
+    check_accelerator(cfg.accelerator, cfg.devices)  # torch's word, before the models load
+    distill(collection, cfg, out, resume=resume)
     if is_main_process():
         typer.echo(f"model written to {out / 'model'}")
         skipped = SkipLog.read_json(out / "skipped.json")

@@ -19,6 +19,7 @@ from ..encoders.student import AudioStudent, DistilledModel
 from ..errors import BadInputError, ConfigError, SkipLog
 from ..quiet import lightning_fit, settle_lightning
 from .config import TrainConfig
+from .items import training_items  # noqa: F401 - re-exported: distill's first check, the CLI's preflight
 
 
 def _precision(cfg: TrainConfig) -> str:
@@ -106,33 +107,6 @@ def _trainer(cfg: TrainConfig, out_dir: Path, ckpt, steps_per_epoch: int, data):
         # runs keep per-rank batch statistics, and DDP broadcasts rank 0's running ones.
         sync_batchnorm=cfg.uses_gpu(),
     )
-
-
-def training_items(collection: Collection, cfg: TrainConfig) -> list:
-    """The labelled recordings of ``cfg.train_split``, or a :class:`BadInputError` that says how to get some."""
-    from collections import Counter
-
-    items = collection.audio_split(cfg.train_split)
-    labelled = [a for a in items if a.species_id]
-    if labelled:
-        return labelled
-    where = f"{collection.name} ({collection.meta.get('source') or collection.root})"
-    if items:
-        raise BadInputError("no_training_audio", detail=f"none of the {len(items)} recordings of split "
-                            f"{cfg.train_split!r} in {where} has a species: put them in species folders or "
-                            "give a CSV with a scientific_name column")
-    splits = Counter(a.split for a in collection.audio)
-    if not collection.audio:
-        detail = f"{where} has no recordings"
-    elif set(splits) == {""}:
-        detail = (f"{where} has no split column (no recording has a split) and train_split is {cfg.train_split!r}: "
-                  "add a `split` column (train, val, test) or set `train_split` in the config's `train:` section "
-                  "(`train_split: \"\"` trains on every recording)")
-    else:
-        have = ", ".join(f"{s or '(none)'} {n}" for s, n in sorted(splits.items()))
-        detail = (f"split {cfg.train_split!r} of {where} is empty (its splits: {have}): "
-                  "fix the `split` column or set `train_split` in the config's `train:` section")
-    raise BadInputError("no_training_audio", detail=detail)
 
 
 def distill(collection: Collection, cfg: TrainConfig, out_dir: str | Path, *, resume: bool = False) -> DistilledModel:
