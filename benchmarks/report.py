@@ -32,6 +32,23 @@ def _targets(r: dict) -> list[str]:
     return lines
 
 
+def _cli(r: dict) -> list[str]:
+    if "cli_first_error_s" not in r:
+        return ["Not run.", ""]
+    base = r.get("cli_first_error_baseline_s") or {}
+    rows = [f"| `{verb}` | {s:.2f} |" + (f" {base[verb]:.2f} |" if verb in base else (" |" if base else ""))
+            for verb, s in r["cli_first_error_s"].items()]
+    bad = r.get("cli_first_error_not_an_error") or {}
+    return [f"Seconds from start to the one-line error, a typical mistake per verb, the console script run from "
+            f"a scratch directory (median of {r.get('cli_first_error_repeats', 3)}; `benchmarks/bench_cli.py`). "
+            f"`birdbridge --help` takes {r['cli_help_s']:.2f} s; the slowest verb {r['cli_first_error_max_s']:.2f} s "
+            f"({r['cli_first_error_over_help']:.2f}x). Load average during the run "
+            f"{', '.join(f'{x:.1f}' for x in r.get('cli_load_avg', []))}.", "",
+            *(["| verb (mistake) | s | s before (`" + str(r.get("cli_first_error_baseline")) + "`, same run) |",
+                "|---|---|---|"] if base else ["| verb (mistake) | s |", "|---|---|"]), *rows, ""] + \
+        ([f"Not answered as one error line: {json.dumps(bad)}", ""] if bad else [])
+
+
 def _step(r: dict) -> list[str]:
     if "step_speedup" not in r:
         return ["Not run in this suite run.", ""]
@@ -287,6 +304,9 @@ def render(r: dict) -> str:
         "",
         *_targets(r),
         "",
+        "## Time to first error (CLI)",
+        "",
+        *_cli(r),
         "## Distillation step",
         "",
         *_step(r),

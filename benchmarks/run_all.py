@@ -41,10 +41,11 @@ def machine() -> dict:
 
 
 def _benches(args) -> list[tuple[str, callable]]:
-    from . import (bench_decode, bench_detect, bench_frontend, bench_loader, bench_memory, bench_models, bench_search,
+    from . import (bench_cli, bench_decode, bench_detect, bench_frontend, bench_loader, bench_memory, bench_models, bench_search,
                    bench_step)
 
     return [
+        ("cli", lambda: bench_cli.run(repeats=3, baseline_src=args.cli_baseline_src)),
         ("frontend", lambda: bench_frontend.run()),
         ("search", lambda: bench_search.run(n=args.search_n)),
         ("step", lambda: bench_step.run(batch=args.step_batch, steps=args.step_steps)),
@@ -59,13 +60,15 @@ def _benches(args) -> list[tuple[str, callable]]:
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--budget-s", type=float, default=900.0)
-    ap.add_argument("--only", default="", help="comma-separated subset: frontend,decode,loader,step,search,models,memory,detect")
+    ap.add_argument("--only", default="", help="comma-separated subset: cli,frontend,decode,loader,step,search,models,memory,detect")
     ap.add_argument("--search-n", type=int, default=1_000_000)
     ap.add_argument("--step-batch", type=int, default=4)
     ap.add_argument("--step-steps", type=int, default=3)
     ap.add_argument("--loader-n", type=int, default=96, help="iNatSounds-like recordings for the loader benchmark")
     ap.add_argument("--loader-seconds", type=float, default=10.0, help="seconds each loader runs per repeat")
     ap.add_argument("--detect-minutes", type=float, default=60.0, help="audio for detect vs BirdNET (issue 22: one hour)")
+    ap.add_argument("--cli-baseline-src", default=None, help="time the CLI's first errors with this src folder too "
+                    "(an older version: the before beside the after)")
     ap.add_argument("--out", type=Path, default=RESULTS)
     ap.add_argument("--report", type=Path, default=REPORT)
     args = ap.parse_args(argv)

