@@ -129,7 +129,8 @@ def train_cmd(
         path = Path(path)
         if not path.is_absolute():
             path = (config.parent / path) if (config.parent / path).exists() else path  # relative to the config
-        checks.exists(path, f"{config}: data.path")
+        if not path.exists():
+            checks.problems.append(ConfigError(f"{config}: data.path not found: {path}"))
     data_ok = len(checks.problems) == n_before  # a known kind, a path that exists
     overrides = {k: v for k, v in {"num_nodes": num_nodes, "strategy": strategy, "accelerator": accelerator}.items() if v is not None}
     if devices is not None:
