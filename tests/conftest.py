@@ -6,13 +6,21 @@ back through the same code paths real checkpoints use.
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+# the stand-in cache (distill/standin_cache.py) of this session only: tests neither read a
+# user's ~/.cache nor leave entries there, and the first demo of a session trains for real
+_STANDINS = tempfile.mkdtemp(prefix="birdbridge-test-standins-")
+os.environ.setdefault("BIRDBRIDGE_STANDIN_CACHE", _STANDINS)
+atexit.register(shutil.rmtree, _STANDINS, True)
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 

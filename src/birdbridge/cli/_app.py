@@ -13,6 +13,8 @@ Every verb that writes files ends with :func:`print_outputs`: where they are.
 
 from __future__ import annotations
 
+import os
+
 import sys
 from pathlib import Path
 
@@ -118,7 +120,8 @@ def print_outputs(*outputs, what: str = "outputs") -> None:
     ``outputs`` are paths, or ``(path, note)`` pairs; paths that were not written are left out.
     """
     rows = [(Path(o[0]), o[1]) if isinstance(o, tuple) else (Path(o), "") for o in outputs if o is not None]
-    rows = [(p.resolve(), note) for p, note in rows if p.exists()]
+    # absolute, but as typed: a symlinked folder keeps its name (os.path.abspath, not resolve())
+    rows = [(Path(os.path.abspath(p)), note) for p, note in rows if p.exists()]
     if not rows:
         return
     console.print(f"{what}:", markup=False)

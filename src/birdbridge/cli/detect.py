@@ -28,6 +28,7 @@ def detect_cmd(
     glob: Optional[str] = typer.Option(None, "--glob", help="Only a folder's files whose name matches this pattern (e.g. '*.WAV'), at any depth."),
     combine: Optional[bool] = typer.Option(None, "--combine/--no-combine", help="With --out DIR, also write one combined table (combined.csv, combined.selections.txt, ...); default: on for several recordings."),
     min_score: Optional[float] = typer.Option(None, "--min-score", help="Leave out rows whose score (cosine with the species text) is below this."),
+    min_confidence: Optional[float] = typer.Option(None, "--min-confidence", min=0.0, max=1.0, help="Leave out rows whose confidence (softmax over the species list at the model's learned temperature, 0-1) is below this."),
     window_s: Optional[float] = typer.Option(None, "--window-s", min=0.01, help="Window length (default: the model's window)."),
     hop_s: Optional[float] = typer.Option(None, "--hop-s", min=0.01, help="Window hop (default: the window, "
                                           "unlike search: no overlap, so each stretch of audio is one table row, as in "
@@ -81,7 +82,13 @@ def detect_cmd(
         workers = default_workers(torch.get_num_threads())
     embedder = load_detect_model(model, device, runtime=runtime, precision=precision)
     index_obj, match, species = _species(embedder, index, species_list, entries, strict)
-    common = dict(species=species, index=index_obj, k=k, min_score=min_score, window_s=window_s, hop_s=hop_s,
+    from ..retrieval.confidence import fallback_note
+
+    note = fallback_note(embedder)
+    if note:
+        console.print(note, markup=False, soft_wrap=True)
+    common = dict(species=species, index=index_obj, k=k, min_score=min_score, min_confidence=min_confidence,
+                  window_s=window_s, hop_s=hop_s,
                   cache_dir=cache_dir, allow_teacher_mismatch=allow_teacher_mismatch)
     if deploy:
         # runtime and precision change scores (within docs/PERFORMANCE.md's bound): part of the journal key
@@ -100,6 +107,8 @@ def _species(embedder, index, species_list, entries, strict):
         return index_obj, None, None  # the index's species (detect_audio reads them)
     match = species_for_detection(species_list, embedder, index_obj, strict=strict, entries=entries)
     console.print(match.summary(), markup=False, soft_wrap=True)
+    for line in match.unmatched_lines():  # each name the model never heard, with close matches
+        console.print(line, markup=False, soft_wrap=True)
     return index_obj, match, match.species
 
 
@@ -112,16 +121,16 @@ def _one_table(embedder, paths, out, fmt, strict, common) -> None:
     for r in results:
         if not r.ok:
             console.print(f"  skipped {r.path}: {r.error}" + (f" ({r.error_detail})" if r.error_detail else ""), markup=False)
-    nyquist = embedder.sample_rate / 2  # the band the model hears: each selection spans it
+    low, high = tables.model_band(embedder)  # the band the model hears: each selection spans it
     n = sum(len(r.detections) for r in results)
     if out is not None:
-        written = tables.write(results, fmt, out, high_freq_hz=nyquist)
+        written = tables.write(results, fmt, out, high_freq_hz=high, low_freq_hz=low)
         where = str(written[0]) if len(written) == 1 else f"{len(written)} files in {out}"
         console.print(f"wrote {n} detections in {sum(len(r.windows) for r in results)} windows of "
                       f"{sum(r.ok for r in results)} recordings to {where}", markup=False)
         print_outputs(*((w, f"detections ({fmt})") for w in written))
     else:
-        typer.echo(tables.render(results, fmt, high_freq_hz=nyquist), nl=False)
+        typer.echo(tables.render(results, fmt, high_freq_hz=high, low_freq_hz=low), nl=False)
     failed = [r for r in results if not r.ok]
     exit_status(bool(failed) and len(failed) == len(results), len(failed), len(results), "recordings",
                 f"could be read ({', '.join(sorted({r.error for r in failed}))})", strict)
@@ -134,7 +143,7 @@ def _deployment(embedder, recordings, out, fmt, combine, species_list, match, st
     settings, describe = deployment.run_description(
         embedder, common["species"] or common["index"].species(), index=common["index"], species_list=species_list,
         match=match, window_s=common["window_s"], hop_s=common["hop_s"], k=common["k"],
-        min_score=common["min_score"], fmt=fmt)
+        min_score=common["min_score"], min_confidence=common["min_confidence"], fmt=fmt)
     settings = {**settings, **runtime}
 
     def started(run, n_todo):

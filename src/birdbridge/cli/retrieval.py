@@ -121,6 +121,7 @@ def search_cmd(
     allow_teacher_mismatch: bool = typer.Option(False, "--allow-teacher-mismatch", help="Only warn when the model's teacher is not the index's."),
     device: str = typer.Option("auto", "--device", help=DEVICE_HELP),
     strict: bool = typer.Option(False, "--strict", help="Exit non-zero when any recording was skipped."),
+    min_confidence: Optional[float] = typer.Option(None, "--min-confidence", min=0.0, max=1.0, help="Leave out photos and per-window rows whose confidence (their species' softmax share among the species found near, 0-1) is below this."),
 ) -> None:
     """Show the photos nearest to each recording (long recordings are searched window by window)."""
     import json
@@ -142,20 +143,25 @@ def search_cmd(
 
     device = resolve_device(device)
     per_window = k if fmt in ("csv", "raven") else 0
-    if per_window:  # loaded here: a table's selections span the band the model hears
-        from ..encoders.factory import load_audio_embedder
+    from ..encoders.factory import load_audio_embedder
+    from ..retrieval.confidence import fallback_note
 
-        model = load_audio_embedder(model, device=device)
+    # loaded here: a table's selections span the band the model hears, and its temperature is checked
+    model = load_audio_embedder(model, device=device)
+    note = fallback_note(model) if getattr(model, "space", None) == "teacher" else None
+    if note:
+        console.print(note, markup=False, soft_wrap=True)
     results = run_with_progress("searching", len(paths), lambda cb: search_audio(
         model, index, paths, k=k, window_s=window_s, hop_s=hop_s, aggregate=aggregate, guess=guess, species=species,
-        cache_dir=cache_dir, allow_teacher_mismatch=allow_teacher_mismatch, per_window_k=per_window, device=device, progress=cb))
+        cache_dir=cache_dir, allow_teacher_mismatch=allow_teacher_mismatch, per_window_k=per_window, device=device, progress=cb,
+        min_confidence=min_confidence))
     if fmt in ("csv", "raven"):
-        nyquist = model.sample_rate / 2
+        low, high = tables.model_band(model)
         if out:
-            tables.write(results, fmt, out, high_freq_hz=nyquist)
+            tables.write(results, fmt, out, high_freq_hz=high, low_freq_hz=low)
             print_outputs((out, f"{sum(len(r.detections) for r in results)} per-window rows ({fmt})"))
         else:
-            typer.echo(tables.render(results, fmt, high_freq_hz=nyquist), nl=False)
+            typer.echo(tables.render(results, fmt, high_freq_hz=high, low_freq_hz=low), nl=False)
     elif fmt == "html":
         from ..retrieval.html import write_html
 
@@ -195,14 +201,14 @@ def _print_tables(results, out: Console) -> None:
             out.print(f"{r.path}: skipped ({r.error}{': ' + r.error_detail if r.error_detail else ''})", markup=False)
             continue
         t = Table(title=f"{r.path} ({r.duration_s:.1f} s, {len(r.windows)} windows, {r.aggregate})")
-        for col in ("#", "score", "species", "image", "window (s)"):
+        for col in ("#", "score", "confidence", "species", "image", "window (s)"):
             t.add_column(col)
         for h in r.hits:
-            t.add_row(str(h.rank), f"{h.score:.3f}", h.common_name or h.scientific_name or "?", h.path,
+            t.add_row(str(h.rank), f"{h.score:.3f}", "" if h.confidence is None else f"{h.confidence:.2f}", h.common_name or h.scientific_name or "?", h.path,
                       f"{h.window_start_s:.1f}-{h.window_end_s:.1f}")
         out.print(t)
         if r.species_guess:
-            out.print("species guess: " + ", ".join(f"{g['scientific_name']} {g['score']:.2f}" for g in r.species_guess[:3]),
+            out.print("species guess: " + ", ".join(f"{g['scientific_name']} {g['score']:.2f} ({g['confidence']:.0%})" for g in r.species_guess[:3]),
                       markup=False)
 
 

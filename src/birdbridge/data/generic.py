@@ -30,6 +30,8 @@ files directly in ``root`` and in media-type folders (``audio/``, ``images/``,
 
 from __future__ import annotations
 
+import os
+
 import csv
 import re
 from dataclasses import replace
@@ -197,7 +199,7 @@ def load_csv(csv_path: str | Path, kind: str = "auto", *, root: str | Path | Non
         species=table.sorted(),
         audio=audio,
         images=images,
-        root=str(Path(root) if root is not None else csv_path.resolve().parent),
+        root=str(Path(root) if root is not None else Path(os.path.abspath(csv_path)).parent),
         skips=skips,
         meta={"source": str(csv_path), "format": "csv"},
     )
@@ -270,7 +272,7 @@ def load_folder(root: str | Path, kind: str = "auto", *, name: str | None = None
         species=table.sorted(),
         audio=audio,
         images=images,
-        root=str(root.resolve()),
+        root=os.path.abspath(root),  # as typed (symlinks kept): item paths in outputs are the user's
         skips=skips,
         meta={"source": str(root), "format": "folder", "split_layout": split_layout},
     )

@@ -24,6 +24,7 @@ import hashlib
 import re
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import ClassVar
 
 from ..errors import ConfigError
 from ..taxonomy import Species
@@ -143,6 +144,10 @@ class SpeciesListMatch:
     unmatched: list[ListEntry]
     n_known: int  # how many species the model/index knows (0: it records none)
     source: str = "the model"  # what the species were matched against, for messages
+    # close matches among the known names for each unmatched entry's text (difflib), best first
+    suggestions: dict[str, list[str]] = field(default_factory=dict)
+
+    MAX_LINES: ClassVar[int] = 20  # one line per unmatched entry up to here, then a count
 
     @property
     def n_entries(self) -> int:
@@ -164,9 +169,26 @@ class SpeciesListMatch:
             line += f", {len(self.unmatched)} not (read by the teacher's text tower): {shown}"
         return line
 
+    def unmatched_lines(self) -> list[str]:
+        """One line per entry the model never heard (with close matches: "did you mean ...?"), capped
+        at :attr:`MAX_LINES`, then what happens to them; empty when all matched or nothing is known."""
+        if not self.n_known or not self.unmatched:
+            return []
+        lines = []
+        for name in self.unmatched_names()[: self.MAX_LINES]:
+            close = self.suggestions.get(name) or []
+            lines.append(f"  not among {self.source}'s {self.n_known} species: {name}"
+                         + (f" (did you mean {' or '.join(close)}?)" if close else ""))
+        if len(self.unmatched) > self.MAX_LINES:
+            lines.append(f"  ... and {len(self.unmatched) - self.MAX_LINES} more")
+        lines.append(f"  the teacher's text tower reads these names all the same; {self.source} never heard them "
+                     "(a misspelt name scores as a different species)")
+        return lines
+
     def to_dict(self) -> dict:
         return {"n_entries": self.n_entries, "n_matched": len(self.matched), "n_unmatched": len(self.unmatched),
-                "n_known": self.n_known, "unmatched": self.unmatched_names()}
+                "n_known": self.n_known, "unmatched": self.unmatched_names(),
+                "suggestions": {k: v for k, v in self.suggestions.items() if v}}
 
 
 def match_species_list(entries: list[ListEntry], known: list[Species], source: str = "the model") -> SpeciesListMatch:
@@ -193,7 +215,30 @@ def match_species_list(entries: list[ListEntry], known: list[Species], source: s
             hit = replace(hit, common_name=e.common_name)
         matched.append((e, hit))
         species.append(hit)
-    return SpeciesListMatch(_dedup(species), matched, unmatched, len(known), source)
+    return SpeciesListMatch(_dedup(species), matched, unmatched, len(known), source,
+                            close_matches(unmatched, known))
+
+
+def close_matches(entries: list[ListEntry], known: list[Species], n: int = 2, cutoff: float = 0.8) -> dict[str, list[str]]:
+    """For each entry (by its text), the known scientific or common names closest to its names
+    (difflib, case- and space-insensitive like the matching), as the known species spell them."""
+    import difflib
+
+    spelled: dict[str, str] = {}
+    for sp in known:
+        for v in (sp.scientific_name, sp.common_name):
+            if v:
+                spelled.setdefault(normalise_name(v), v)
+    keys = list(spelled)
+    out: dict[str, list[str]] = {}
+    for e in entries:
+        found: list[str] = []
+        for v in (e.scientific_name, e.name, e.common_name):
+            for k in difflib.get_close_matches(normalise_name(v), keys, n=n, cutoff=cutoff) if v else ():
+                if spelled[k] not in found:
+                    found.append(spelled[k])
+        out[e.text] = found[:n]
+    return out
 
 
 def file_digest(path: str | Path) -> str:

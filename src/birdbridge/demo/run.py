@@ -38,6 +38,11 @@ def _progress(console: Console):
     return make_progress(console, info=True)
 
 
+def _loss_info(loss: float | None) -> str:
+    # None: the stand-in came from the cache (distill/standin_cache.py), bit-identical to training it
+    return "from the stand-in cache (no training)" if loss is None else f"loss {loss:.3f}"
+
+
 def evaluate_retrieval(embedder, teacher: Teacher, collection, split: str = "test") -> dict:
     audio_items = collection.audio_split(split)
     image_items = collection.image_split(split)
@@ -73,12 +78,12 @@ def run_demo(out: str | Path, seed: int = 0, *, teacher_steps: int = 150, clap_s
         t0 = time.time()
         task = prog.add_task("teacher (tiny open_clip, image-text)", total=teacher_steps, info="")
         train_teacher(collection, out / "teacher", steps=teacher_steps, seed=seed,
-                      progress=lambda s, n, l: prog.update(task, completed=s, info=f"loss {l:.3f}"))
+                      progress=lambda s, n, l: prog.update(task, completed=s, info=_loss_info(l)))
         timings["teacher_s"] = time.time() - t0
         t0 = time.time()
         task = prog.add_task("student (tiny CLAP, audio-caption)", total=clap_steps, info="")
         pretrain_clap(collection, world, out / "student", steps=clap_steps, seed=seed,
-                      progress=lambda s, n, l: prog.update(task, completed=s, info=f"loss {l:.3f}"))
+                      progress=lambda s, n, l: prog.update(task, completed=s, info=_loss_info(l)))
         timings["student_pretrain_s"] = time.time() - t0
 
     cfg = TrainConfig.from_dict({**DEMO_TRAIN, **(train_overrides or {}), "student": str(out / "student"),

@@ -52,9 +52,32 @@ def _contrastive_loop(model, labels_all: list[int], step_loss, *, steps: int, lr
             progress(step + 1, steps, loss.item())
 
 
+def _species_key(collection: Collection) -> list:
+    return [[sp.id, prompt_body(sp, "taxonomic"), sp.common_name] for sp in collection.species]
+
+
 def train_teacher(collection: Collection, out_dir: str | Path, *, steps: int = 400, seed: int = 0,
-                  progress: Progress | None = None) -> Path:
-    """Contrastive image-text training of a tiny open_clip CLIP; saved as a ``local-dir:``."""
+                  progress: Progress | None = None, cache: bool = True) -> Path:
+    """Contrastive image-text training of a tiny open_clip CLIP; saved as a ``local-dir:``.
+
+    ``cache``: take the weights from the stand-in cache (:mod:`.standin_cache`) when an
+    identical run filled it; ``progress`` then hears ``(steps, steps, None)`` once."""
+    if not cache:
+        return _train_teacher(collection, out_dir, steps=steps, seed=seed, progress=progress)
+    from .standin_cache import cached_build, files_digest
+
+    images = [collection.resolve(it.path) for it in collection.image_split("train")]
+    args = {"steps": steps, "seed": seed, "lr": 2e-3, "species": _species_key(collection),
+            "labels": [it.species_id for it in collection.image_split("train")], "files": files_digest(images)}
+    out, hit = cached_build("teacher", args, out_dir, lambda d: _train_teacher(collection, d, steps=steps, seed=seed,
+                                                                              progress=progress))
+    if hit and progress:
+        progress(steps, steps, None)
+    return out
+
+
+def _train_teacher(collection: Collection, out_dir: str | Path, *, steps: int, seed: int,
+                   progress: Progress | None) -> Path:
     from PIL import Image
 
     model, cfg = tiny.build_tiny_open_clip(seed)
@@ -89,14 +112,32 @@ def train_teacher(collection: Collection, out_dir: str | Path, *, steps: int = 4
 
 def pretrain_clap(collection: Collection, world: SyntheticWorld, out_dir: str | Path, *, steps: int = 400,
                   seed: int = 0, lr: float = 5e-3, progress: Progress | None = None,
-                  known: set[str] | None = None) -> Path:
+                  known: set[str] | None = None, cache: bool = True) -> Path:
     """Audio-caption contrastive pretraining of a tiny ``ClapModel``; saved with ``save_pretrained``.
 
     ``known``: the species whose names the captions say (default: all); the others are
     captioned without their names (:meth:`SyntheticWorld.captions`). The tokenizer is
     built from every species' named captions either way (plus the unnamed ones in use),
     as a real CLAP's tokenizer reads any name: what it lacks is the name paired with the
-    sound."""
+    sound. ``cache``: as :func:`train_teacher`."""
+    kw = dict(steps=steps, seed=seed, lr=lr, progress=progress, known=known)
+    if not cache:
+        return _pretrain_clap(collection, world, out_dir, **kw)
+    from .standin_cache import cached_build, files_digest
+
+    items = collection.audio_split("train")
+    captions = {sp.id: [world.captions(sp.id, known=k) for k in (True, False)] for sp in world.species}
+    args = {"steps": steps, "seed": seed, "lr": lr, "known": None if known is None else sorted(known),
+            "sample_rate": world.sample_rate, "species": _species_key(collection), "captions": captions,
+            "labels": [it.species_id for it in items], "files": files_digest(collection.resolve(it.path) for it in items)}
+    out, hit = cached_build("student", args, out_dir, lambda d: _pretrain_clap(collection, world, d, **kw))
+    if hit and progress:
+        progress(steps, steps, None)
+    return out
+
+
+def _pretrain_clap(collection: Collection, world: SyntheticWorld, out_dir: str | Path, *, steps: int, seed: int,
+                   lr: float, progress: Progress | None, known: set[str] | None) -> Path:
     from ..data.audio import load_audio
     from ..encoders.frontend import ClapFrontend
 

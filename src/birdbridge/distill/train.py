@@ -156,6 +156,9 @@ def distill(collection: Collection, cfg: TrainConfig, out_dir: str | Path, *, re
         # lets an evaluation check that a given model never heard its held-out species
         "train_species": sorted({it.species_id for it in train_items}),
         "training": {k: v for k, v in asdict(cfg).items() if k not in ("student", "teacher")},
+        # the temperature distillation learned: detect/search softmax cosines at it (retrieval/confidence.py)
+        "logit_scale": round(float(module.logit_scale().detach()), 6),
+        "trained_on": {"dataset": collection.name, "synthetic": collection.name == "synthetic"},
     }
     model = DistilledModel.from_student(module.student.cpu(), meta).eval()
     if cfg.combination is not None:

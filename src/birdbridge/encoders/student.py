@@ -27,8 +27,11 @@ WEIGHTS_NAME = "model.safetensors"
 MODEL_TYPE = "birdbridge-distilled-audio"
 # What a checkpoint records about its making; teacher_* identify the teacher (encoders/identity.py).
 # train_species: ids, so an evaluation can check that a given model never heard its held-out species
+# logit_scale: the contrastive loss's learned scale (1/temperature) at the end of training, the
+# temperature detect/search turn cosines into confidences with; trained_on: the training data
+# ({"dataset": its name, "synthetic": bool}), so a synthetic-world model says so on real files
 META_KEYS = ("student_id", "teacher_id", "teacher_fingerprint", "teacher_relpath", "prompt_recipe", "training",
-             "train_species")
+             "train_species", "logit_scale", "trained_on")
 LEGACY_META_KEYS = ("student_id", "teacher_id", "prompt_recipe", "training")
 
 
@@ -124,6 +127,8 @@ class DistilledModel(AudioStudent):
             "prompt_recipe": self.meta.get("prompt_recipe"),
             "training": self.meta.get("training"),
             "train_species": self.meta.get("train_species"),  # ids, so an evaluation can check held-out species
+            "logit_scale": self.meta.get("logit_scale"),
+            "trained_on": self.meta.get("trained_on"),
             "head": self.head.spec.to_dict(),
             "combination": None if self.combination is None else self.combination.config(),
             "audio_config": self.audio_model.config.to_dict(),

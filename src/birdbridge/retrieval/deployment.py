@@ -187,7 +187,7 @@ class DeploymentRun:
 
 def run_deployment(model, recordings: Sequence[Recording], out: str | Path, fmt: str, *, species, settings: dict,
                    describe: dict, index=None, k: int = 3, min_score: float | None = None,
-                   window_s: float | None = None, hop_s: float | None = None, cache_dir=None,
+                   min_confidence: float | None = None, window_s: float | None = None, hop_s: float | None = None, cache_dir=None,
                    allow_teacher_mismatch: bool = False, combine: bool = True,
                    progress: Callable[[int], None] | None = None,
                    on_start: Callable[[DeploymentRun, int], None] | None = None) -> DeploymentRun:
@@ -235,12 +235,14 @@ def run_deployment(model, recordings: Sequence[Recording], out: str | Path, fmt:
         progress(len(recordings) - len(todo))  # the bar counts every recording; these were done before
     for r in todo:
         res = detect_audio(model, [r.path], species=species, index=index, k=k, min_score=min_score,
+                           min_confidence=min_confidence,
                            window_s=window_s, hop_s=hop_s, cache_dir=cache_dir,
                            allow_teacher_mismatch=allow_teacher_mismatch)[0]
         entry = {"path": r.path, **_stat(r.path)}
         if res.ok:
             target = out / rel_out[r.path]
-            tables.write([res], fmt, target, high_freq_hz=model.sample_rate / 2)
+            low, high = tables.model_band(model)
+            tables.write([res], fmt, target, high_freq_hz=high, low_freq_hz=low)
             run.written.append(target)
             append_line(out / JOURNAL, json.dumps({"kind": "done", **entry, "output": rel_out[r.path],
                                                    "duration_s": res.duration_s, "n_windows": len(res.windows),
@@ -271,7 +273,8 @@ def run_deployment(model, recordings: Sequence[Recording], out: str | Path, fmt:
 
 def run_description(model, species, *, index=None, species_list: str | Path | None = None, match=None,
                     window_s: float | None = None, hop_s: float | None = None, k: int = 3,
-                    min_score: float | None = None, fmt: str = "csv") -> tuple[dict, dict]:
+                    min_score: float | None = None, fmt: str = "csv",
+                    min_confidence: float | None = None) -> tuple[dict, dict]:
     """``(settings, describe)`` of a detect run: what its tables depend on (the journal key hashes it) and
     what ``detect.json`` records besides. The model is named by its weights (fingerprint of config +
     weights), so a moved checkpoint is the same model and a retrained one is not."""
@@ -288,14 +291,16 @@ def run_description(model, species, *, index=None, species_list: str | Path | No
     settings = {"model": weights or str(getattr(model, "name", model)), "teacher": teacher_fp or teacher_id,
                 "species": "sha256:" + scored.hexdigest()[:24], "window_s": window, "hop_s": float(hop_s or window),
                 "k": k, "min_score": min_score, "format": fmt}
+    if min_confidence is not None:  # only when set: journals of runs without it keep their key
+        settings["min_confidence"] = min_confidence
     describe = {"birdbridge_version": __version__,
                 "model": {"id": str(getattr(model, "name", model)), "path": str(source) if source else None,
                           "weights_fingerprint": weights},
                 "teacher": {"id": teacher_id, "fingerprint": teacher_fp},
                 "species_list": None if species_list is None else {
-                    "path": str(Path(species_list).resolve()), "digest": file_digest(species_list),
+                    "path": os.path.abspath(species_list), "digest": file_digest(species_list),
                     **(match.to_dict() if match is not None else {})},
-                "index": None if index is None else str(Path(index.root).resolve()),
+                "index": None if index is None else os.path.abspath(index.root),
                 "n_species": len(species)}
     return settings, describe
 

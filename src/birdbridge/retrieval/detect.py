@@ -11,7 +11,9 @@ checkpoint, and the text embeddings come from the on-disk cache
 Recordings are streamed window by window (:func:`~birdbridge.data.stream.iter_spans`):
 an all-night recording is never decoded whole, and only a batch of windows is in
 memory. A score is the cosine between window and species text; ``min_score`` drops rows
-below it. Tables: :mod:`.tables` (CSV, Raven, Audacity, JSON).
+below it. A confidence is the softmax of the window's scores over the whole species list at
+the checkpoint's learned temperature (:mod:`.confidence`); ``min_confidence`` drops rows below it.
+Tables: :mod:`.tables` (CSV, Raven, Audacity, JSON).
 """
 
 from __future__ import annotations
@@ -53,6 +55,7 @@ def detect_audio(
     index=None,
     k: int = 3,
     min_score: float | None = None,
+    min_confidence: float | None = None,
     window_s: float | None = None,
     hop_s: float | None = None,
     cache_dir: str | Path | None = None,
@@ -104,7 +107,9 @@ def detect_audio(
     text = recipe_species_text(model_prompt_recipe(model), species, teacher_id, cache_dir, fingerprint)  # [S, D]
     window_s = window_s or model.window_samples / model.sample_rate
     hop_s = hop_s or window_s
-    scorer = _Scorer(species, text, k, min_score)
+    from .confidence import model_logit_scale
+
+    scorer = _Scorer(species, text, k, min_score, model_logit_scale(model)[0], min_confidence)
     results = [DetectionResult(path=str(p)) for p in paths]
     file_of: deque = deque()  # the file of each window handed to the model, in order
     finished = 0  # results[:finished] are complete (and reported to progress)
@@ -139,19 +144,27 @@ def detect_audio(
 class _Scorer:
     """Top-``k`` species of a window vector, as detection rows."""
 
-    def __init__(self, species, text: np.ndarray, k: int, min_score: float | None):
+    def __init__(self, species, text: np.ndarray, k: int, min_score: float | None, scale: float,
+                 min_confidence: float | None = None):
         self.species, self.text, self.top, self.min_score = species, text, min(k, len(species)), min_score
+        self.scale, self.min_confidence = scale, min_confidence
 
     def add(self, res: DetectionResult, window: Window, vec: np.ndarray) -> None:
         res.windows.append(window)
+        from .confidence import softmax
+
         scores = self.text @ vec
+        conf = softmax(scores, self.scale)  # over every species of the list, not just the top k
         order = np.lexsort((np.arange(len(scores)), -scores))[: self.top]  # ties: list order, deterministic
         for rank, i in enumerate(order, start=1):
             if self.min_score is not None and scores[i] < self.min_score:
                 break
+            if self.min_confidence is not None and conf[i] < self.min_confidence:
+                break  # rows come best first: the rest are lower still
             sp = self.species[i]
             res.detections.append(Detection(start_s=window.start_s, end_s=window.end_s, rank=rank,
-                                            score=round(float(scores[i]), 5), species_id=sp.id,
+                                            score=round(float(scores[i]), 5), confidence=round(float(conf[i]), 5),
+                                            species_id=sp.id,
                                             scientific_name=sp.scientific_name, common_name=sp.common_name))
 
 

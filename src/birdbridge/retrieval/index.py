@@ -19,6 +19,8 @@ Index kinds and the records an index is built from live in :mod:`.index_format`.
 
 from __future__ import annotations
 
+import os
+
 import json
 from pathlib import Path
 from typing import Sequence
@@ -175,7 +177,7 @@ class ImageIndex:
         from .index_build import build_index
 
         root = Path(root)
-        records = [r if isinstance(r, ImageRecord) else ImageRecord(str(Path(r).resolve())) for r in records]
+        records = [r if isinstance(r, ImageRecord) else ImageRecord(os.path.abspath(r)) for r in records]
         stats = build_index(root, teacher, records, kind=kind, add=add, shard_size=shard_size, batch_size=batch_size,
                             progress=progress, rank=rank, world=world, timeout_s=timeout_s)
         if rank != 0:

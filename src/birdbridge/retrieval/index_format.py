@@ -14,6 +14,8 @@ drifts. IVF (``faiss-ivf``) is kept as an override for very large, memory-tight 
 
 from __future__ import annotations
 
+import os
+
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -66,7 +68,7 @@ def records_from_collection(collection, splits: Sequence[str] = ()) -> list[Imag
         ranks = {} if sp is None else {"kingdom": sp.kingdom, "phylum": sp.phylum, "class": sp.class_, "order": sp.order,
                                        "family": sp.family, "genus": sp.genus, "epithet": sp.epithet}
         out.append(ImageRecord(
-            path=str(Path(collection.resolve(item.path)).resolve()),
+            path=os.path.abspath(collection.resolve(item.path)),  # as typed: symlinks kept
             species_id=item.species_id or "",
             scientific_name=sp.scientific_name if sp else "",
             common_name=sp.common_name if sp else "",

@@ -47,6 +47,9 @@ class Hit:
     best_window: Window = field(default_factory=lambda: Window(0, 0.0, 0.0))  # the window that scored highest
     image_url: str | None = None  # server only
     thumbnail_url: str | None = None  # server only
+    # the photo's species' softmax share among the candidates' species at the model's temperature
+    # (retrieval/confidence.py); null when not computed
+    confidence: float | None = None
 
     @property
     def window_start_s(self) -> float:
@@ -69,6 +72,8 @@ class Detection:
     scientific_name: str = ""
     common_name: str = ""
     image: str | None = None  # search: the window's best photo of this species; detect: null
+    # in [0, 1]: softmax over the species at the temperature distillation learned (retrieval/confidence.py)
+    confidence: float | None = None
 
 
 class _Outcome:

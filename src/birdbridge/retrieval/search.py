@@ -28,6 +28,7 @@ import numpy as np
 
 from ..encoders.identity import recorded, same_teacher
 from ..errors import BadInputError, ConfigError
+from .confidence import DEFAULT_LOGIT_SCALE, by_key, model_logit_scale, softmax
 from .index import ImageIndex
 from .results import Detection, Hit, SearchResult, Window
 
@@ -242,21 +243,26 @@ def model_teacher(model) -> tuple[str | None, str | None]:
     return (str(rec.path) if rec.path is not None else _model_meta(model)["teacher_id"]), rec.fingerprint
 
 
-def guess_species(query_vec: np.ndarray, species, text: np.ndarray, top: int = 5) -> list[dict]:
+def guess_species(query_vec: np.ndarray, species, text: np.ndarray, top: int = 5,
+                  scale: float = DEFAULT_LOGIT_SCALE) -> list[dict]:
     sims = text @ _unit(query_vec)
+    conf = softmax(sims, scale)  # over every species of the list
     order = np.argsort(-sims)[:top]
     return [{"species_id": species[i].id, "scientific_name": species[i].scientific_name,
-             "common_name": species[i].common_name, "score": round(float(sims[i]), 4)} for i in order]
+             "common_name": species[i].common_name, "score": round(float(sims[i]), 4),
+             "confidence": round(float(conf[i]), 4)} for i in order]
 
 
 # --------------------------------------------------------------------------- per-window species
 
 
-def window_species(index: ImageIndex, vecs: np.ndarray, windows: Sequence[Window], k: int) -> list[Detection]:
+def window_species(index: ImageIndex, vecs: np.ndarray, windows: Sequence[Window], k: int,
+                   scale: float = DEFAULT_LOGIT_SCALE) -> list[Detection]:
     """The ``k`` species whose photos each window is nearest to, with that window's best photo of each.
 
     A species' score in a window is its best photo's cosine; photos without a species are
-    rows of their own. Candidates are each window's nearest ``max(50, 10k)`` photos.
+    rows of their own. Candidates are each window's nearest ``max(50, 10k)`` photos; a row's
+    confidence is its species' softmax share among the candidates' species (:mod:`.confidence`).
     """
     if index.count == 0 or not len(vecs):
         return []
@@ -264,6 +270,8 @@ def window_species(index: ImageIndex, vecs: np.ndarray, windows: Sequence[Window
     metas = {m["id"]: m for m in index.metadata(np.unique(ids[ids >= 0]))}
     out = []
     for w, win in enumerate(windows):
+        keys = [metas[int(i)]["species_id"] or f"image:{i}" for i in ids[w] if i >= 0]
+        conf = by_key(keys, [float(x) for x, i in zip(scores[w], ids[w]) if i >= 0], scale)
         seen: set[str] = set()
         for score, i in zip(scores[w], ids[w]):  # best first
             if i < 0:
@@ -275,7 +283,7 @@ def window_species(index: ImageIndex, vecs: np.ndarray, windows: Sequence[Window
             seen.add(key)
             out.append(Detection(start_s=win.start_s, end_s=win.end_s, rank=len(seen), score=round(float(score), 5),
                                  species_id=m["species_id"], scientific_name=m["scientific_name"],
-                                 common_name=m["common_name"], image=m["path"]))
+                                 common_name=m["common_name"], image=m["path"], confidence=round(conf[key], 5)))
             if len(seen) == k:
                 break
     return out
@@ -285,42 +293,51 @@ def window_species(index: ImageIndex, vecs: np.ndarray, windows: Sequence[Window
 
 
 def search_wave(model, index: ImageIndex, wave: np.ndarray, k: int = 10, *, path: str = "", window_s: float | None = None,
-                hop_s: float | None = None, aggregate: str = "max", species_text=None, per_window_k: int = 0) -> SearchResult:
+                hop_s: float | None = None, aggregate: str = "max", species_text=None, per_window_k: int = 0,
+                scale: float = DEFAULT_LOGIT_SCALE) -> SearchResult:
     """Search with one decoded recording (mono float32 at ``model.sample_rate``).
 
     ``model`` must already be checked (:func:`load_search_model`); ``species_text`` is a
     ``(species, matrix)`` pair from :func:`species_text_matrix` for a zero-shot guess;
-    ``per_window_k`` > 0 adds that many species per window (:func:`window_species`).
+    ``per_window_k`` > 0 adds that many species per window (:func:`window_species`); ``scale``: the
+    logit scale confidences are computed at (:func:`~.confidence.model_logit_scale`).
     """
     vecs, windows = embed_windows(model, wave, window_s, hop_s)
     return _result(index, vecs, windows, k, path=path, duration_s=round(len(wave) / model.sample_rate, 3),
-                   aggregate=aggregate, species_text=species_text, per_window_k=per_window_k)
+                   aggregate=aggregate, species_text=species_text, per_window_k=per_window_k, scale=scale)
 
 
 def search_file(model, index: ImageIndex, path: str | Path, k: int = 10, *, window_s: float | None = None,
                 hop_s: float | None = None, aggregate: str = "max", species_text=None, per_window_k: int = 0,
-                max_duration_s: float | None = None, batch_size: int = 32) -> SearchResult:
+                max_duration_s: float | None = None, batch_size: int = 32,
+                scale: float = DEFAULT_LOGIT_SCALE) -> SearchResult:
     """Search with one recording on disk, streamed window by window (see :func:`search_wave`)."""
     segments = stream_windows(model, path, window_s, hop_s, max_duration_s=max_duration_s)
     vecs, windows = embed_segments(model, segments, batch_size)
     duration = windows[-1].end_s if windows else 0.0  # the last window ends where the recording does
     return _result(index, vecs, windows, k, path=str(path), duration_s=duration, aggregate=aggregate,
-                   species_text=species_text, per_window_k=per_window_k)
+                   species_text=species_text, per_window_k=per_window_k, scale=scale)
 
 
-def _result(index, vecs, windows, k, *, path, duration_s, aggregate, species_text, per_window_k) -> SearchResult:
+def _result(index, vecs, windows, k, *, path, duration_s, aggregate, species_text, per_window_k,
+            scale=DEFAULT_LOGIT_SCALE) -> SearchResult:
     res = SearchResult(path=path, duration_s=duration_s, aggregate=aggregate, k=k, windows=list(windows))
-    ranked = rank_images(index, vecs, k, aggregate)
+    # candidates beyond k: a hit's confidence is its species' share among the species FAISS found near
+    ranked = rank_images(index, vecs, max(k, 50), aggregate)
     metas = index.metadata([i for i, _, _ in ranked])
+    conf = by_key([m["species_id"] or f"image:{i}" for (i, _, _), m in zip(ranked, metas)],
+                  [sc for _, sc, _ in ranked], scale)
+    ranked, metas = ranked[:k], metas[:k]
     for r, ((id_, score, w), meta) in enumerate(zip(ranked, metas), start=1):
         res.hits.append(Hit(rank=r, id=id_, score=round(score, 5), path=meta["path"], name=Path(meta["path"]).name,
+                            confidence=round(conf[meta["species_id"] or f"image:{id_}"], 5),
                             species_id=meta["species_id"], scientific_name=meta["scientific_name"],
                             common_name=meta["common_name"], author=meta["author"], license=meta["license"],
                             source=meta["source"], best_window=windows[w]))
     if species_text is not None:
-        res.species_guess = guess_species(vecs.mean(axis=0), species_text[0], species_text[1])
+        res.species_guess = guess_species(vecs.mean(axis=0), species_text[0], species_text[1], scale=scale)
     if per_window_k > 0:
-        res.detections = window_species(index, vecs, windows, per_window_k)
+        res.detections = window_species(index, vecs, windows, per_window_k, scale)
     return res
 
 
@@ -341,6 +358,7 @@ def search_audio(
     device: str = "cpu",
     per_window_k: int = 0,
     progress: Callable[[int], None] | None = None,
+    min_confidence: float | None = None,
 ) -> list[SearchResult]:
     """Search ``index`` with each recording in ``paths``; one :class:`SearchResult` per path, in order.
 
@@ -351,7 +369,8 @@ def search_audio(
     (default: the species named in the index metadata). ``max_duration_s`` reads at most
     that much of each recording; ``per_window_k`` adds per-window species rows
     (``result.detections``, the table ``search --format csv|raven`` writes); ``device`` runs
-    the model (check it first with :func:`birdbridge.devices.resolve_device`).
+    the model (check it first with :func:`birdbridge.devices.resolve_device`). ``min_confidence``
+    leaves out hits and per-window rows whose confidence (:mod:`.confidence`) is below it.
     """
     if isinstance(index, (str, Path)):
         index = ImageIndex.open(index)
@@ -361,13 +380,17 @@ def search_audio(
         raise ConfigError(f"aggregate must be one of {AGGREGATES}, not {aggregate!r}")
     model = load_search_model(model, index, allow_teacher_mismatch=allow_teacher_mismatch, device=device)
     text = species_text_matrix(index, model, species, cache_dir) if guess or species is not None else None
+    scale = model_logit_scale(model)[0]
     results = []
     for p in paths:
         try:
             res = search_file(model, index, p, k, window_s=window_s, hop_s=hop_s, aggregate=aggregate,
-                              species_text=text, per_window_k=per_window_k, max_duration_s=max_duration_s)
+                              species_text=text, per_window_k=per_window_k, max_duration_s=max_duration_s, scale=scale)
         except BadInputError as err:
             res = SearchResult(path=str(p), aggregate=aggregate, k=k, error=err.reason, error_detail=err.detail)
+        if min_confidence is not None:
+            res.hits = [h for h in res.hits if h.confidence is None or h.confidence >= min_confidence]
+            res.detections = [d for d in res.detections if d.confidence is None or d.confidence >= min_confidence]
         results.append(res)
         if progress:
             progress(1)

@@ -131,11 +131,13 @@ def create_app(model, index, settings: ServeSettings | None = None, *, allow_tea
     """``model``: distilled checkpoint id/dir or loaded embedder; ``index``: directory or :class:`ImageIndex`.
     ``allow_teacher_mismatch`` only warns when their teachers differ; ``device`` runs the model."""
     from ..retrieval.index import ImageIndex
+    from ..retrieval.confidence import model_logit_scale
     from ..retrieval.search import load_search_model, search_wave, species_text_matrix
 
     settings = settings or ServeSettings()
     index = index if isinstance(index, ImageIndex) else ImageIndex.open(index)
     model = load_search_model(model, index, allow_teacher_mismatch=allow_teacher_mismatch, device=device)
+    scale = model_logit_scale(model)[0]  # the temperature confidences are computed at
     species_text = None
     if settings.guess_species and index.species():
         try:
@@ -261,7 +263,7 @@ def create_app(model, index, settings: ServeSettings | None = None, *, allow_tea
                 raise _UploadRejected(status, "not_audio" if status == 415 else err.reason, err.detail) from None
         with gate:
             return search_wave(model, index, wave, k, path="upload", window_s=settings.window_s, hop_s=settings.hop_s,
-                               aggregate=settings.aggregate, species_text=species_text)
+                               aggregate=settings.aggregate, species_text=species_text, scale=scale)
 
     return app
 
@@ -286,7 +288,7 @@ def describe(app: FastAPI, url: str) -> list[str]:
              else "off" + (" (--no-guess-species)" if not settings.guess_species else " (the index names no species)"))
     return [
         f"serving {url}/ (search page), POST {url}/search, GET {url}/images/{{id}}, GET {url}/health",
-        f"  index  {Path(index.root).resolve()}: {index.count} images of {n_species} species, {index.dim}-d {index.kind}, "
+        f"  index  {os.path.abspath(index.root)}: {index.count} images of {n_species} species, {index.dim}-d {index.kind}, "
         f"teacher {index.teacher_id}",
         f"  model  {model.name} (distilled onto teacher {model_teacher}; {model.sample_rate} Hz, "
         f"{model.window_samples / model.sample_rate:g} s windows)",
