@@ -97,8 +97,9 @@ def main_table(run: Run, view) -> dict:
     if "text_mapping" in cfg.methods:
         ev.add_text_mapping("text_mapping", run.all_train)
     if "distilled" in cfg.methods:
-        if cfg.distilled_model:
-            model, models["distilled"] = given_model(cfg.distilled_model, "distilled_model", ev.teacher.dim)
+        given = cfg.given_main_model(run.train_cfg.resolved_prompt_types)
+        if given is not None:  # never train a model the config names
+            model, models["distilled"] = given_model(given[0], given[1], ev.teacher.dim)
         else:
             model, models["distilled"] = distilled_model(run.setting, run.train_cfg, run.all_train, run.work, run.log)
         ev.add_model_space("distilled", model)
@@ -117,13 +118,18 @@ def prompt_ablation(run: Run, view) -> dict:
     """The distilled model once per training prompt type, scored on ``view`` with the same evaluation text."""
     cfg, ev, setting, models = run.cfg, run.ev, run.setting, run.models
     ablation: dict = {"eval_text_prompt_type": cfg.text.prompt_type, "arms": {}}
+    main = models.get("distilled", {}) if "distilled" in ev.spaces else {}
     for pt in cfg.prompt_ablation:
         arm_cfg = cfg.train_config(**{**setting.train_overrides, "prompt_types": [pt]})
         name = f"distilled[{pt}]"
-        if pt in cfg.ablation_models:
-            model, models[name] = given_model(cfg.ablation_models[pt], f"ablation_models.{pt}", ev.teacher.dim)
+        # a given main model is the arm of the prompt types it records (the paper's three: `mixed`)
+        given = cfg.given_arm_model(pt, main.get("prompt_types") if main.get("source") == "given" else None)
+        if given is not None and main.get("source") == "given" and main.get("path") == given[0]:
+            name = "distilled"  # the given main model, already embedded
+        elif given is not None:
+            model, models[name] = given_model(given[0], given[1], ev.teacher.dim)
             ev.add_model_space(name, model)
-        elif models.get("distilled", {}).get("key") == model_key(arm_cfg, run.all_train, setting):
+        elif main.get("key") is not None and main.get("key") == model_key(arm_cfg, run.all_train, setting):
             name = "distilled"  # this arm is the main model: same recipe, already embedded
         else:
             model, models[name] = distilled_model(setting, arm_cfg, run.all_train, run.work, run.log)
