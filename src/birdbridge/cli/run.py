@@ -100,6 +100,11 @@ def train_cmd(
                           + (f"; unknown top-level key {unknown[0]!r}" if unknown else ""))
     data = dict(data)
     kind, path = data.pop("kind"), data.pop("path")
+    exclude = data.pop("exclude_species", None)  # a species list to leave out (eval's unseen_species.csv)
+    if exclude is not None:
+        exclude = Path(exclude).expanduser()
+        if not exclude.is_absolute() and (config.parent / exclude).exists():
+            exclude = config.parent / exclude  # relative to the config, as data.path
     if not is_remote(path):  # shards may live at a URL (s3://, gs://, ...): kept as written
         path = Path(path)
         if not path.is_absolute():
@@ -113,7 +118,14 @@ def train_cmd(
             train[key] = anchored(train[key], config.parent)
     cfg = TrainConfig.from_dict({**train, **overrides})
     check_accelerator(cfg.accelerator, cfg.devices)  # before the data and models load
-    distill(load_collection(kind, path, **data), cfg, out, resume=resume)
+    collection = load_collection(kind, path, **data)
+    if exclude is not None:
+        from ..data.species_list import exclude_species, exclusion_line
+
+        collection, excluded = exclude_species(collection, exclude)
+        if is_main_process():
+            console.print(exclusion_line(excluded), markup=False, soft_wrap=True)
+    distill(collection, cfg, out, resume=resume)
     if is_main_process():
         typer.echo(f"model written to {out / 'model'}")
         skipped = SkipLog.read_json(out / "skipped.json")

@@ -118,6 +118,9 @@ class UnseenSpec:
     # species with the training data (default: the soundscapes' taxonomy, if any)
     ebird_taxonomy: str | None = None
     distilled_model: str | None = None  # already distilled on the seen species (checked: it must not know the others)
+    # a held-out species found in no training species (by taxon id, eBird code, scientific or
+    # common name) may be there under a name no bridge knows: refused unless this is true
+    allow_unmatched: bool = False
 
     def validate(self) -> None:
         if self.split not in ("one_per_genus", "random"):

@@ -82,7 +82,29 @@ class HeldOut:
 def hold_out(cfg: EvalConfig, setting) -> HeldOut:
     """Draw the unseen split and find its species in the training data (a leaking split is refused here)."""
     seen, held = unseen_split(setting.eval_collection.species, cfg.unseen)
-    return HeldOut(seen, held, setting.reconcile_held_out(held, cfg.unseen.ebird_taxonomy))
+    rec = setting.reconcile_held_out(held, cfg.unseen.ebird_taxonomy)
+    if rec.unmatched and not cfg.unseen.allow_unmatched:
+        by_id = setting.eval_collection.species_by_id
+        names = [f"{h} ({by_id[h].scientific_name})" for h in rec.unmatched]
+        raise ConfigError(f"{len(names)} held-out species match no training species by taxon id, eBird code, scientific "
+                          f"or common name, so they may be in the training data under another name: "
+                          f"{', '.join(names[:8])}{' ...' if len(names) > 8 else ''}; give `unseen.ebird_taxonomy` to "
+                          "bridge renamed species, or set `unseen.allow_unmatched: true` if they are truly absent")
+    return HeldOut(seen, held, rec)
+
+
+def held_out_rows(held: HeldOut, setting) -> list[dict]:
+    """The held-out list as species-list rows (``species_id``, ``scientific_name``, ``common_name``):
+    the training species removed, under the training data's ids and names, then any held-out
+    species found in no training species, under the evaluation's names (without an id, which
+    is another dataset's). ``--exclude-species`` and ``data.exclude_species`` read it."""
+    train = setting.train_collection.species_by_id
+    evals = setting.eval_collection.species_by_id
+    rows = [{"species_id": t, "scientific_name": train[t].scientific_name, "common_name": train[t].common_name or ""}
+            for t in sorted(held.reconciliation.removed_train_ids)]
+    rows += [{"species_id": "", "scientific_name": evals[h].scientific_name, "common_name": evals[h].common_name or ""}
+             for h in held.reconciliation.unmatched]
+    return rows
 
 
 # --------------------------------------------------------------------------- phases
@@ -164,7 +186,7 @@ def unseen_species(run: Run, held: HeldOut) -> dict:
                              (model, models["distilled[seen]"]))}
     arms = {m: sp for m, sp in arms.items() if m in cfg.methods or m == "distilled"}
     seen, unseen_ids = held.seen, held.unseen
-    unseen = {"split": to_dict(cfg.unseen), "seen_species": seen, "unseen_species": unseen_ids,
+    unseen = {"split": to_dict(cfg.unseen), "seen_species": seen, "unseen_species": unseen_ids, "held_out_list": "unseen_species.csv",
               "n_train_species": len(train_ids), "reconciliation": s,
               "species_counts": species_counts(seen, unseen_ids, setting.meta.get("clap_known_species")),
               "methods": {}, "seen_methods": {}}

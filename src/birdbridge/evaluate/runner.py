@@ -27,7 +27,10 @@ from ..config import to_dict
 from ..errors import ConfigError
 from .eval_config import GIVEN_MODEL_HINT, EvalConfig, load_eval_config
 from .models import trained_models
-from .phases import Run, hold_out, main_table, prompt_ablation, unseen_species
+from .phases import Run, held_out_rows, hold_out, main_table, prompt_ablation, unseen_species
+from .write import write_species_csv
+
+HELD_OUT_LIST = "unseen_species.csv"  # what --exclude-species / data.exclude_species read
 from .setting import prepare_setting
 
 
@@ -69,6 +72,12 @@ def run_eval(config: EvalConfig | str | Path, out: str | Path, *, root: str | Pa
     timings["setup_s"] = time.time() - t_start
     train_cfg = cfg.train_config(**setting.train_overrides)
     held = hold_out(cfg, setting) if cfg.unseen is not None else None  # before any embedding or training
+    if held is not None:  # now, so the unseen model can be trained elsewhere (DDP) while this runs or after
+        write_species_csv(out / HELD_OUT_LIST, held_out_rows(held, setting),
+                          "held-out species of this evaluation's unseen split, as the training data names them;\n"
+                          "train the unseen model without them: `birdbridge data prepare ... --exclude-species FILE`\n"
+                          "or `data: {exclude_species: FILE}` in a `birdbridge train` config, then give it as "
+                          "`unseen.distilled_model:`")
     ev = Evaluator(cfg, setting, train_cfg, log)
     timings["embed_shared_s"] = ev.timings.get("shared_s", 0.0)
     run = Run(cfg, setting, train_cfg, ev, work, log)
