@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import sys
+from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -195,9 +196,23 @@ def test_runner_trains_arms_and_unseen_split_then_caches(demo_run, tmp_path):
     assert (rec["n_held_out"], rec["n_matched"], rec["n_unmatched"], rec["matched_by"]) == (12, 12, 0, {"same_id": 12})
     assert rec["n_train_species_removed"] == 12 and un["n_train_species"] == 12
     assert "Held-out species reconciled with the training data: **12 of 12 found** (12 by same id)" in report
-    # A second run finds every model in the work dir's cache.
+    # what this run trained, one entry per training, with its folder and wall time (issue 20)
+    trained = {t["name"]: t for t in res["trained_models"]}
+    assert set(trained) == {"distilled", "distilled[common]", "distilled[seen]"}
+    assert all(t["wall_time_s"] > 0 and (Path(t["output_dir"]) / "model" / "config.json").is_file() for t in trained.values())
+    assert "Trained by this run: distilled in " in report
+    # the held-out list, as the training data names it: --exclude-species / data.exclude_species leave them out
+    from birdbridge.data.species_list import exclude_species
+    from birdbridge.data.synthetic import load_world
+
+    world = load_world(demo_out / "world")
+    kept, summary = exclude_species(world, out / "unseen_species.csv")
+    assert sorted(summary["excluded_species"]) == sorted(un["unseen_species"]) and not summary["unmatched"]
+    assert {sp.id for sp in kept.species} == set(un["seen_species"])
+    # A second run finds every model in the work dir's cache, and trains nothing.
     res2 = run_eval(cfg, out, log=lambda m: None)
     assert {m["source"] for m in res2["models"].values()} == {"cached"}
+    assert res2["trained_models"] == []
     assert res2["unseen"]["methods"]["distilled"] == d
 
 

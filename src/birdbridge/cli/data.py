@@ -93,6 +93,9 @@ def prepare_cmd(
     taxonomy: Optional[Path] = typer.Option(None, "--taxonomy", help="Soundscapes: CSV mapping eBird codes to species."),
     media: Optional[str] = typer.Option(None, "--media", help="csv/folder: audio, images or auto (by extension)."),
     strict: bool = typer.Option(False, "--strict", help="Exit non-zero when any recording was skipped."),
+    exclude_species: Optional[Path] = typer.Option(None, "--exclude-species", help="Leave out the species this file "
+                                                   "names (one a line: id, scientific or common name, or a CSV; e.g. "
+                                                   "the unseen_species.csv `birdbridge eval` writes)."),
 ) -> None:
     """Decode a dataset's recordings once into shards that training streams (`data: {kind: shards}`)."""
     from ..data.loaders import loader_kinds
@@ -123,12 +126,17 @@ def prepare_cmd(
         m = prepare_shards(kind, path, out, sample_rate=None if sample_rate == "native" else int(sample_rate),
                            encoding=encoding, splits=split, options=opts, num_workers=workers, part_size=part_size,
                            progress=lambda n: prog.advance(task, n),
-                           on_start=lambda total, done: prog.update(task, total=total, completed=done))
+                           on_start=lambda total, done: prog.update(task, total=total, completed=done),
+                           exclude_species=exclude_species)
     what = "already complete" if m.get("already_complete") else f"wrote {m['n_samples']} samples"
     console.print(f"{out}: {what} ({m['hours']:.2f} h of audio at {m['sample_rate']} Hz, {m['encoding']}, "
                   f"{m['bytes'] / 1e9:.2f} GB in {m['n_chunks']} chunks) from {m['n_inputs']} recordings"
                   + (f", resumed after {m['resumed_parts']} finished part(s)" if m.get("resumed_parts") else ""), markup=False,
                   soft_wrap=True)
+    if m.get("excluded"):
+        from ..data.species_list import exclusion_line
+
+        console.print(exclusion_line(m["excluded"]), markup=False, soft_wrap=True)
     print_outputs((out, "shards (`data: {kind: shards, path: ...}` in a train config)"),
                   (out / "skipped.json", "recordings skipped, with reasons"))
     if m["n_skipped"]:

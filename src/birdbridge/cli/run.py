@@ -122,6 +122,11 @@ def train_cmd(
                           + (f"; unknown top-level key {unknown[0]!r}" if unknown else ""))
     data = dict(data)
     kind, path = data.pop("kind"), data.pop("path")
+    exclude = data.pop("exclude_species", None)  # a species list to leave out (eval's unseen_species.csv)
+    if exclude is not None:
+        exclude = Path(exclude).expanduser()
+        if not exclude.is_absolute() and (config.parent / exclude).exists():
+            exclude = config.parent / exclude  # relative to the config, as data.path
     n_before = len(checks.problems)
     if kind not in loader_kinds():
         checks.problems.append(ConfigError(f"{config}: data.kind must be one of {', '.join(loader_kinds())}, not {kind!r}"))
@@ -144,14 +149,20 @@ def train_cmd(
         checks.model(cfg.student, "student")
         checks.model(cfg.teacher, "teacher")
         checks.accelerator(cfg.accelerator)
-    collection = None
+    collection = excluded = None
     if data_ok and cfg is not None:  # the data itself (read, not decoded): its labelled recordings of the train split
         from ..data.loaders import load_collection
         from ..distill.items import training_items
 
         collection = checks.attempt(load_collection, kind, path, **data)
         if collection is not None:
-            checks.attempt(training_items, collection, cfg)
+            if exclude is not None:
+                from ..data.species_list import exclude_species
+
+                res = checks.attempt(exclude_species, collection, exclude)
+                collection, excluded = res if res is not None else (None, None)
+            if collection is not None:
+                checks.attempt(training_items, collection, cfg)
     checks.done()
     from ..devices import check_accelerator
     from ..distill.train import distill
@@ -159,6 +170,10 @@ def train_cmd(
     from ..errors import SkipLog
 
     check_accelerator(cfg.accelerator, cfg.devices)  # torch's word, before the models load
+    if excluded is not None and is_main_process():
+        from ..data.species_list import exclusion_line
+
+        console.print(exclusion_line(excluded), markup=False, soft_wrap=True)
     distill(collection, cfg, out, resume=resume)
     if is_main_process():
         typer.echo(f"model written to {out / 'model'}")

@@ -134,6 +134,7 @@ def prepare_shards(
     chunk_bytes: str = "64MB",
     progress: Callable[[int], None] | None = None,
     on_start: Callable[[int, int], None] | None = None,
+    exclude_species: str | Path | None = None,
 ) -> dict:
     """Write the audio of ``load_collection(kind, path, **options)`` as shards in ``out``.
 
@@ -141,7 +142,9 @@ def prepare_shards(
     loader then resamples every crop). ``splits`` keeps those splits only. Bad files are
     skipped and listed in ``skipped.json``; an interrupted run resumes; a finished one is
     not redone. Returns the manifest. ``on_start(n_inputs, n_done)`` is called once the
-    work is known; ``progress(n)`` as recordings are done.
+    work is known; ``progress(n)`` as recordings are done. ``exclude_species``: a species
+    list file whose species are left out (:func:`~birdbridge.data.species_list.exclude_species`,
+    e.g. the held-out list ``birdbridge eval`` writes); the manifest's ``excluded`` says what.
     """
     if encoding not in ENCODINGS:
         raise ConfigError(f"encoding must be one of {ENCODINGS}, got {encoding!r}")
@@ -152,12 +155,18 @@ def prepare_shards(
     out = Path(out)
     options = dict(options or {})
     coll = load_collection(kind, path, **options)
+    excluded = None
+    if exclude_species is not None:
+        from . import species_list
+
+        coll, excluded = species_list.exclude_species(coll, exclude_species)
     keep = set(splits) if splits else None
     items = [a for a in coll.audio if keep is None or a.split in keep]
     if not items:
         raise ConfigError(f"{path}: no recordings to prepare" + (f" in split(s) {sorted(keep)}" if keep else ""))
-    key = _job_key(kind, Path(path).resolve(), options, sample_rate, encoding, sorted(keep or []), part_size,
-                   chunk_bytes, items)
+    key = _job_key(kind, Path(path).resolve(), {**options, **({"exclude_species": excluded["excluded_species"]}
+                                                            if excluded else {})},
+                   sample_rate, encoding, sorted(keep or []), part_size, chunk_bytes, items)
     manifest_path = out / MANIFEST
     if manifest_path.is_file():
         m = json.loads(manifest_path.read_text())
@@ -185,12 +194,12 @@ def prepare_shards(
         if p not in done:
             done[p] = _write_part(out, p, part_items, coll, label, sample_rate, encoding, chunk_bytes, workers, progress)
     manifest = _finish(out, key, kind, path, options, sample_rate, encoding, coll, [done[p] for p in range(len(parts))],
-                       len(items), time.time() - t0)
+                       len(items), time.time() - t0, excluded=excluded)
     return {**manifest, "resumed_parts": resumed}
 
 
 def _finish(out: Path, key, kind, path, options, rate, encoding, coll: Collection, records: list[dict], n_inputs: int,
-            seconds: float) -> dict:
+            seconds: float, excluded: dict | None = None) -> dict:
     import litdata
     import pyarrow as pa
     import pyarrow.parquet as pq
@@ -222,6 +231,7 @@ def _finish(out: Path, key, kind, path, options, rate, encoding, coll: Collectio
         "species": [asdict(sp) for sp in coll.species], "collection": {"name": coll.name, "meta": coll.meta},
         "splits": sorted({s["split"] for s in samples}), "litdata": litdata.__version__, "birdbridge": __version__,
         "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        "excluded": excluded,  # species left out by --exclude-species (their recordings are not here)
     }
     atomic_write_json(out / MANIFEST, manifest)  # the commit point: a reader trusts a directory with this file
     shutil.rmtree(out / PARTS, ignore_errors=True)

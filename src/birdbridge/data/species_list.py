@@ -241,10 +241,41 @@ def close_matches(entries: list[ListEntry], known: list[Species], n: int = 2, cu
     return out
 
 
+def exclude_species(collection, path: str | Path) -> tuple[object, dict]:
+    """``collection`` without the species a list file names, and what was left out.
+
+    ``data prepare --exclude-species FILE`` and the train config's ``data.exclude_species``
+    (an unseen-species run trained outside ``birdbridge eval``; eval writes the list as
+    ``OUT/unseen_species.csv``). Entries are matched as :func:`match_species_list` does (id,
+    then scientific, then common name); recordings without a species are kept. Returns
+    ``(collection, summary)``: ``n_entries``, ``excluded_species`` (ids), ``n_recordings_excluded``
+    and the ``unmatched`` entries (named in no species of the collection: nothing of theirs to
+    leave out, but a typo would leak, so callers say so)."""
+    m = match_species_list(read_species_list(path), collection.species, source=collection.name)
+    drop = {sp.id for _, sp in m.matched}
+    kept = replace(collection, species=[sp for sp in collection.species if sp.id not in drop],
+                   audio=[a for a in collection.audio if a.species_id not in drop],
+                   images=[i for i in collection.images if i.species_id not in drop])
+    summary = {"file": str(path), "n_entries": m.n_entries, "excluded_species": sorted(drop),
+               "n_recordings_excluded": len(collection.audio) - len(kept.audio), "unmatched": m.unmatched_names()}
+    return kept, summary
+
+
+def exclusion_line(summary: dict) -> str:
+    """One line saying what an exclusion list left out (and which entries matched nothing)."""
+    line = (f"left out {summary['n_recordings_excluded']} recordings of {len(summary['excluded_species'])} species "
+            f"listed in {summary['file']}")
+    if summary["unmatched"]:
+        names = summary["unmatched"]
+        line += (f"; {len(names)} of its {summary['n_entries']} entries match no species of the data: "
+                 + ", ".join(names[:10]) + (" ..." if len(names) > 10 else ""))
+    return line
+
+
 def file_digest(path: str | Path) -> str:
     """``sha256:<hex>`` of a file's bytes (a species list's identity in a run's journal)."""
     return "sha256:" + hashlib.sha256(Path(path).read_bytes()).hexdigest()[:32]
 
 
 __all__ = ["ListEntry", "SpeciesListMatch", "read_species_list", "load_species_list", "match_species_list",
-           "normalise_name", "looks_scientific", "file_digest"]
+           "normalise_name", "looks_scientific", "file_digest", "exclude_species", "exclusion_line"]

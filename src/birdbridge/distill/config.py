@@ -67,6 +67,9 @@ class TrainConfig:
     val_split: str = "val"
     cache_decoded_audio: bool = False
     log_every_n_steps: int = 10
+    # checkpoints/last.ckpt every this many global optimizer steps (one per step of the global
+    # batch, the same count on every DDP rank); unset: twice an epoch at the run's world size
+    checkpoint_every_n_steps: int | None = None
     progress: bool = True
 
     RENAMED_KEYS: ClassVar[dict[str, str]] = {"prompt_type": "prompt_types (a list, e.g. [mixed] or [common])"}
@@ -89,6 +92,8 @@ class TrainConfig:
             raise ConfigError(f"config key 'loss' must be 'infonce' or 'species_softmax', got {self.loss!r}")
         if self.batch_size < 2:
             raise ConfigError("config key 'batch_size' must be at least 2 for a contrastive loss")
+        if self.checkpoint_every_n_steps is not None and self.checkpoint_every_n_steps < 1:
+            raise ConfigError(f"config key 'checkpoint_every_n_steps' must be >= 1, got {self.checkpoint_every_n_steps}")
         if self.max_epochs < 1:
             raise ConfigError("config key 'max_epochs' must be >= 1")
         for key in ("clap_alignment_weight", "clap_feature_weight"):

@@ -112,7 +112,7 @@ def _trainer(cfg: TrainConfig, out_dir: Path, ckpt, steps_per_epoch: int, data):
 def distill(collection: Collection, cfg: TrainConfig, out_dir: str | Path, *, resume: bool = False) -> DistilledModel:
     """Train the student + head on ``collection``'s train split and save ``out_dir/model``."""
     import lightning as L
-    from lightning.pytorch.callbacks import ModelCheckpoint
+    from .checkpointing import GlobalStepCheckpoint
     from .datamodule import DistillData
     from .module import DistillModule
 
@@ -136,8 +136,9 @@ def distill(collection: Collection, cfg: TrainConfig, out_dir: str | Path, *, re
         clap_text, clap_scale = clap_species_table(cfg, collection.species)
     module = DistillModule(student, text, cfg, total_steps=steps_per_epoch * cfg.max_epochs,
                            clap_text=clap_text, clap_logit_scale=clap_scale)
-    ckpt = ModelCheckpoint(dirpath=out_dir / "checkpoints", save_last=True, every_n_train_steps=max(1, steps_per_epoch // 2),
-                           save_top_k=0)
+    # spaced in global optimizer steps, fixed once the trainer knows its world size (checkpointing.py)
+    ckpt = GlobalStepCheckpoint(dirpath=out_dir / "checkpoints", save_last=True, save_top_k=0,
+                                every_n_steps=cfg.checkpoint_every_n_steps, steps_per_epoch=data.steps_per_epoch)
     from lightning.fabric.utilities.exceptions import MisconfigurationException
 
     try:

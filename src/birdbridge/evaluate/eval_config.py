@@ -16,14 +16,14 @@ from pathlib import Path
 
 from ..config import from_dict, load_yaml
 from ..errors import ConfigError
-from ..taxonomy import MIXED, PROMPT_TYPES, TEMPLATE_SETS
+from ..taxonomy import MIXED, PROMPT_TYPES, TEMPLATE_SETS, resolve_prompt_types
 
 METHODS = ("random_projection", "text_mapping", "zero_shot_combination", "distilled")  # the paper's
 # methods for species distillation never heard (issue 17; evaluate/candidates.py)
 ALL_METHODS = METHODS + ("distilled_aligned", "distilled_combined", "distilled_ensemble")
 # TrainConfig keys that change how training runs, not what it learns: ignored in model keys.
 RUNTIME_KEYS = ("cache_dir", "progress", "num_workers", "accelerator", "devices", "num_nodes", "strategy",
-                "precision", "log_every_n_steps")
+                "precision", "log_every_n_steps", "checkpoint_every_n_steps")
 GIVEN_MODEL_HINT = ("train it with `birdbridge train CONFIG --devices N` (torchrun/SLURM) and give the checkpoint as "
                     "`distilled_model:` (`unseen.distilled_model:`, `ablation_models:` for the other arms)")
 
@@ -118,6 +118,9 @@ class UnseenSpec:
     # species with the training data (default: the soundscapes' taxonomy, if any)
     ebird_taxonomy: str | None = None
     distilled_model: str | None = None  # already distilled on the seen species (checked: it must not know the others)
+    # a held-out species found in no training species (by taxon id, eBird code, scientific or
+    # common name) may be there under a name no bridge knows: refused unless this is true
+    allow_unmatched: bool = False
 
     def validate(self) -> None:
         if self.split not in ("one_per_genus", "random"):
@@ -216,11 +219,47 @@ class EvalConfig:
         if self.trains_here():
             check_one_device(tc)
 
+    def given_main_model(self, train_prompt_types) -> tuple[str, str] | None:
+        """``(checkpoint, config key)`` of the main distilled model when the config names one.
+
+        ``distilled_model:``, else an ``ablation_models:`` arm trained on the main recipe's
+        prompt types (``train_prompt_types``, resolved): the config already names that model."""
+        if self.distilled_model:
+            return self.distilled_model, "distilled_model"
+        want = sorted(train_prompt_types)
+        for pt, path in self.ablation_models.items():
+            if sorted(resolve_prompt_types([pt])) == want:
+                return path, f"ablation_models.{pt}"
+        return None
+
+    def given_arm_model(self, pt: str, main_prompt_types=None) -> tuple[str, str] | None:
+        """``(checkpoint, config key)`` of prompt-ablation arm ``pt`` when the config names it.
+
+        ``ablation_models.<pt>``, else ``distilled_model:`` when its recorded prompt types are
+        the arm's (a model distilled with the paper's three is the ``mixed`` arm).
+        ``main_prompt_types``: the given model's, when already loaded (else read from its
+        ``config.json``; a hub id that is not on disk is not read here)."""
+        if pt in self.ablation_models:
+            return self.ablation_models[pt], f"ablation_models.{pt}"
+        if self.distilled_model:
+            have = main_prompt_types if main_prompt_types is not None else recorded_prompt_types(self.distilled_model)
+            if have and sorted(have) == sorted(resolve_prompt_types([pt])):
+                return self.distilled_model, "distilled_model"
+        return None
+
     def trains_here(self) -> bool:
         """Whether some distilled model of this evaluation is trained in this process."""
-        return (("distilled" in self.methods and not self.distilled_model)
-                or any(m.startswith("distilled_") for m in self.methods)
-                or any(pt not in self.ablation_models for pt in self.prompt_ablation)
+        main_types = self.train_config().resolved_prompt_types
+        main_given = self.given_main_model(main_types) is not None
+
+        def arm_trains(pt: str) -> bool:  # an arm on the main recipe is the main model
+            if self.given_arm_model(pt) is not None:
+                return False
+            return not (main_given and sorted(resolve_prompt_types([pt])) == sorted(main_types))
+
+        return (("distilled" in self.methods and not main_given)
+                or any(m in ("distilled_aligned", "distilled_combined") for m in self.methods)
+                or any(arm_trains(pt) for pt in self.prompt_ablation)
                 or (self.unseen is not None and not self.unseen.distilled_model))
 
     def train_config(self, **overrides):
@@ -264,6 +303,22 @@ class EvalConfig:
             cfg.soundscapes = dataclasses.replace(sc, annotations=rooted(sc.annotations), taxonomy=rooted(sc.taxonomy),
                                                   audio_root=rooted(sc.audio_root), class_list=rooted(sc.class_list))
         return cfg
+
+
+def recorded_prompt_types(path: str) -> list[str] | None:
+    """The training prompt types a local distilled checkpoint records (``config.json``), else None."""
+    import json
+
+    cfg = Path(path).expanduser() / "config.json"
+    try:
+        recipe = json.loads(cfg.read_text()).get("prompt_recipe") or {}
+    except (OSError, ValueError):
+        return None
+    types = recipe.get("prompt_types") or ([recipe["prompt_type"]] if recipe.get("prompt_type") else None)
+    try:
+        return list(resolve_prompt_types(types)) if types else None
+    except ValueError:
+        return None
 
 
 def _n_devices(devices) -> int:

@@ -80,8 +80,30 @@ def distilled_model(setting, train_cfg, train_species: list[str], work: Path, lo
     coll = setting.train_collection
     if len(train_species) < len(coll.species):
         coll = coll.subset_species(train_species)
-    log(f"distilling ({'+'.join(train_cfg.resolved_prompt_types)}, {len(train_species)} species) -> {ckpt}")
+    # The folder is keyed by the recipe, species and data, so a last.ckpt there is this very
+    # training, interrupted (a killed eval): go on from it, as `birdbridge train --resume` does.
+    last = ckpt.parent / "checkpoints" / "last.ckpt"
+    resumed = last.is_file()
+    log(f"distilling ({'+'.join(train_cfg.resolved_prompt_types)}, {len(train_species)} species) -> {ckpt}"
+        + (f", resuming from {last}" if resumed else ""))
     t0 = time.time()
     with lightning_logs_quiet():  # once per arm they would bury the run's own lines
-        model = distill(coll, train_cfg, ckpt.parent)
-    return model.eval(), {**info, "source": "trained", "path": str(ckpt), "train_s": round(time.time() - t0, 2)}
+        model = distill(coll, train_cfg, ckpt.parent, resume=resumed)
+    return model.eval(), {**info, "source": "trained", "path": str(ckpt), "train_s": round(time.time() - t0, 2),
+                          "resumed": resumed}
+
+
+def trained_models(models: dict) -> list[dict]:
+    """What this evaluation trained (``results.json``'s ``trained_models``): one entry per
+    training, with the spaces that use it, its output folder and wall time; [] when every
+    model was given, reused or cached."""
+    out: dict[str, dict] = {}
+    for name, info in models.items():
+        if info.get("source") != "trained":
+            continue
+        entry = out.setdefault(info["path"], {
+            "name": name, "used_by": [], "output_dir": str(Path(info["path"]).parent), "wall_time_s": info.get("train_s"),
+            "prompt_types": info.get("prompt_types"), "n_train_species": info.get("n_train_species"),
+            "resumed": bool(info.get("resumed"))})
+        entry["used_by"].append(name)
+    return list(out.values())

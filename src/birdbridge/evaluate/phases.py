@@ -82,7 +82,29 @@ class HeldOut:
 def hold_out(cfg: EvalConfig, setting) -> HeldOut:
     """Draw the unseen split and find its species in the training data (a leaking split is refused here)."""
     seen, held = unseen_split(setting.eval_collection.species, cfg.unseen)
-    return HeldOut(seen, held, setting.reconcile_held_out(held, cfg.unseen.ebird_taxonomy))
+    rec = setting.reconcile_held_out(held, cfg.unseen.ebird_taxonomy)
+    if rec.unmatched and not cfg.unseen.allow_unmatched:
+        by_id = setting.eval_collection.species_by_id
+        names = [f"{h} ({by_id[h].scientific_name})" for h in rec.unmatched]
+        raise ConfigError(f"{len(names)} held-out species match no training species by taxon id, eBird code, scientific "
+                          f"or common name, so they may be in the training data under another name: "
+                          f"{', '.join(names[:8])}{' ...' if len(names) > 8 else ''}; give `unseen.ebird_taxonomy` to "
+                          "bridge renamed species, or set `unseen.allow_unmatched: true` if they are truly absent")
+    return HeldOut(seen, held, rec)
+
+
+def held_out_rows(held: HeldOut, setting) -> list[dict]:
+    """The held-out list as species-list rows (``species_id``, ``scientific_name``, ``common_name``):
+    the training species removed, under the training data's ids and names, then any held-out
+    species found in no training species, under the evaluation's names (without an id, which
+    is another dataset's). ``--exclude-species`` and ``data.exclude_species`` read it."""
+    train = setting.train_collection.species_by_id
+    evals = setting.eval_collection.species_by_id
+    rows = [{"species_id": t, "scientific_name": train[t].scientific_name, "common_name": train[t].common_name or ""}
+            for t in sorted(held.reconciliation.removed_train_ids)]
+    rows += [{"species_id": "", "scientific_name": evals[h].scientific_name, "common_name": evals[h].common_name or ""}
+             for h in held.reconciliation.unmatched]
+    return rows
 
 
 # --------------------------------------------------------------------------- phases
@@ -97,8 +119,9 @@ def main_table(run: Run, view) -> dict:
     if "text_mapping" in cfg.methods:
         ev.add_text_mapping("text_mapping", run.all_train)
     if "distilled" in cfg.methods:
-        if cfg.distilled_model:
-            model, models["distilled"] = given_model(cfg.distilled_model, "distilled_model", ev.teacher.dim)
+        given = cfg.given_main_model(run.train_cfg.resolved_prompt_types)
+        if given is not None:  # never train a model the config names
+            model, models["distilled"] = given_model(given[0], given[1], ev.teacher.dim)
         else:
             model, models["distilled"] = distilled_model(run.setting, run.train_cfg, run.all_train, run.work, run.log)
         ev.add_model_space("distilled", model)
@@ -117,13 +140,18 @@ def prompt_ablation(run: Run, view) -> dict:
     """The distilled model once per training prompt type, scored on ``view`` with the same evaluation text."""
     cfg, ev, setting, models = run.cfg, run.ev, run.setting, run.models
     ablation: dict = {"eval_text_prompt_type": cfg.text.prompt_type, "arms": {}}
+    main = models.get("distilled", {}) if "distilled" in ev.spaces else {}
     for pt in cfg.prompt_ablation:
         arm_cfg = cfg.train_config(**{**setting.train_overrides, "prompt_types": [pt]})
         name = f"distilled[{pt}]"
-        if pt in cfg.ablation_models:
-            model, models[name] = given_model(cfg.ablation_models[pt], f"ablation_models.{pt}", ev.teacher.dim)
+        # a given main model is the arm of the prompt types it records (the paper's three: `mixed`)
+        given = cfg.given_arm_model(pt, main.get("prompt_types") if main.get("source") == "given" else None)
+        if given is not None and main.get("source") == "given" and main.get("path") == given[0]:
+            name = "distilled"  # the given main model, already embedded
+        elif given is not None:
+            model, models[name] = given_model(given[0], given[1], ev.teacher.dim)
             ev.add_model_space(name, model)
-        elif models.get("distilled", {}).get("key") == model_key(arm_cfg, run.all_train, setting):
+        elif main.get("key") is not None and main.get("key") == model_key(arm_cfg, run.all_train, setting):
             name = "distilled"  # this arm is the main model: same recipe, already embedded
         else:
             model, models[name] = distilled_model(setting, arm_cfg, run.all_train, run.work, run.log)
@@ -158,7 +186,7 @@ def unseen_species(run: Run, held: HeldOut) -> dict:
                              (model, models["distilled[seen]"]))}
     arms = {m: sp for m, sp in arms.items() if m in cfg.methods or m == "distilled"}
     seen, unseen_ids = held.seen, held.unseen
-    unseen = {"split": to_dict(cfg.unseen), "seen_species": seen, "unseen_species": unseen_ids,
+    unseen = {"split": to_dict(cfg.unseen), "seen_species": seen, "unseen_species": unseen_ids, "held_out_list": "unseen_species.csv",
               "n_train_species": len(train_ids), "reconciliation": s,
               "species_counts": species_counts(seen, unseen_ids, setting.meta.get("clap_known_species")),
               "methods": {}, "seen_methods": {}}

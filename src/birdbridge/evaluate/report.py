@@ -62,6 +62,12 @@ def _setup_lines(results: dict) -> list[str]:
         lines.append("Models: " + "; ".join(
             f"{name} {m.get('source')}" + (f" ({m.get('path')})" if m.get("source") == "given" else "")
             + (f", encoder mode {m.get('encoder_mode')}" if m.get("source") == "given" else "") for name, m in models.items()) + ".")
+    if "trained_models" in results:
+        trained = results["trained_models"]
+        lines.append("Trained by this run: " + ("; ".join(
+            f"{t['name']}" + (f" (also {', '.join(t['used_by'][1:])})" if len(t.get("used_by") or []) > 1 else "")
+            + f" in {t['output_dir']}, {t['wall_time_s']:.0f} s" + (", resumed" if t.get("resumed") else "")
+            for t in trained) if trained else "nothing (every model was given, reused or cached)") + ".")
     return lines + [""] if lines else []
 
 

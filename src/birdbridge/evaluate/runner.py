@@ -26,16 +26,25 @@ from pathlib import Path
 from ..config import to_dict
 from ..errors import ConfigError
 from .eval_config import GIVEN_MODEL_HINT, EvalConfig, load_eval_config
-from .phases import Run, hold_out, main_table, prompt_ablation, unseen_species
+from .models import trained_models
+from .phases import Run, held_out_rows, hold_out, main_table, prompt_ablation, unseen_species
+from .write import write_species_csv
+
+HELD_OUT_LIST = "unseen_species.csv"  # what --exclude-species / data.exclude_species read
 from .setting import prepare_setting
 
 
 def refuse_multi_process() -> None:
-    """An evaluation launched once per process (torchrun, srun) would run whole once per rank."""
-    world = os.environ.get("WORLD_SIZE", "1")
-    if world.isdigit() and int(world) > 1:
-        raise ConfigError(f"birdbridge eval runs as one process, but it was launched as {world} (WORLD_SIZE): "
-                          f"run it without torchrun/srun; for multi-GPU distillation, {GIVEN_MODEL_HINT}")
+    """An evaluation launched once per process (torchrun, srun) would run whole once per rank.
+
+    torchrun announces the processes in WORLD_SIZE; ``srun -n N`` in SLURM_NTASKS (which srun
+    sets to the step's task count, so ``srun -n 1`` inside a bigger allocation passes). Lightning
+    would also read SLURM_NTASKS as the world size of a training started here."""
+    for var, how in (("WORLD_SIZE", "torchrun"), ("SLURM_NTASKS", "srun")):
+        n = os.environ.get(var, "1").strip()
+        if n.isdigit() and int(n) > 1:
+            raise ConfigError(f"birdbridge eval runs as one process, but it was launched as {n} ({var}, {how}): "
+                              f"run it without torchrun/srun (or `srun -n 1`); for multi-GPU distillation, {GIVEN_MODEL_HINT}")
 
 
 def run_eval(config: EvalConfig | str | Path, out: str | Path, *, root: str | Path | None = None, log=print) -> dict:
@@ -63,6 +72,12 @@ def run_eval(config: EvalConfig | str | Path, out: str | Path, *, root: str | Pa
     timings["setup_s"] = time.time() - t_start
     train_cfg = cfg.train_config(**setting.train_overrides)
     held = hold_out(cfg, setting) if cfg.unseen is not None else None  # before any embedding or training
+    if held is not None:  # now, so the unseen model can be trained elsewhere (DDP) while this runs or after
+        write_species_csv(out / HELD_OUT_LIST, held_out_rows(held, setting),
+                          "held-out species of this evaluation's unseen split, as the training data names them;\n"
+                          "train the unseen model without them: `birdbridge data prepare ... --exclude-species FILE`\n"
+                          "or `data: {exclude_species: FILE}` in a `birdbridge train` config, then give it as "
+                          "`unseen.distilled_model:`")
     ev = Evaluator(cfg, setting, train_cfg, log)
     timings["embed_shared_s"] = ev.timings.get("shared_s", 0.0)
     run = Run(cfg, setting, train_cfg, ev, work, log)
@@ -96,6 +111,7 @@ def run_eval(config: EvalConfig | str | Path, out: str | Path, *, root: str | Pa
         "setting": setting.describe(),
         "embedding": ev.describe(),
         "models": run.models,
+        "trained_models": trained_models(run.models),  # what this run trained; [] when all was given
         "main": main,
         "prompt_ablation": ablation,
         "unseen": unseen,

@@ -65,3 +65,18 @@ def write_outputs(out: Path, results: dict, render: Callable[[dict], str], *,
     if skips is not None:
         atomic_write_json(out / "skipped.json", skips)
     log(f"wrote {out / 'results.json'}, {out / 'report.md'} ({seconds:.0f} s)")
+
+
+def write_species_csv(path: Path, rows: list[dict], comment: str = "") -> Path:
+    """A species-list CSV (``species_id,scientific_name,common_name``) that
+    :func:`birdbridge.data.species_list.read_species_list` reads; ``comment`` lines start with ``#``."""
+    import csv
+
+    buf = io.StringIO()
+    for line in comment.splitlines():
+        buf.write(f"# {line}\n")
+    w = csv.DictWriter(buf, fieldnames=["species_id", "scientific_name", "common_name"], lineterminator="\n")
+    w.writeheader()
+    w.writerows(rows)
+    atomic_write_text(path, buf.getvalue())
+    return path
