@@ -9,6 +9,7 @@ import json
 import sys
 from pathlib import Path
 
+from .bench_soundscape import section as soundscape_section
 from .report_data import gpu_data_section, loader_section, projection_section
 from .targets import TARGETS
 
@@ -335,6 +336,9 @@ def render(r: dict) -> str:
         "## Detection speed: detect vs BirdNET",
         "",
         *_detect(r),
+        "## Soundscape evaluation at the real size",
+        "",
+        *soundscape_section(r),
         "## GPU",
         "",
         *_gpu(Path(__file__).resolve().parent),

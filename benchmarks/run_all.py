@@ -42,7 +42,7 @@ def machine() -> dict:
 
 def _benches(args) -> list[tuple[str, callable]]:
     from . import (bench_cli, bench_decode, bench_detect, bench_frontend, bench_loader, bench_memory, bench_models, bench_search,
-                   bench_step)
+                   bench_soundscape, bench_step)
 
     return [
         ("cli", lambda: bench_cli.run(repeats=3, baseline_src=args.cli_baseline_src)),
@@ -54,13 +54,15 @@ def _benches(args) -> list[tuple[str, callable]]:
         ("models", lambda: bench_models.run()),
         ("memory", lambda: bench_memory.run(budget_s=max(60.0, args.budget_s / 6))),
         ("detect", lambda: bench_detect.run(minutes=args.detect_minutes)),
+        ("soundscape", lambda: bench_soundscape.run(minutes=args.soundscape_minutes)),
     ]
 
 
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--budget-s", type=float, default=900.0)
-    ap.add_argument("--only", default="", help="comma-separated subset: cli,frontend,decode,loader,step,search,models,memory,detect")
+    ap.add_argument("--only", default="",
+                    help="comma-separated subset: cli,frontend,decode,loader,step,search,models,memory,detect,soundscape")
     ap.add_argument("--search-n", type=int, default=1_000_000)
     ap.add_argument("--step-batch", type=int, default=4)
     ap.add_argument("--step-steps", type=int, default=3)
@@ -69,6 +71,8 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--detect-minutes", type=float, default=60.0, help="audio for detect vs BirdNET (issue 22: one hour)")
     ap.add_argument("--cli-baseline-src", default=None, help="time the CLI's first errors with this src folder too "
                     "(an older version: the before beside the after)")
+    ap.add_argument("--soundscape-minutes", type=float, default=10.0,
+                    help="audio for the soundscape evaluation pass (issue 20: windows/s per core, real-size student)")
     ap.add_argument("--out", type=Path, default=RESULTS)
     ap.add_argument("--report", type=Path, default=REPORT)
     args = ap.parse_args(argv)

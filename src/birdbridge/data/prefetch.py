@@ -1,5 +1,8 @@
 """Windows of many files decoded ahead in worker processes, handed back in file order.
 
+(:func:`prefetch` is the general form: any module-level decoding generator, per-file
+arguments; :func:`prefetch_spans` is it with :func:`~birdbridge.data.stream.iter_spans`.)
+
 :func:`prefetch_spans` yields, for each path in order, an iterator over that file's
 :func:`~birdbridge.data.stream.iter_spans` windows -- the same windows, decoded in
 ``workers`` spawned processes while the caller's model runs, so decoding and resampling
@@ -15,7 +18,7 @@ from __future__ import annotations
 
 import multiprocessing as mp
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Callable, Iterator, Sequence
 
 from ..errors import BadInputError
 from .stream import iter_spans
@@ -37,12 +40,12 @@ def default_workers(model_threads: int) -> int:
     return 1 if cores > model_threads else 0
 
 
-def _decode(queue, jobs: list[tuple[int, str]], kwargs: dict) -> None:
-    """Worker: every window of each of its files, then an end (or error) message per file."""
-    for i, path in jobs:
+def _decode(queue, jobs: list[tuple[int, str, dict]], decode: Callable) -> None:
+    """Worker: every item ``decode`` gives of each of its files, then an end (or error) message per file."""
+    for i, path, kwargs in jobs:
         try:
-            for t0, t1, w in iter_spans(path, **kwargs):
-                queue.put(("win", i, (t0, t1, w)))
+            for item in decode(path, **kwargs):
+                queue.put(("win", i, item))
             queue.put(("end", i, None))
         except BadInputError as err:
             queue.put(("bad", i, (err.reason, err.path, err.detail)))
@@ -76,16 +79,28 @@ def _from_queue(queue, i: int, path: str, procs) -> Iterator[Span]:
 def prefetch_spans(paths: Sequence[str | Path], workers: int = 1, depth: int = 8,
                    **span_kwargs) -> Iterator[tuple[int, Iterator[Span]]]:
     """``(index, windows of paths[index])`` for every path in order; ``span_kwargs`` go to ``iter_spans``."""
-    paths = [str(p) for p in paths]
-    workers = max(0, min(int(workers), len(paths)))
+    return prefetch([(p, span_kwargs) for p in paths], iter_spans, workers, depth)
+
+
+def prefetch(jobs: Sequence[tuple[str | Path, dict]], decode: Callable[..., Iterator] = iter_spans, workers: int = 1,
+             depth: int = 8) -> Iterator[tuple[int, Iterator]]:
+    """``(index, iterator over decode(path, **kwargs))`` for every ``(path, kwargs)`` job in order.
+
+    ``decode`` is any module-level generator function (it is pickled by name into the spawned
+    workers), e.g. :func:`~birdbridge.data.stream.iter_spans` or
+    :func:`~birdbridge.data.stream.iter_segments` (the soundscape evaluation: each file's
+    segments from one decoding pass); the items it yields cross the process boundary as they are."""
+    jobs = [(str(p), dict(kw)) for p, kw in jobs]
+    workers = max(0, min(int(workers), len(jobs)))
     if workers == 0:
-        for i, p in enumerate(paths):
-            yield i, iter_spans(p, **span_kwargs)
+        for i, (p, kw) in enumerate(jobs):
+            yield i, decode(p, **kw)
         return
+    paths = [p for p, _ in jobs]
     ctx = mp.get_context("spawn")  # no fork of a process holding torch's thread pools
     queues = [ctx.Queue(maxsize=max(1, depth)) for _ in range(workers)]
-    procs = [ctx.Process(target=_decode, args=(queues[w], [(i, p) for i, p in enumerate(paths) if i % workers == w],
-                                                 span_kwargs), daemon=True) for w in range(workers)]
+    procs = [ctx.Process(target=_decode, args=(queues[w], [(i, p, kw) for i, (p, kw) in enumerate(jobs) if i % workers == w],
+                                                 decode), daemon=True) for w in range(workers)]
     for p in procs:
         p.start()
     try:

@@ -15,7 +15,7 @@ import numpy as np
 import soxr
 
 from ..errors import BadInputError
-from .audio import SILENCE_PEAK, pad_to_length
+from .audio import MIN_DURATION_S, SILENCE_PEAK, pad_to_length
 from .audio_file import DEFAULT_QUALITY, AudioFile, mix
 
 _BLOCK_S = 20.0  # streaming block length: bounded memory, few Python round-trips
@@ -136,3 +136,85 @@ def iter_spans(
             yield offset_s + (total - win) / sr, end_t, buf[total - win - buf_start :].copy()
         if reject_silent:
             f.check_peak(peak, silence_peak)
+
+
+def iter_segments(
+    path: str | Path,
+    sr: int,
+    segments: list[tuple[float, float]],
+    *,
+    min_duration_s: float = MIN_DURATION_S,
+    silence_peak: float = SILENCE_PEAK,
+    block_s: float = _BLOCK_S,
+    quality: str = DEFAULT_QUALITY,
+) -> Iterator[tuple[int, np.ndarray | None, tuple[str, str] | None]]:
+    """Many ``[start_s, end_s)`` segments of one file, decoded in ONE streamed pass.
+
+    Yields ``(j, wave, None)`` for ``segments[j]`` -- what :func:`load_audio` gives for that
+    segment: the same native frames (:meth:`AudioFile.segment`), so sample for sample the same
+    audio when the file's rate is ``sr``; resampled files are cut from one continuous
+    resampled stream instead of resampling every segment alone (no filter edge at every cut)
+    -- or ``(j, None, (reason, detail))`` when that segment alone is unusable (``empty``,
+    ``too_short``, ``silent``: :func:`load_audio`'s per-segment checks). Segments may overlap
+    and come in any order; they are yielded by start time. Whatever concerns the file
+    (``missing``, ``unreadable``, ``decode_error``, ``non_finite``) raises
+    :class:`BadInputError`, possibly after some segments were yielded (it is met mid-stream).
+    Memory: one block plus the audio from the earliest segment still open.
+    """
+    p = Path(path)
+    with AudioFile(p) as f:
+        native = f.samplerate
+        spans = sorted(((j, *f.segment(a, b)) for j, (a, b) in enumerate(segments)), key=lambda c: (c[1], c[0]))
+        good = [c for c in spans if c[2] > c[1]]
+        bad = {c[0] for c in spans if c[2] <= c[1]}
+        lo = min((c[1] for c in good), default=0)
+        hi = max((c[2] for c in good), default=0)
+
+        def out_index(frame: int) -> int:
+            return frame - lo if native == sr else int(round((frame - lo) * sr / native))
+
+        cuts = [(j, out_index(a), out_index(b)) for j, a, b in good]  # output samples from the first frame read
+        pending = sorted(bad)  # empty segments go first: they need no audio
+        for j in pending:
+            yield j, None, ("empty", "segment starts after the end of the file")
+        if not cuts:
+            return
+        f.check_end(hi)
+        stream = soxr.ResampleStream(native, sr, 1, dtype="float32", quality=quality) if native != sr else None
+        block = max(1, int(block_s * native))
+        if lo:
+            f.seek(lo)
+        buf, buf_start, k, read, remaining = np.zeros(0, np.float32), 0, 0, 0, hi - lo
+
+        def cut(j: int, o0: int, o1: int):
+            wave = buf[o0 - buf_start : o1 - buf_start].copy()
+            if len(wave) == 0:
+                return j, None, ("empty", "segment starts after the end of the file")
+            if len(wave) < min_duration_s * sr:
+                return j, None, ("too_short", f"{len(wave) / sr:.3f} s < {min_duration_s} s")
+            if float(np.max(np.abs(wave))) < silence_peak:
+                return j, None, ("silent", f"peak below {silence_peak:g}")
+            return j, wave, None
+
+        while remaining > 0:
+            raw = f.read(min(block, remaining))
+            got = len(raw)
+            read += got
+            remaining = remaining - got if got else 0
+            if got:
+                f.check_finite(raw)
+            mono = mix(raw, True) if got else np.zeros(0, np.float32)
+            out = stream.resample_chunk(mono, last=remaining <= 0) if stream is not None else mono
+            buf = np.concatenate([buf, out]) if len(buf) else np.asarray(out, np.float32)
+            while k < len(cuts) and cuts[k][2] <= buf_start + len(buf):
+                yield cut(*cuts[k])
+                k += 1
+            # keep only what the segments still to come need (they start in order)
+            drop = (cuts[k][1] if k < len(cuts) else buf_start + len(buf)) - buf_start
+            drop = min(max(0, drop), len(buf))
+            buf, buf_start = buf[drop:], buf_start + drop
+            if got == 0:
+                break
+        f.check_decoded(read, hi - lo)
+        for j, o0, o1 in cuts[k:]:  # a resampled end may fall a sample short of the rounded index
+            yield cut(j, o0, min(o1, buf_start + len(buf)))

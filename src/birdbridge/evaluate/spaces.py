@@ -1,11 +1,15 @@
 """Methods as embedding *spaces*, and the one scoring path they all go through.
 
 A space maps every audio set of the run (``query``: eval-split clips, ``reference``:
-reference-split clips for kNN, ``windows``: soundscape windows) to teacher-space unit
-rows, row-aligned with the set's items plus an ``ok`` mask (False where the input was
-skipped). Models are embedded once per set; the CLAP-derived baselines transform the
-student's CLAP-space rows, which are computed once. A :class:`View` restricts scoring to
-a species subset (the unseen-species split) without re-embedding anything.
+reference-split clips for kNN) to teacher-space unit rows, row-aligned with the set's items
+plus an ``ok`` mask (False where the input was skipped). Models are embedded once per set;
+the CLAP-derived baselines transform the student's CLAP-space rows, which are computed once.
+A :class:`View` restricts scoring to a species subset (the unseen-species split) without
+re-embedding anything. Soundscape windows are the exception: every space is registered with
+:class:`~birdbridge.evaluate.windows.SoundscapeWindows`, scoring only requests their
+numbers, and :meth:`Evaluator.score_windows` decodes the windows once for every requested
+space at the end of the run and fills them in (the real sets are too large for one pass per
+space and for their rows in memory).
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from ..encoders.species_text import TextEmbeddingCache, clap_species_text
 from ..encoders.text import ClapTextEncoder
 from ..errors import SkipLog
 from . import protocols
+from .windows import SoundscapeWindows, decode_workers
 from .baselines import (
     fit_text_mapping,
     random_projection_student,
@@ -101,7 +106,7 @@ class Evaluator:
             from ..errors import ConfigError
 
             raise ConfigError(f"no audio in split {cfg.eval_split!r} of {coll.name} (config key 'eval_split')")
-        self.window_targets = None
+        self.windows: SoundscapeWindows | None = None
         if setting.soundscapes is not None:
             from ..data.soundscapes import soundscape_segments
 
@@ -111,8 +116,7 @@ class Evaluator:
                 keep_files = set(sc.files[: setting.max_files])
                 keep = [i for i, s in enumerate(segs) if s[0] in keep_files]
                 segs, targets = [segs[i] for i in keep], targets[keep]
-            self.sets["windows"] = AudioSet([(str(Path(sc.audio_root) / f), a, b) for f, a, b in segs], [""] * len(segs))
-            self.window_targets = targets
+            self.windows = SoundscapeWindows([(str(Path(sc.audio_root) / f), a, b) for f, a, b in segs], targets, log)
             self.window_species = list(sc.collection.species)
         images = _cap([i for i in coll.image_split(cfg.eval_split) if i.species_id in known], cfg.max_items_per_species)
         self.image_labels = [i.species_id for i in images]
@@ -125,6 +129,8 @@ class Evaluator:
         self.image_vec, self.image_ok = _aligned(img, paths, lambda r: r["input"])
         self.clap_embedder = load_audio_embedder(setting.student, self.device)
         self.clap = self._embed(self.clap_embedder, "clap")
+        if self.windows is not None:
+            self.windows.add_model("clap", self.clap_embedder)
         self._clap_text = None
         self._text_cache: dict[tuple, np.ndarray] = {}
         self.spaces: dict[str, Space | Callable] = {}
@@ -146,7 +152,10 @@ class Evaluator:
     def add_model_space(self, name: str, model) -> None:
         from ..encoders.factory import StudentEmbedder
 
-        self.spaces[name] = self._embed(StudentEmbedder(model, name, device=self.device), name)
+        embedder = StudentEmbedder(model, name, device=self.device)
+        self.spaces[name] = self._embed(embedder, name)
+        if self.windows is not None:  # embedded at score_windows, with every other space, if its numbers are asked for
+            self.windows.add_model(name, embedder)
 
     def random_projection(self):
         return random_projection_student(self.train_cfg, self.teacher.dim)
@@ -170,6 +179,8 @@ class Evaluator:
         self.log(f"{name}: ridge map CLAP text -> teacher text fitted on {lin.n_pairs} CLAP captions of {len(species)} "
                  f"species ({'+'.join(types)}), each paired with the teacher's prompt of that species and type")
         self.spaces[name] = {k: (lin.apply(v), ok) for k, (v, ok) in self.clap.items()}
+        if self.windows is not None:
+            self.windows.add_derived(name, "clap", lin.apply)
 
     def add_zero_shot_combination(self, name: str, all_species: bool = False) -> None:
         """``all_species``: CLAP chooses among every evaluation species, not only the view's."""
@@ -179,11 +190,15 @@ class Evaluator:
         def space(view: View) -> Space:
             out = {}
             for k, (v, ok) in self.clap.items():
-                cands = self.window_species if k == "windows" else every if all_species else view.species
+                cands = every if all_species else view.species
                 out[k] = (zero_shot_combination(v, self.clap_species_text(cands), self.teacher_text(cands), scale), ok)
             return out
 
         self.spaces[name] = space
+        if self.windows is not None:  # windows: CLAP chooses among the soundscapes' label space
+            ws = self.window_species
+            self.windows.add_derived(name, "clap", lambda v: zero_shot_combination(
+                v, self.clap_species_text(ws), self.teacher_text(ws), scale))
 
     def space(self, name: str, view: View) -> Space:
         s = self.spaces[name]
@@ -248,15 +263,25 @@ class Evaluator:
         r, r_labels, _ = self._select(space, "reference", view)
         res["knn"] = protocols.knn(r, r_labels, q, q_labels, cfg.knn_ks)
         res["zero_shot_focal"] = protocols.zero_shot_focal(q, [view.index[lab] for lab in q_labels], text)
-        if view.windows and "windows" in space:
-            w, ok = space["windows"]
+        if view.windows and self.windows is not None and self.windows.has(name):
             wt = self.teacher_text(self.window_species) if window_text is None else window_text
-            res["zero_shot_soundscape"] = protocols.zero_shot_soundscape(w[ok], self.window_targets[ok], wt)
+            self.windows.request(name, wt, res)  # filled in by score_windows
         return res
+
+    def score_windows(self, work_dir: str | Path) -> None:
+        """Decode the soundscape windows once, embed them in every space whose numbers were
+        asked for, score them from disk (rows under ``work_dir``, removed after) and fill in
+        each pending ``zero_shot_soundscape``."""
+        if self.windows is None:
+            return
+        t0 = time.time()
+        self.windows.run(work_dir, workers=decode_workers(self.device))
+        self.skips["audio:windows"] = self.windows.skips
+        self.timings["soundscape_s"] = time.time() - t0
 
     def score_clap(self, view: View) -> dict:
         """The student before distillation, in its own CLAP space: kNN and CLAP zero-shot."""
-        wt = self.clap_species_text(self.window_species) if "windows" in self.clap else None
+        wt = self.clap_species_text(self.window_species) if self.windows is not None else None
         return self.score("clap", view, space=self.clap, text=self.clap_species_text(view.species), window_text=wt,
                           retrieval=False)
 
@@ -289,10 +314,12 @@ class Evaluator:
                                "gallery_labels": [gl[i] for i in go]}}
 
     def describe(self) -> dict:
-        return {"device": self.device, "sets": {k: len(s.inputs) for k, s in self.sets.items()},
+        windows = {} if self.windows is None else {"windows": len(self.windows)}
+        return {"device": self.device, "sets": {**{k: len(s.inputs) for k, s in self.sets.items()}, **windows},
                 "n_images": len(self.image_labels), "clap_space_dim": int(self.clap["query"][0].shape[1]),
                 "teacher_dim": int(self.teacher.dim), "spaces": sorted(self.spaces), "text_mappings": self.text_mappings,
-                "n_skipped": {k: len(v) for k, v in self.skips.items()}}
+                "n_skipped": {k: len(v) for k, v in self.skips.items()},
+                **({"soundscape_windows": self.windows.describe()} if self.windows is not None else {})}
 
     def skips_summary(self) -> dict:
         coll = self.setting.eval_collection

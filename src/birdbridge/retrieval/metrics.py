@@ -360,6 +360,13 @@ def cmap(scores: Any, targets: Any, min_positives: int = 1) -> float:
 def macro_auroc(scores: Any, targets: Any) -> float:
     """Mean ROC AUC over classes with both positives and negatives; equals
     ``sklearn.metrics.roc_auc_score(average="macro")`` on those columns (ties count 1/2)."""
+    auc = class_aurocs(scores, targets)
+    ok = ~np.isnan(auc)
+    return float(auc[ok].mean()) if ok.any() else float("nan")
+
+
+def class_aurocs(scores: Any, targets: Any) -> np.ndarray:
+    """ROC AUC of each class column ([C]); NaN for classes lacking positives or negatives (column-wise)."""
     s = _as_scores(scores, 2)
     t = _as_targets(targets, s.shape)
     st, tt = np.ascontiguousarray(s.T), np.ascontiguousarray(t.T)
@@ -382,8 +389,7 @@ def macro_auroc(scores: Any, targets: Any) -> float:
         wins = np.where(pos, (n_neg[:, None] - fp_end) + 0.5 * (fp_end - fp_before), 0.0).sum(axis=1)
         with np.errstate(invalid="ignore", divide="ignore"):
             auc[lo:hi] = np.where((n_pos > 0) & (n_neg > 0), wins / (n_pos * n_neg), np.nan)
-    ok = ~np.isnan(auc)
-    return float(auc[ok].mean()) if ok.any() else float("nan")
+    return auc
 
 
 def top1_any_positive(scores: Any, targets: Any) -> float:
