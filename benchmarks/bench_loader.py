@@ -10,7 +10,9 @@ single-threaded), as one DataLoader worker would, through the training code itse
 
     raw_whole           decode the whole file, resample to 48 kHz, then crop (the loader before shards)
     raw                 crop first, decode and resample only the crop (``data/crop.py``)
-    shards:ENC@RATE     ``data prepare`` shards: pcm16 or flac, stored at 48 kHz or the native rate
+    shards:ENC@RATE     ``data prepare`` shards: pcm16 or flac, stored at (at most) 48 kHz or the native rate;
+                        since the source is 22.05 kHz, ``@48000`` keeps it at 22.05 kHz (``stored_rate``: never
+                        upsampled, for train/eval parity) and resamples each crop as it is read
 
 Reported per loader: clips/s (median of interleaved repeats), peak RSS of the process (what
 one loader worker holds), and for shards the disk bytes per hour of audio. The ratio
@@ -231,7 +233,11 @@ def components(d: Path, batch: int, reps: int = 3) -> dict:
             "shard_crop_into_reused_buffer_ms": per_clip(lambda: fill(reused)),
             "shard_crop_into_fresh_batch_ms": per_clip(lambda: fill(torch.empty(len(idx), n).numpy())),
             # what the training loader does with pcm16 shards at the student's rate: int16 rows, float on the device
-            "shard_pcm16_into_fresh_int16_batch_ms": per_clip(lambda: fill_pcm16(torch.empty(len(idx), n, dtype=torch.int16).numpy())),
+            # (only where samples are stored at the student's rate: 48 kHz sources; `data prepare` keeps these
+            # 22.05 kHz ones at their own rate, so their crops are resampled as they are read)
+            "shard_pcm16_into_fresh_int16_batch_ms": (
+                per_clip(lambda: fill_pcm16(torch.empty(len(idx), n, dtype=torch.int16).numpy()))
+                if int(reader.sample(idx[0])["sr"]) == SR else None),
             "file_decode_crop_ms": per_clip(decode),
             "file_resample_crop_ms": per_clip(lambda: [resample(seg, NATIVE, SR) for _ in idx]),
             "note": "best of 3, one thread; a fresh batch pays the first touch of its memory, which both loaders do"}

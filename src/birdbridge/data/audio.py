@@ -28,6 +28,11 @@ SILENCE_PEAK = 1e-6
 
 CropPolicy = Literal["random", "center", "start"]
 PadMode = Literal["zero", "repeatpad"]
+# The padding rule of training crops (distill/data.py pads short clips by it before the front end
+# sees them): HF CLAP's. A student whose feature extractor pads otherwise would be trained on clips
+# padded one way and evaluated on clips padded another, so training refuses it
+# (distill.train.check_padding).
+TRAINING_PAD: PadMode = "repeatpad"
 
 
 def audio_info(path: str | Path) -> dict:

@@ -34,11 +34,22 @@ from .records import AudioItem, Collection
 from .shards import ENCODINGS, FORMAT, FORMAT_VERSION, MANIFEST, PARTS, SAMPLES, SKIPPED, to_pcm16
 
 
+def stored_rate(native: int, rate: int | None) -> int:
+    """The rate a recording is stored at: its own, capped at ``rate`` (None: always its own).
+
+    Never above the source's rate: upsampled 16-bit audio would carry requantisation noise in the
+    band the source never had (above 11.025 kHz for iNatSounds' 22.05 kHz), where a file decoded
+    to float for evaluation is near-silent, and the mel bins there would differ by ~12 dB between
+    training and evaluation. Stored at the source rate, a crop is resampled when it is read, by
+    the soxr path file decoding uses (``data.crop.crop_frames``), so both give the same signal."""
+    return native if rate is None else min(native, rate)
+
+
 def _encode(job: tuple) -> tuple[int, object, dict]:
     """Decode one recording and encode it (runs in the prepare pool)."""
     i, path, start_s, end_s, rate, encoding = job
     try:
-        sr = rate or audio_info(path)["samplerate"]
+        sr = stored_rate(audio_info(path)["samplerate"], rate)
         pcm = to_pcm16(load_audio(path, sr, start_s=start_s, end_s=end_s))
     except BadInputError as err:
         return i, None, {"reason": err.reason, "detail": err.detail}
@@ -138,8 +149,9 @@ def prepare_shards(
 ) -> dict:
     """Write the audio of ``load_collection(kind, path, **options)`` as shards in ``out``.
 
-    ``sample_rate=None`` keeps each file's own rate (lossless for 16-bit sources; the
-    loader then resamples every crop). ``splits`` keeps those splits only. Bad files are
+    ``sample_rate`` is the highest rate stored: a recording at a lower rate keeps its own
+    (:func:`stored_rate`; the reader resamples its crops to the model's rate), a higher one is
+    resampled down to it. ``sample_rate=None`` keeps every file's own rate. ``splits`` keeps those splits only. Bad files are
     skipped and listed in ``skipped.json``; an interrupted run resumes; a finished one is
     not redone. Returns the manifest. ``on_start(n_inputs, n_done)`` is called once the
     work is known; ``progress(n)`` as recordings are done. ``exclude_species``: a species
@@ -224,7 +236,10 @@ def _finish(out: Path, key, kind, path, options, rate, encoding, coll: Collectio
 
     manifest = {
         "format": FORMAT, "format_version": FORMAT_VERSION, "job": key, "kind": kind, "source": str(path),
-        "options": options, "encoding": encoding, "sample_rate": rate or "native", "n_inputs": n_inputs,
+        "options": options, "encoding": encoding, "sample_rate": rate or "native",
+        # per sample: the rate it is stored at (samples.parquet `sample_rate`, each chunk item's `sr`)
+        "rate_rule": "min(source, sample_rate)" if rate else "source",
+        "sample_rates": sorted({s["sample_rate"] for s in samples}), "n_inputs": n_inputs,
         "n_samples": len(samples), "n_skipped": len(skips), "skip_counts": skips.counts(),
         "hours": round(sum(s["duration_s"] for s in samples) / 3600, 3),
         "bytes": int(sum(c["chunk_bytes"] for c in chunks)), "n_chunks": len(chunks), "seconds": round(seconds, 1),

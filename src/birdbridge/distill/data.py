@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, Sampler
 
-from ..data.audio import crop_or_pad, load_audio
+from ..data.audio import TRAINING_PAD, crop_or_pad, load_audio
 from ..data.crop import load_crop
 from ..data.records import AudioItem, Collection
 from ..data.shards import PCM16_SCALE
@@ -70,13 +70,14 @@ class AudioClipDataset(Dataset):
     def _crop(self, i: int, rng: np.random.Generator) -> np.ndarray:
         it = self.items[i]
         path = self.collection.resolve(it.path)
-        # short clips: HF CLAP's "repeatpad" (whole copies, then zeros), the rule evaluation uses
+        # short clips: TRAINING_PAD, HF CLAP's "repeatpad" (whole copies, then zeros), the rule the
+        # student's front end pads by at evaluation (checked when training starts: train.check_padding)
         if not self.cache_decoded:  # decode only the crop (data.crop): the same crop, less work
             return load_crop(path, self.sample_rate, self.n_samples, self.crop, rng, start_s=it.start_s,
-                             end_s=it.end_s, pad="repeatpad")
+                             end_s=it.end_s, pad=TRAINING_PAD)
         if i not in self._cache:
             self._cache[i] = load_audio(path, self.sample_rate, start_s=it.start_s, end_s=it.end_s)
-        return crop_or_pad(self._cache[i], self.n_samples, self.crop, rng, pad="repeatpad")
+        return crop_or_pad(self._cache[i], self.n_samples, self.crop, rng, pad=TRAINING_PAD)
 
     def __getitem__(self, key: int | tuple[int, int]):
         epoch, i = key if isinstance(key, tuple) else (self.epoch, key)
@@ -105,7 +106,7 @@ class ShardClipDataset(AudioClipDataset):
         self.index = [int(it.extra["shard_index"]) for it in self.items]
 
     def _crop(self, i: int, rng: np.random.Generator) -> np.ndarray:
-        return self.reader.crop(self.index[i], self.sample_rate, self.n_samples, self.crop, rng, pad="repeatpad")
+        return self.reader.crop(self.index[i], self.sample_rate, self.n_samples, self.crop, rng, pad=TRAINING_PAD)
 
     def __getitems__(self, keys: list) -> "ClipBatch":
         """A whole batch, each crop written straight into its row of one preallocated tensor.
@@ -126,7 +127,7 @@ class ShardClipDataset(AudioClipDataset):
         rows = waves.numpy()
         for r, (e, i) in enumerate(keyed):
             self.reader.crop_into(rows[r], self.index[i], self.sample_rate, self.crop, np.random.default_rng([self.seed, e, i]),
-                                  pad="repeatpad")
+                                  pad=TRAINING_PAD)
         return ClipBatch(waves, labels)
 
 

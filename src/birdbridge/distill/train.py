@@ -8,6 +8,7 @@ from pathlib import Path
 import torch
 
 from ..config import from_dict
+from ..data.audio import TRAINING_PAD
 from ..data.records import Collection
 from ..encoders.clap import load_clap
 from ..devices import check_accelerator
@@ -30,10 +31,20 @@ def _precision(cfg: TrainConfig) -> str:
     return "32-true"  # CPU autocast to bf16 is slower than fp32 on most CPUs
 
 
+def check_padding(padding: str, student_id: str) -> None:
+    """Training pads short crops by ``TRAINING_PAD`` before the front end; evaluation pads by the
+    extractor's own mode. Both must be the same rule, or short clips differ between the two."""
+    if padding != TRAINING_PAD:
+        raise ConfigError(f"{student_id}: its feature extractor pads short clips with {padding!r}, but training "
+                          f"pads them with {TRAINING_PAD!r} (data.audio.pad_to_length): set \"padding\": "
+                          f"\"{TRAINING_PAD}\" in its preprocessor_config.json")
+
+
 def build_student(cfg: TrainConfig, out_dim: int) -> AudioStudent:
     clap, fe = load_clap(cfg.student)
-    spec = HeadSpec(kind=cfg.head, out_dim=out_dim, hidden_dim=cfg.head_hidden_dim)
-    return AudioStudent.from_clap(clap, fe, spec)
+    student = AudioStudent.from_clap(clap, fe, HeadSpec(kind=cfg.head, out_dim=out_dim, hidden_dim=cfg.head_hidden_dim))
+    check_padding(student.frontend.padding, cfg.student)
+    return student
 
 
 def clap_species_table(cfg: TrainConfig, species) -> tuple[torch.Tensor, float]:
