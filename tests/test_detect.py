@@ -139,7 +139,8 @@ def test_cli_tables_csv_raven_audacity_json(files, tiny_distilled_dir, tmp_path)
     assert res.returncode == 0, res.stderr
     rows = list(csv.DictReader(open(tmp_path / "det.csv")))
     assert list(rows[0]) == ["recording", "start_s", "end_s", "rank", "species_id", "scientific_name", "common_name",
-                             "score", "image", "start_time"]  # start_time: empty, the names hold no recorder timestamp
+                             "score", "confidence", "image", "start_time"]  # start_time: empty, the names hold no recorder timestamp
+    assert all(0.0 <= float(r["confidence"]) <= 1.0 for r in rows)
     assert all(r["start_time"] == "" for r in rows)
     assert len(rows) == 2 * (8 + 3)  # dawn: 8 windows, dusk: 3; two species each
     assert {r["common_name"] for r in rows} <= {"Black Phoebe", "Lesser Goldfinch", "Chestnut-backed Chickadee",
@@ -156,7 +157,11 @@ def test_cli_tables_csv_raven_audacity_json(files, tiny_distilled_dir, tmp_path)
     assert all(len(ln.split("\t")) == len(header) for ln in lines[1:])
     assert [int(b["Selection"]) for b in body] == list(range(1, len(body) + 1)) and len(body) == len(rows)
     assert all(b["View"] == "Spectrogram 1" and b["Channel"] == "1" for b in body)
-    assert all(float(b["Begin Time (s)"]) < float(b["End Time (s)"]) and float(b["High Freq (Hz)"]) == 8000.0 for b in body)
+    # the band the model hears: its feature extractor's mel range, capped at Nyquist
+    fe = json.loads((Path(tiny_distilled_dir) / "config.json").read_text())["preprocessing"]  # 50-8000 Hz at 16 kHz
+    band = (float(fe.get("frequency_min", 0)), min(float(fe["frequency_max"]), fe["sampling_rate"] / 2))
+    assert all(float(b["Begin Time (s)"]) < float(b["End Time (s)"]) for b in body)
+    assert {(float(b["Low Freq (Hz)"]), float(b["High Freq (Hz)"])) for b in body} == {band}
     dusk = [b for b in body if b["Begin File"] == "dusk.flac"]
     # the second file's selections run on after the first's 7.3 s, as Raven shows a file sequence
     assert float(dusk[0]["Begin Time (s)"]) == pytest.approx(7.3) and float(dusk[0]["File Offset (s)"]) == 0.0
