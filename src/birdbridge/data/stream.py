@@ -99,18 +99,8 @@ def iter_spans(
         nxt = 0  # output-sample index of the next window start
         last_end = 0
         emitted = False
-        remaining = stop - start
-        read = 0
         peak = 0.0
-        while remaining > 0:
-            raw = f.read(min(block, remaining))
-            got = len(raw)
-            read += got
-            remaining = remaining - got if got else 0
-            if got:
-                f.check_finite(raw)
-            mono = mix(raw, True) if got else np.zeros(0, np.float32)
-            out = stream.resample_chunk(mono, last=remaining <= 0) if stream is not None else mono
+        for out in _decoded_blocks(f, stop - start, block, stream):
             if len(out):
                 peak = max(peak, float(np.max(np.abs(out))))
             buf = np.concatenate([buf, out]) if len(buf) else np.asarray(out, np.float32)
@@ -121,9 +111,6 @@ def iter_spans(
                 nxt += hop
             drop = min(max(0, nxt - buf_start), max(0, len(buf) - keep))
             buf, buf_start = buf[drop:], buf_start + drop
-            if got == 0:
-                break
-        f.check_decoded(read, stop - start)
         total = buf_start + len(buf)
         f.check_length(total, sr, min_duration_s)
         end_t = offset_s + total / sr
@@ -184,7 +171,7 @@ def iter_segments(
         block = max(1, int(block_s * native))
         if lo:
             f.seek(lo)
-        buf, buf_start, k, read, remaining = np.zeros(0, np.float32), 0, 0, 0, hi - lo
+        buf, buf_start, k = np.zeros(0, np.float32), 0, 0
 
         def cut(j: int, o0: int, o1: int):
             wave = buf[o0 - buf_start : o1 - buf_start].copy()
@@ -196,15 +183,7 @@ def iter_segments(
                 return j, None, ("silent", f"peak below {silence_peak:g}")
             return j, wave, None
 
-        while remaining > 0:
-            raw = f.read(min(block, remaining))
-            got = len(raw)
-            read += got
-            remaining = remaining - got if got else 0
-            if got:
-                f.check_finite(raw)
-            mono = mix(raw, True) if got else np.zeros(0, np.float32)
-            out = stream.resample_chunk(mono, last=remaining <= 0) if stream is not None else mono
+        for out in _decoded_blocks(f, hi - lo, block, stream):
             buf = np.concatenate([buf, out]) if len(buf) else np.asarray(out, np.float32)
             while k < len(cuts) and cuts[k][2] <= buf_start + len(buf):
                 yield cut(*cuts[k])
@@ -213,8 +192,22 @@ def iter_segments(
             drop = (cuts[k][1] if k < len(cuts) else buf_start + len(buf)) - buf_start
             drop = min(max(0, drop), len(buf))
             buf, buf_start = buf[drop:], buf_start + drop
-            if got == 0:
-                break
-        f.check_decoded(read, hi - lo)
         for j, o0, o1 in cuts[k:]:  # a resampled end may fall a sample short of the rounded index
             yield cut(j, o0, min(o1, buf_start + len(buf)))
+
+
+def _decoded_blocks(f, n: int, block: int, stream):
+    """The next ``n`` frames of the open file ``f``, ``block`` frames a read, each block checked finite,
+    mixed to mono and, with a soxr ``stream``, resampled (the last call flushes it); once the reads end
+    (``n`` frames or the file's real end), ``f.check_decoded`` says whether the file was cut short."""
+    read, remaining = 0, n
+    while remaining > 0:
+        raw = f.read(min(block, remaining))
+        got = len(raw)
+        read += got
+        remaining = remaining - got if got else 0
+        if got:
+            f.check_finite(raw)
+        mono = mix(raw, True) if got else np.zeros(0, np.float32)
+        yield stream.resample_chunk(mono, last=remaining <= 0) if stream is not None else mono
+    f.check_decoded(read, n)
