@@ -17,11 +17,13 @@ from ._app import DEVICE_HELP, exit_status, run_with_progress, app, console, pri
 
 @app.command("index")
 def index_cmd(
-    images: str = typer.Argument(..., help="Folder (per-species subfolders and/or loose photos), CSV (path, scientific_name, ...), or a dataset path with --dataset."),
+    images: str = typer.Argument(..., help="Folder (per-species subfolders and/or loose photos), CSV (path, scientific_name, ...), a dataset path with --dataset, or an embedding parts folder (emb/part-*.npy + meta/part-*.parquet: indexed as it is, nothing embedded)."),
     teacher: str = typer.Option("hf-hub:imageomics/bioclip-2", "--teacher", "-t", help="open_clip teacher whose image tower embeds the photos."),
     out: Path = typer.Option(..., "--out", "-o", help="Index directory (created; an interrupted build there resumes)."),
     add: bool = typer.Option(False, "--add", help="Append to a complete index; paths already indexed are skipped."),
-    kind: str = typer.Option("auto", "--kind", help="auto (exact below 100k images, HNSW above), faiss-flat, faiss-hnsw or faiss-ivf."),
+    kind: str = typer.Option("auto", "--kind", help="auto (exact below 100k images, HNSW above), faiss-flat, faiss-hnsw, faiss-ivf or faiss-ivfpq (compressed, sized to --max-index-memory)."),
+    max_index_memory: Optional[str] = typer.Option(None, "--max-index-memory", help="faiss-ivfpq: RAM the index may take, e.g. 4GB, 512MB, 1.5G (default 4GB); IVF/PQ/OPQ sizes are picked to fit."),
+    rerank: Optional[bool] = typer.Option(None, "--rerank/--no-rerank", help="Record whether search re-ranks by default: the top k x 10 candidates re-scored with the exact vectors (for faiss-ivfpq)."),
     dataset: Optional[str] = typer.Option(None, "--dataset", help="Read IMAGES as this dataset kind: ssw60, csv, folder, synthetic, ..."),
     split: Optional[list[str]] = typer.Option(None, "--split", help="Only images of this split (repeatable)."),
     batch_size: int = typer.Option(64, "--batch-size", min=1, help="Images per forward pass."),
@@ -37,8 +39,15 @@ def index_cmd(
     from ..retrieval.index_format import choose_kind, records_from_source
 
     t0 = time.time()
+    from ..embedding_parts import EmbeddingParts
+    from ..retrieval.index_pq import parse_memory
+
+    if EmbeddingParts.is_parts_dir(images):
+        return _index_parts(Path(images), out, kind, add, max_index_memory, rerank, teacher, t0)
     checks = Preflight()  # every wrong input at once, before torch and FAISS load
     checks.attempt(choose_kind, kind, 0)
+    if max_index_memory is not None:
+        checks.attempt(parse_memory, max_index_memory)
     checks.model(teacher, "teacher")
     checks.device(device)
     records = checks.attempt(records_from_source, images, dataset, splits=split or ())
@@ -68,13 +77,17 @@ def index_cmd(
         try:
             model = Teacher.load(teacher, device=device)
             before = ImageIndex.open(out).count if (out / "index.json").is_file() else 0
+            if kind == "faiss-ivfpq":  # the budget fails now, not after every photo was embedded
+                from ..retrieval.index_pq import DEFAULT_MAX_MEMORY, choose_params
+
+                choose_params(before + len(records), model.dim, max_index_memory or DEFAULT_MAX_MEMORY)
         except Exception as err:  # noqa: BLE001 - every rank must hear of it
             error = err
         agree(rank, world, error, " before the build")
 
         def build(cb):
             return ImageIndex.build(out, model, records, kind=kind, add=add, shard_size=shard_size, batch_size=batch_size,
-                                    progress=cb, rank=rank, world=world)
+                                    progress=cb, rank=rank, world=world, max_memory=max_index_memory, rerank=rerank)
 
         if rank != 0:
             build(None)
@@ -101,6 +114,38 @@ def index_cmd(
                      f"could be indexed (reasons in {out / 'index.json'})", strict)
 
 
+def _index_parts(parts: Path, out: Path, kind: str, add: bool, max_index_memory, rerank, teacher: str, t0: float) -> None:
+    """``index PARTS_DIR``: index embedding parts where they lie (nothing is embedded)."""
+    import time
+
+    from ..embedding_parts import EmbeddingParts
+    from ..retrieval.index_format import choose_kind
+    from ..retrieval.index_pq import DEFAULT_MAX_MEMORY, choose_params
+
+    emb = EmbeddingParts(parts)
+    checks = Preflight()
+    checks.attempt(choose_kind, kind, 0)
+    n, d = emb.n_rows(), emb.dim()
+    if not n:
+        from ..errors import ConfigError
+
+        checks.problems.append(ConfigError(f"{parts}: no complete embedding parts to index"))
+    elif kind == "faiss-ivfpq":
+        checks.attempt(choose_params, n, d, max_index_memory or DEFAULT_MAX_MEMORY)
+    checks.done()
+    from ..retrieval.index import ImageIndex
+
+    pm = emb.manifest()
+    index = run_with_progress("indexing parts", n, lambda cb: ImageIndex.build_from_parts(
+        out, parts, kind=kind, max_memory=max_index_memory, add=add, rerank=rerank,
+        teacher=pm.get("teacher_id") or pm.get("model") or teacher, progress=cb))
+    pq = index.manifest.get("pq")
+    console.print(f"index {out}: {index.count} vectors from {parts}, {index.dim}-d, {index.kind}"
+                  + (f" (IVF {pq['nlist']} lists, {pq['m']}-byte PQ codes{', OPQ' if pq['opq'] else ''})" if pq else "")
+                  + f", {index.manifest['n_skipped']} skipped in {time.time() - t0:.1f} s", markup=False)
+    print_outputs((out, f"index of {index.count} vectors; their exact vectors stay in {parts}"))
+
+
 @app.command("search")
 def search_cmd(
     audio: list[str] = typer.Argument(..., help="Recordings, folders (recursive), CSVs with a path column, or @list.txt."),
@@ -122,6 +167,7 @@ def search_cmd(
     device: str = typer.Option("auto", "--device", help=DEVICE_HELP),
     strict: bool = typer.Option(False, "--strict", help="Exit non-zero when any recording was skipped."),
     min_confidence: Optional[float] = typer.Option(None, "--min-confidence", min=0.0, max=1.0, help="Leave out photos and per-window rows whose confidence (their species' softmax share among the species found near, 0-1) is below this."),
+    rerank: Optional[bool] = typer.Option(None, "--rerank/--no-rerank", help="Re-score the index's top k x 10 candidates with the exact vectors (default: what the index recorded; for faiss-ivfpq)."),
 ) -> None:
     """Show the photos nearest to each recording (long recordings are searched window by window)."""
     import json
@@ -154,7 +200,7 @@ def search_cmd(
     results = run_with_progress("searching", len(paths), lambda cb: search_audio(
         model, index, paths, k=k, window_s=window_s, hop_s=hop_s, aggregate=aggregate, guess=guess, species=species,
         cache_dir=cache_dir, allow_teacher_mismatch=allow_teacher_mismatch, per_window_k=per_window, device=device, progress=cb,
-        min_confidence=min_confidence))
+        min_confidence=min_confidence, rerank=rerank))
     if fmt in ("csv", "raven"):
         low, high = tables.model_band(model)
         if out:

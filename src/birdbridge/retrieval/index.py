@@ -8,6 +8,10 @@ Layout of an index directory::
                                 ``shard-00000.metaN.parquet`` once a re-run updated it
     faiss-<count>-<kind>.index  FAISS index over all committed rows
 
+An index built from embedding parts (:meth:`ImageIndex.build_from_parts`) lists the parts'
+own ``emb/part-*.npy`` and ``meta/part-*.parquet`` as its shards, by absolute path, instead
+of copying them: the parts are where re-ranking reads exact vectors from, so they must stay.
+
 Crash safety: every file is written to a temp name and ``os.replace``-d into place, shard
 files are never rewritten, and the manifest is replaced *last*. A reader only looks at
 what the manifest lists, so it sees either the old or the new index, never half of one;
@@ -38,7 +42,7 @@ from .index_format import (EXACT_MAX, check_index_dir, FORMAT_VERSION, KINDS, MA
 class ImageIndex:
     """A committed index, opened read-only: ``search``, ``metadata``, ``vectors_for``."""
 
-    def __init__(self, root: Path, manifest: dict, shards: list[np.ndarray], meta_rows: list[dict], faiss_index):
+    def __init__(self, root: Path, manifest: dict, shards: list[np.ndarray], meta_rows: Sequence[dict], faiss_index):
         self.root = root
         self.manifest = manifest
         self._shards = shards  # memory-mapped, one per shard, in id order
@@ -46,6 +50,7 @@ class ImageIndex:
         self._rows = meta_rows
         self._faiss = faiss_index
         self.last_build: dict = {}  # set by build(): what that run did
+        self.rerank = bool(manifest.get("rerank", False))  # search's default; `search --rerank` overrides
 
     # -- reading --------------------------------------------------------------------
 
@@ -56,13 +61,11 @@ class ImageIndex:
         manifest = json.loads(mpath.read_text())
         if manifest.get("format_version") != FORMAT_VERSION:
             raise ConfigError(f"{root}: index format {manifest.get('format_version')!r} is not supported (expected {FORMAT_VERSION})")
-        vecs, rows = [], []
-        import pyarrow.parquet as pq
-
+        vecs = []
         for shard in manifest["shards"]:
             # mmap: a large index's vectors stay on disk; only the rows a query touches are read.
             vecs.append(np.load(root / shard["vectors"], mmap_mode="r"))
-            rows.extend(pq.read_table(root / shard["metadata"]).to_pylist())
+        rows = _Rows(root, manifest["shards"])
         n = sum(len(v) for v in vecs)
         if n != manifest["count"] or len(rows) != manifest["count"]:
             raise ConfigError(f"{root}: manifest says {manifest['count']} images but the shards hold {n}")
@@ -81,8 +84,11 @@ class ImageIndex:
         # A build interrupted before its final FAISS write: the shards are the truth, so the
         # index is rebuilt in memory (the next `birdbridge index` run writes it to disk).
         dim = int(manifest["dim"] or 0)
+        kind = manifest["kind"] or choose_kind("auto", int(manifest["count"]))
+        if kind == "faiss-ivfpq":
+            return build_faiss(kind, shards, manifest.get("max_index_memory"))
         vectors = np.concatenate(shards).astype(np.float32) if shards else np.zeros((0, dim), np.float32)
-        return build_faiss(manifest["kind"] or choose_kind("auto", len(vectors)), vectors)
+        return build_faiss(kind, vectors)
 
     @property
     def count(self) -> int:
@@ -116,14 +122,24 @@ class ImageIndex:
     def __len__(self) -> int:
         return self.count
 
-    def search(self, vectors: np.ndarray, k: int = 10) -> tuple[np.ndarray, np.ndarray]:
-        """Inner-product (= cosine on unit rows) top-``k``: ``(scores [Q, k], ids [Q, k])``; ids -1 pad."""
+    def search(self, vectors: np.ndarray, k: int = 10, rerank: bool | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Inner-product (= cosine on unit rows) top-``k``: ``(scores [Q, k], ids [Q, k])``; ids -1 pad.
+
+        ``rerank`` (default: ``self.rerank``, the index's recorded default) fetches ``k ×``
+        :data:`~.index_pq.RERANK_FACTOR` candidates and re-scores them with the exact stored
+        vectors: what makes a compressed (``faiss-ivfpq``) index's top-``k`` exact again.
+        """
         q = np.ascontiguousarray(np.atleast_2d(vectors), dtype=np.float32)
         if q.shape[1] != self.dim:
             raise ConfigError(f"query vectors are {q.shape[1]}-d but the index holds {self.dim}-d vectors")
         if self.count == 0 or k <= 0:
             return np.zeros((len(q), 0), np.float32), np.zeros((len(q), 0), np.int64)
-        scores, ids = self._faiss.search(q, min(k, self.count))
+        k = min(k, self.count)
+        if self.rerank if rerank is None else rerank:
+            from .index_pq import RERANK_FACTOR, rerank as rescore
+
+            return rescore(lambda x, kk: self._faiss.search(x, min(kk, self.count)), self.vectors_for, q, k, RERANK_FACTOR)
+        scores, ids = self._faiss.search(q, k)
         return scores, ids
 
     def metadata(self, ids: Sequence[int]) -> list[dict]:
@@ -160,7 +176,8 @@ class ImageIndex:
     @classmethod
     def build(cls, root: str | Path, teacher, records: Sequence[ImageRecord | str | Path], *, kind: str = "auto",
               add: bool = False, shard_size: int = 1024, batch_size: int = 64, progress: Progress | None = None,
-              rank: int = 0, world: int = 1, timeout_s: float = 24 * 3600.0) -> "ImageIndex | None":
+              rank: int = 0, world: int = 1, timeout_s: float = 24 * 3600.0, max_memory: int | str | None = None,
+              rerank: bool | None = None) -> "ImageIndex | None":
         """Embed ``records`` with ``teacher``'s image tower into ``root`` and return the opened index.
 
         Resumes an interrupted build (shards already committed are not re-embedded). On a
@@ -168,6 +185,8 @@ class ImageIndex:
         embedded again, but when their record changed (a corrected species, new credits)
         their metadata is updated (``index.last_build["metadata_updated"]`` counts them).
         ``teacher`` is a :class:`~birdbridge.encoders.teacher.Teacher` or a model id.
+        ``max_memory`` is the ``faiss-ivfpq`` budget (:func:`.index_pq.parse_memory`); ``rerank``
+        records search's default (both kept in the manifest for later runs).
 
         Sharded over processes: ``world`` processes call this with the same arguments and
         their ``rank`` (e.g. ``*birdbridge.distributed.rank_world()``); each embeds a part and
@@ -179,16 +198,78 @@ class ImageIndex:
         root = Path(root)
         records = [r if isinstance(r, ImageRecord) else ImageRecord(os.path.abspath(r)) for r in records]
         stats = build_index(root, teacher, records, kind=kind, add=add, shard_size=shard_size, batch_size=batch_size,
-                            progress=progress, rank=rank, world=world, timeout_s=timeout_s)
+                            progress=progress, rank=rank, world=world, timeout_s=timeout_s, max_memory=max_memory, rerank=rerank)
         if rank != 0:
             return None
         index = cls.open(root)
         index.last_build = stats  # this run's counts: already_indexed, metadata_updated
         return index
 
+    @classmethod
+    def build_from_parts(cls, root: str | Path, parts_dir: str | Path, *, kind: str = "faiss-ivfpq",
+                         max_memory: int | str | None = None, add: bool = False, teacher: str | None = None,
+                         rerank: bool | None = None, progress: Progress | None = None) -> "ImageIndex":
+        """Index the embedding parts in ``parts_dir`` (:mod:`birdbridge.embedding_parts`) without loading them all.
+
+        The parts stay where they are (the index lists them; re-ranking reads them). With
+        ``add=True`` the parts not indexed yet are appended (IVF-PQ: encoded with the trained
+        quantisers). ``teacher`` names the model that made the vectors when the parts'
+        manifest does not. ``rerank`` records search's default.
+        """
+        from .index_build import build_from_parts
+
+        build_from_parts(Path(root), Path(parts_dir), kind=kind, max_memory=max_memory, add=add, teacher=teacher,
+                         rerank=rerank, progress=progress)
+        return cls.open(root)
+
     def add(self, teacher, records: Sequence[ImageRecord | str | Path], **kwargs) -> "ImageIndex":
         """Append ``records`` (paths already indexed are skipped); returns the re-opened index."""
         return ImageIndex.build(self.root, teacher, records, add=True, **{"kind": self.manifest.get("kind_requested", "auto"), **kwargs})
+
+
+class _Rows(Sequence):
+    """The metadata rows of an index's shards, read a shard at a time when first asked for.
+
+    An index of parts can hold tens of millions of rows: only the shards a search touches
+    are read. Rows of embedding parts (``input`` + the source's columns) get the ``id`` and
+    ``path`` an index row has.
+    """
+
+    def __init__(self, root: Path, shards: list[dict]):
+        import pyarrow.parquet as pq
+
+        self._files = [root / s["metadata"] for s in shards]
+        self._offsets = np.cumsum([0] + [pq.ParquetFile(f).metadata.num_rows for f in self._files])
+        self._cache: dict[int, list[dict]] = {}
+
+    def _shard(self, s: int) -> list[dict]:
+        if s not in self._cache:
+            import pyarrow.parquet as pq
+
+            first = int(self._offsets[s])
+            rows = pq.read_table(self._files[s]).to_pylist()
+            for i, r in enumerate(rows):
+                if "path" not in r:
+                    r["path"] = r.get("input", "")
+                r.setdefault("id", first + i)
+            self._cache[s] = rows
+        return self._cache[s]
+
+    def __len__(self) -> int:
+        return int(self._offsets[-1])
+
+    def __getitem__(self, i):
+        if isinstance(i, slice):
+            return [self[j] for j in range(*i.indices(len(self)))]
+        i = int(i)
+        if not 0 <= i < len(self):
+            raise IndexError(i)
+        s = int(np.searchsorted(self._offsets, i, side="right")) - 1
+        return self._shard(s)[i - int(self._offsets[s])]
+
+    def __iter__(self):
+        for s in range(len(self._files)):
+            yield from self._shard(s)
 
 
 # the records and FAISS helpers are re-exported: users build an index from this one module

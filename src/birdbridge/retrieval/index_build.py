@@ -19,6 +19,12 @@ records in batches from the chunk's start, as one process does; only where a ran
 starts inside a chunk (the last, partial round) can batches differ from one process, and
 with them the last bit of a vector (``batch_size=1`` is bit-exact everywhere).
 Parts go to ``ROOT/.parts/round-NNNNN.rank{r}.*`` and are removed after each round.
+
+From embedding parts (:func:`build_from_parts`): nothing is embedded; each complete part of
+the parts directory becomes a shard by reference (absolute paths to its ``.npy`` and
+``.parquet``), and the FAISS index is built over them as over shards. IVF-PQ
+(:mod:`.index_pq`) trains on a sample and adds part by part, so the collection is never
+in memory; ``add`` encodes new shards with the trained quantisers instead of retraining.
 """
 
 from __future__ import annotations
@@ -45,12 +51,14 @@ PARTS_DIR = ".parts"
 
 def build_index(root: Path, teacher, records: list[ImageRecord], *, kind: str = "auto", add: bool = False,
                 shard_size: int = 1024, batch_size: int = 64, progress: Progress | None = None,
-                rank: int = 0, world: int = 1, timeout_s: float = 24 * 3600.0) -> dict:
+                rank: int = 0, world: int = 1, timeout_s: float = 24 * 3600.0,
+                max_memory: int | str | None = None, rerank: bool | None = None) -> dict:
     """Embed ``records`` into the index at ``root`` (see :meth:`ImageIndex.build`); rank 0 writes.
 
     Returns rank 0's counts of this run: ``already_indexed`` records, ``metadata_updated`` images.
     """
     writer = _IndexWriter(root, teacher, kind, add, shard_size, batch_size, progress, rank, world, timeout_s)
+    writer.max_memory, writer.rerank = max_memory, rerank
     if world == 1:
         with _writer_lock(root):
             writer.run(records)
@@ -102,6 +110,8 @@ class _IndexWriter:
         self._teacher = None if isinstance(teacher, str) else teacher
         self.n_already = self.n_updated = 0
         self.meta_updates: dict[int, dict] = {}
+        self.max_memory: int | str | None = None  # IVF-PQ budget (None: the manifest's, else the default)
+        self.rerank: bool | None = None  # search's default, recorded in the manifest (None: keep)
 
     def counts(self) -> dict:
         """This run's counts (rank 0's): records ``already_indexed``, images whose ``metadata_updated``."""
@@ -165,7 +175,9 @@ class _IndexWriter:
             if any(r.path not in known for r in records):
                 raise ConfigError(f"{self.root} already holds a complete index of {m['count']} images; "
                                   "pass --add (add=True) to append new images, or use a new directory")
+        self._keep_pq(m)
         m["kind_requested"] = self.kind_requested
+        self._record_options(m)
         seen: set[str] = set()
         todo = []
         for r in records:
@@ -180,6 +192,19 @@ class _IndexWriter:
             self.progress(self.n_already)
         m["state"] = "building"
         return m, todo
+
+    def _keep_pq(self, m: dict) -> None:
+        """An IVF-PQ index stays one when more is added with ``kind="auto"`` (its codes are trained, not rebuilt)."""
+        if self.kind_requested == "auto" and m.get("kind") == "faiss-ivfpq":
+            self.kind_requested = "faiss-ivfpq"
+
+    def _record_options(self, m: dict) -> None:
+        if self.max_memory is not None:
+            from .index_pq import parse_memory
+
+            m["max_index_memory"] = parse_memory(self.max_memory)
+        if self.rerank is not None:
+            m["rerank"] = bool(self.rerank)
 
     def _embed(self, chunk: list[ImageRecord], progress: Progress | None = None):
         from .embed import embed_images
@@ -284,19 +309,30 @@ class _IndexWriter:
             m["state"] = "complete"
             self._write_manifest(m)
             return
-        vectors = np.asarray(np.concatenate([np.load(self.root / s["vectors"]) for s in m["shards"]])
-                             if m["shards"] else np.zeros((0, m["dim"]), np.float32), np.float32)
+        # memory-mapped: IVF-PQ reads them part by part; the other kinds concatenate them
+        shards = [np.load(self.root / s["vectors"], mmap_mode="r") for s in m["shards"]]
         index = None
         old = self.root / m["faiss_file"] if m["faiss_file"] else None
         if kind == m["kind"] and kind != "faiss-ivf" and old is not None and old.is_file():
-            # Flat and HNSW take new vectors incrementally; IVF is rebuilt so its lists fit the data.
+            # Flat, HNSW and IVF-PQ take new vectors incrementally (IVF-PQ encodes them with its
+            # trained quantisers); IVF is rebuilt so its lists fit the data.
             index = faiss.read_index(str(old))
             if index.ntotal <= m["count"]:
-                index.add(np.ascontiguousarray(vectors[index.ntotal :]))
+                from .index_pq import add_chunks
+
+                first = np.searchsorted(np.cumsum([len(v) for v in shards]), index.ntotal, side="right")
+                done = int(sum(len(v) for v in shards[:first]))
+                add_chunks(index, [shards[first][index.ntotal - done :]] + shards[first + 1 :] if first < len(shards) else [])
             else:
                 index = None
         if index is None:
-            index = build_faiss(kind, vectors)
+            if kind == "faiss-ivfpq":
+                index = build_faiss(kind, shards, m.get("max_index_memory"))
+            else:
+                index = build_faiss(kind, np.asarray(np.concatenate(shards) if shards else np.zeros((0, m["dim"]), np.float32),
+                                                     np.float32))
+        if kind == "faiss-ivfpq":
+            m["pq"] = _pq_description(index)
         name = f"faiss-{m['count']}-{kind.removeprefix('faiss-')}.index"
         atomic_write_bytes(self.root / name, faiss.serialize_index(index).tobytes())
         previous = m["faiss_file"]
@@ -314,6 +350,78 @@ class _IndexWriter:
         m["updated"] = time.strftime("%Y-%m-%dT%H:%M:%S")
         m["birdbridge"] = __version__
         atomic_write_json(self.root / MANIFEST, m)  # the commit point
+
+
+def build_from_parts(root: Path, parts_dir: Path, *, kind: str = "faiss-ivfpq", max_memory: int | str | None = None,
+                     add: bool = False, teacher: str | None = None, rerank: bool | None = None,
+                     progress: Progress | None = None) -> dict:
+    """Index the complete parts of ``parts_dir`` into ``root`` by reference (see the module docstring)."""
+    from ..embedding_parts import EmbeddingParts
+
+    parts = EmbeddingParts(parts_dir)
+    if not EmbeddingParts.is_parts_dir(parts_dir) or not parts.complete_parts():
+        raise ConfigError(f"{parts_dir}: no embedding parts (emb/part-*.npy + meta/part-*.parquet) to index")
+    pm = parts.manifest()
+    tid = pm.get("teacher_id") or pm.get("model") or teacher
+    writer = _IndexWriter(root, tid or "", kind, add, 1, 1, progress)
+    writer.max_memory, writer.rerank = max_memory, rerank
+    with _writer_lock(root):
+        m = writer._load_manifest()
+        if m is None:
+            m = {"format_version": FORMAT_VERSION, "birdbridge": __version__, **_teacher_meta(tid, root), "dim": None,
+                 "count": 0, "kind": None, "kind_requested": kind, "state": "building", "shards": [],
+                 "faiss_file": None, "faiss_count": 0, "skipped": [], "n_skipped": 0, "skip_counts": {},
+                 "created": time.strftime("%Y-%m-%dT%H:%M:%S"), "updated": None}
+        elif tid and m.get("teacher_id") and not same_teacher(recorded(m, root), identify(tid)):
+            raise ConfigError(f"{root} was built with teacher {m['teacher_id']!r}, but {parts_dir} holds vectors of "
+                              f"{tid!r}; use a new index directory for another teacher")
+        listed = {str(Path(s["vectors"]) if Path(s["vectors"]).is_absolute() else root / s["vectors"]) for s in m["shards"]}
+        new = [i for i in parts.complete_parts() if str(parts.emb_path(i).resolve()) not in listed]
+        if m.get("state") == "complete" and new and not add:
+            raise ConfigError(f"{root} already holds a complete index of {m['count']} images; pass --add to append "
+                              f"the {len(new)} new parts of {parts_dir}, or use a new directory")
+        writer._keep_pq(m)
+        m["kind_requested"] = writer.kind_requested
+        writer._record_options(m)
+        for i in new:
+            v = np.load(parts.emb_path(i), mmap_mode="r")
+            if v.ndim != 2 or not len(v):
+                continue
+            if m["dim"] is None:
+                m["dim"] = int(v.shape[1])
+            elif v.shape[1] != m["dim"]:
+                raise ConfigError(f"{parts.emb_path(i)} holds {v.shape[1]}-d vectors but the index holds {m['dim']}-d")
+            m["shards"].append({"vectors": str(parts.emb_path(i).resolve()), "metadata": str(parts.meta_path(i).resolve()),
+                                "count": len(v), "first_id": m["count"], "part_of": str(parts.root.resolve())})
+            m["count"] += len(v)
+            if progress:
+                progress(len(v))
+        known = {s["input"] for s in m["skipped"]}
+        m["skipped"].extend(s for s in parts.skips().to_list() if s["input"] not in known)
+        m["state"] = "building"
+        writer._write_manifest(m)
+        if m["dim"] is None:
+            raise ConfigError(f"{parts_dir}: its parts hold no vectors")
+        writer._finalize(m)
+    return writer.counts()
+
+
+def _teacher_meta(tid: str | None, root: Path) -> dict:
+    if not tid:
+        return {"teacher_id": None, "teacher_fingerprint": None}
+    try:
+        return identify(tid).to_meta(root)
+    except Exception:  # noqa: BLE001 - a name that is no model (synthetic vectors) is recorded as given
+        return {"teacher_id": tid, "teacher_fingerprint": None}
+
+
+def _pq_description(index) -> dict:
+    import faiss
+
+    ivf = faiss.extract_index_ivf(index)
+    pq = faiss.downcast_index(ivf).pq
+    return {"nlist": int(ivf.nlist), "m": int(pq.M), "nbits": int(pq.nbits), "nprobe": int(ivf.nprobe),
+            "opq": isinstance(faiss.downcast_index(index), faiss.IndexPreTransform)}
 
 
 def _select(emb, paths: set[str]):
@@ -355,12 +463,9 @@ def _teacher_id(teacher) -> str:
 
 
 def _all_rows(root: Path, m: dict) -> list[dict]:
-    import pyarrow.parquet as pq
+    from .index import _Rows
 
-    rows = []
-    for s in m["shards"]:
-        rows.extend(pq.read_table(root / s["metadata"]).to_pylist())
-    return rows
+    return list(_Rows(root, m["shards"]))
 
 
 def _changed_metadata(stored: list[dict], records: list[ImageRecord]) -> dict[int, dict]:

@@ -9,7 +9,9 @@ Index kinds: exact ``IndexFlatIP`` up to :data:`EXACT_MAX` vectors (brute force 
 above. HNSW rather than IVF because a photo collection grows by ``--add``: HNSW needs no
 training and takes new vectors as they come, whereas IVF's coarse centroids are fitted
 to the vectors seen at training time and degrade or need retraining as the collection
-drifts. IVF (``faiss-ivf``) is kept as an override for very large, memory-tight indexes.
+drifts. IVF (``faiss-ivf``) is kept as an override for very large indexes, and IVF-PQ
+(``faiss-ivfpq``, :mod:`.index_pq`) for collections whose float32 vectors do not fit in RAM:
+compressed codes sized to a ``max_memory`` budget, exact vectors read back only to re-rank.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ from ..errors import ConfigError
 MANIFEST = "index.json"
 FORMAT_VERSION = 1
 EXACT_MAX = 100_000
-KINDS = ("auto", "faiss-flat", "faiss-hnsw", "faiss-ivf")
+KINDS = ("auto", "faiss-flat", "faiss-hnsw", "faiss-ivf", "faiss-ivfpq")
 HNSW_M = 32
 HNSW_EF_CONSTRUCTION = 200
 HNSW_EF_SEARCH = 128
@@ -129,9 +131,17 @@ def choose_kind(requested: str, count: int) -> str:
     return "faiss-flat" if count <= EXACT_MAX else "faiss-hnsw"
 
 
-def build_faiss(kind: str, vectors: np.ndarray):
+def build_faiss(kind: str, vectors: np.ndarray | Sequence[np.ndarray], max_memory: int | str | None = None):
+    """The FAISS index of ``kind`` over ``vectors`` (one array, or a list of memory-mapped parts for IVF-PQ)."""
     import faiss
 
+    if kind == "faiss-ivfpq":  # built from the parts as they are, never concatenated
+        from .index_pq import DEFAULT_MAX_MEMORY, build_pq
+
+        sources = [vectors] if isinstance(vectors, np.ndarray) else [v for v in vectors if len(v)]
+        return build_pq(sources, max_memory or DEFAULT_MAX_MEMORY)[0]
+    if not isinstance(vectors, np.ndarray):
+        vectors = np.concatenate([np.asarray(v, np.float32) for v in vectors])
     n, d = vectors.shape
     if kind == "faiss-flat":
         index = faiss.IndexFlatIP(d)
@@ -164,6 +174,10 @@ def tune_search(index, kind: str) -> None:
         index.hnsw.efSearch = HNSW_EF_SEARCH
     elif kind == "faiss-ivf":
         index.nprobe = min(IVF_NPROBE, index.nlist)
+    elif kind == "faiss-ivfpq":
+        from .index_pq import tune
+
+        tune(index)
 
 
 def teachers_match(a: str | None, b: str | None) -> bool:

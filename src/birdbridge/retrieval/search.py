@@ -359,6 +359,7 @@ def search_audio(
     per_window_k: int = 0,
     progress: Callable[[int], None] | None = None,
     min_confidence: float | None = None,
+    rerank: bool | None = None,
 ) -> list[SearchResult]:
     """Search ``index`` with each recording in ``paths``; one :class:`SearchResult` per path, in order.
 
@@ -371,9 +372,12 @@ def search_audio(
     (``result.detections``, the table ``search --format csv|raven`` writes); ``device`` runs
     the model (check it first with :func:`birdbridge.devices.resolve_device`). ``min_confidence``
     leaves out hits and per-window rows whose confidence (:mod:`.confidence`) is below it.
+    ``rerank`` overrides the index's default (:meth:`ImageIndex.search`).
     """
     if isinstance(index, (str, Path)):
         index = ImageIndex.open(index)
+    if rerank is not None:
+        index.rerank = rerank
     if k < 1:
         raise ConfigError(f"k must be at least 1, got {k}")
     if aggregate not in AGGREGATES:
