@@ -42,12 +42,13 @@ def machine() -> dict:
 
 def _benches(args) -> list[tuple[str, callable]]:
     from . import (bench_cli, bench_decode, bench_detect, bench_frontend, bench_loader, bench_memory, bench_models, bench_search,
-                   bench_soundscape, bench_step)
+                   bench_search_pq, bench_soundscape, bench_step)
 
     return [
         ("cli", lambda: bench_cli.run(repeats=3, baseline_src=args.cli_baseline_src)),
         ("frontend", lambda: bench_frontend.run()),
         ("search", lambda: bench_search.run(n=args.search_n)),
+        ("search_pq", lambda: bench_search_pq.run(n=args.search_pq_n, root=args.search_pq_dir, cleanup=True)),
         ("step", lambda: bench_step.run(batch=args.step_batch, steps=args.step_steps)),
         ("decode", lambda: {"decode": bench_decode.main(None, repeats=2)}),
         ("loader", lambda: bench_loader.run(n=args.loader_n, seconds=args.loader_seconds, repeats=3)),
@@ -62,8 +63,12 @@ def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--budget-s", type=float, default=900.0)
     ap.add_argument("--only", default="",
-                    help="comma-separated subset: cli,frontend,decode,loader,step,search,models,memory,detect,soundscape")
+                    help="comma-separated subset: cli,frontend,decode,loader,step,search,search_pq,models,memory,detect,soundscape")
     ap.add_argument("--search-n", type=int, default=1_000_000)
+    ap.add_argument("--search-pq-n", type=int, default=1_000_000,
+                    help="vectors for the IVF-PQ benchmark (issue 23 asks 10000000: 30.7 GB of parts on disk, hours on 2 cores)")
+    ap.add_argument("--search-pq-dir", type=Path, default=Path("/tmp/birdbridge-bench-pq"),
+                    help="where its parts are written (3.1 GB a million vectors; deleted after)")
     ap.add_argument("--step-batch", type=int, default=4)
     ap.add_argument("--step-steps", type=int, default=3)
     ap.add_argument("--loader-n", type=int, default=96, help="iNatSounds-like recordings for the loader benchmark")

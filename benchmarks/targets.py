@@ -5,6 +5,11 @@ TARGETS = {  # key: (comparison, threshold, what)
     "frontend_speedup": (">=", 10.0, "audio front end, torch vs HF extractor"),
     "search_ms_per_query": ("<=", 5.0, "search ms/query over 1M x 768"),
     "search_recall_at_10": (">=", 0.95, "search recall@10 vs exact"),
+    # issue 23: the memory-bounded IVF-PQ index (bench_search_pq; search_pq_n says at what size)
+    "search_pq_index_over_float32": ("<=", 0.125, "faiss-ivfpq index bytes / float32 vectors' bytes"),
+    "search_pq_recall_at_10_rerank": (">=", 0.9, "faiss-ivfpq recall@10 vs exact, re-ranked"),
+    "search_pq_ms_per_query": ("<=", 10.0, "faiss-ivfpq ms/query, one query at a time"),
+    "search_pq_build_peak_rss_mb": ("<=", 4096.0, "faiss-ivfpq build from parts, peak RSS (MB)"),
     "loader_shards_over_raw": (">=", 5.0, "training loader, shards vs raw files (10 s 48 kHz clips/s, one core)"),
     "loader_clips_per_s_per_core": (">=", 125.0, "training loader from shards, 10 s 48 kHz clips/s per core"),
     # an input error answers in about the time --help takes (issue 25: 6-7 s before; --help < 1 s)

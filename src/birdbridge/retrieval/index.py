@@ -32,7 +32,7 @@ from typing import Sequence
 import numpy as np
 
 from ..errors import ConfigError
-from .index_format import (EXACT_MAX, check_index_dir, FORMAT_VERSION, KINDS, MANIFEST, ImageRecord, Progress, tune_search, build_faiss,
+from .index_format import (EXACT_MAX, ShardRows, check_index_dir, FORMAT_VERSION, KINDS, MANIFEST, ImageRecord, Progress, tune_search, build_faiss,
                            choose_kind, records_from_collection, records_from_source, teachers_match)
 
 
@@ -65,7 +65,7 @@ class ImageIndex:
         for shard in manifest["shards"]:
             # mmap: a large index's vectors stay on disk; only the rows a query touches are read.
             vecs.append(np.load(root / shard["vectors"], mmap_mode="r"))
-        rows = _Rows(root, manifest["shards"])
+        rows = ShardRows(root, manifest["shards"])
         n = sum(len(v) for v in vecs)
         if n != manifest["count"] or len(rows) != manifest["count"]:
             raise ConfigError(f"{root}: manifest says {manifest['count']} images but the shards hold {n}")
@@ -216,7 +216,7 @@ class ImageIndex:
         quantisers). ``teacher`` names the model that made the vectors when the parts'
         manifest does not. ``rerank`` records search's default.
         """
-        from .index_build import build_from_parts
+        from .index_parts import build_from_parts
 
         build_from_parts(Path(root), Path(parts_dir), kind=kind, max_memory=max_memory, add=add, teacher=teacher,
                          rerank=rerank, progress=progress)
@@ -225,51 +225,6 @@ class ImageIndex:
     def add(self, teacher, records: Sequence[ImageRecord | str | Path], **kwargs) -> "ImageIndex":
         """Append ``records`` (paths already indexed are skipped); returns the re-opened index."""
         return ImageIndex.build(self.root, teacher, records, add=True, **{"kind": self.manifest.get("kind_requested", "auto"), **kwargs})
-
-
-class _Rows(Sequence):
-    """The metadata rows of an index's shards, read a shard at a time when first asked for.
-
-    An index of parts can hold tens of millions of rows: only the shards a search touches
-    are read. Rows of embedding parts (``input`` + the source's columns) get the ``id`` and
-    ``path`` an index row has.
-    """
-
-    def __init__(self, root: Path, shards: list[dict]):
-        import pyarrow.parquet as pq
-
-        self._files = [root / s["metadata"] for s in shards]
-        self._offsets = np.cumsum([0] + [pq.ParquetFile(f).metadata.num_rows for f in self._files])
-        self._cache: dict[int, list[dict]] = {}
-
-    def _shard(self, s: int) -> list[dict]:
-        if s not in self._cache:
-            import pyarrow.parquet as pq
-
-            first = int(self._offsets[s])
-            rows = pq.read_table(self._files[s]).to_pylist()
-            for i, r in enumerate(rows):
-                if "path" not in r:
-                    r["path"] = r.get("input", "")
-                r.setdefault("id", first + i)
-            self._cache[s] = rows
-        return self._cache[s]
-
-    def __len__(self) -> int:
-        return int(self._offsets[-1])
-
-    def __getitem__(self, i):
-        if isinstance(i, slice):
-            return [self[j] for j in range(*i.indices(len(self)))]
-        i = int(i)
-        if not 0 <= i < len(self):
-            raise IndexError(i)
-        s = int(np.searchsorted(self._offsets, i, side="right")) - 1
-        return self._shard(s)[i - int(self._offsets[s])]
-
-    def __iter__(self):
-        for s in range(len(self._files)):
-            yield from self._shard(s)
 
 
 # the records and FAISS helpers are re-exported: users build an index from this one module

@@ -3,7 +3,7 @@
 One process: the records not indexed yet (the *to-do* list) are cut into chunks of
 ``shard_size``; each chunk is embedded and committed as one shard (vectors, then metadata,
 then the manifest, each written atomically), so an interrupted build resumes at the first
-uncommitted chunk. The FAISS index is written last (:meth:`_IndexWriter._finalize`).
+uncommitted chunk. The FAISS index is written last (:meth:`IndexWriter._finalize`).
 
 Several processes (``world`` ranks, as torchrun or srun start them): every rank reads the
 manifest and computes the same to-do list and chunks. The chunks are taken ``world`` at a
@@ -20,7 +20,7 @@ starts inside a chunk (the last, partial round) can batches differ from one proc
 with them the last bit of a vector (``batch_size=1`` is bit-exact everywhere).
 Parts go to ``ROOT/.parts/round-NNNNN.rank{r}.*`` and are removed after each round.
 
-From embedding parts (:func:`build_from_parts`): nothing is embedded; each complete part of
+From embedding parts (:func:`.index_parts.build_from_parts`): nothing is embedded; each complete part of
 the parts directory becomes a shard by reference (absolute paths to its ``.npy`` and
 ``.parquet``), and the FAISS index is built over them as over shards. IVF-PQ
 (:mod:`.index_pq`) trains on a sample and adds part by part, so the collection is never
@@ -44,7 +44,7 @@ from .. import __version__
 from ..encoders.identity import identify, recorded, same_teacher
 from ..errors import ConfigError, SkipLog
 from ..io import atomic_write_bytes, atomic_write_json
-from .index_format import FORMAT_VERSION, MANIFEST, META_COLUMNS, ImageRecord, Progress, build_faiss, choose_kind
+from .index_format import FORMAT_VERSION, MANIFEST, META_COLUMNS, ImageRecord, Progress, ShardRows, build_faiss, choose_kind
 
 PARTS_DIR = ".parts"
 
@@ -57,10 +57,10 @@ def build_index(root: Path, teacher, records: list[ImageRecord], *, kind: str = 
 
     Returns rank 0's counts of this run: ``already_indexed`` records, ``metadata_updated`` images.
     """
-    writer = _IndexWriter(root, teacher, kind, add, shard_size, batch_size, progress, rank, world, timeout_s)
+    writer = IndexWriter(root, teacher, kind, add, shard_size, batch_size, progress, rank, world, timeout_s)
     writer.max_memory, writer.rerank = max_memory, rerank
     if world == 1:
-        with _writer_lock(root):
+        with writer_lock(root):
             writer.run(records)
         return writer.counts()
     from ..distributed import agree, shared_group
@@ -72,7 +72,7 @@ def build_index(root: Path, teacher, records: list[ImageRecord], *, kind: str = 
         error = None
         try:
             if rank == 0:  # the only rank that writes into the index
-                stack.enter_context(_writer_lock(root))
+                stack.enter_context(writer_lock(root))
             plan = writer.plan(records)
         except Exception as err:  # noqa: BLE001 - every rank must hear of it, whatever it is
             error = err
@@ -82,7 +82,7 @@ def build_index(root: Path, teacher, records: list[ImageRecord], *, kind: str = 
 
 
 @contextlib.contextmanager
-def _writer_lock(root: Path) -> Iterator[None]:
+def writer_lock(root: Path) -> Iterator[None]:
     root.mkdir(parents=True, exist_ok=True)
     with open(root / ".lock", "w") as fh:
         try:
@@ -95,7 +95,7 @@ def _writer_lock(root: Path) -> Iterator[None]:
             fcntl.flock(fh, fcntl.LOCK_UN)
 
 
-class _IndexWriter:
+class IndexWriter:
     def __init__(self, root: Path, teacher, kind: str, add: bool, shard_size: int, batch_size: int, progress,
                  rank: int = 0, world: int = 1, timeout_s: float = 24 * 3600.0):
         if shard_size < 1 or batch_size < 1:
@@ -332,7 +332,9 @@ class _IndexWriter:
                 index = build_faiss(kind, np.asarray(np.concatenate(shards) if shards else np.zeros((0, m["dim"]), np.float32),
                                                      np.float32))
         if kind == "faiss-ivfpq":
-            m["pq"] = _pq_description(index)
+            from .index_pq import describe
+
+            m["pq"] = describe(index)
         name = f"faiss-{m['count']}-{kind.removeprefix('faiss-')}.index"
         atomic_write_bytes(self.root / name, faiss.serialize_index(index).tobytes())
         previous = m["faiss_file"]
@@ -350,78 +352,6 @@ class _IndexWriter:
         m["updated"] = time.strftime("%Y-%m-%dT%H:%M:%S")
         m["birdbridge"] = __version__
         atomic_write_json(self.root / MANIFEST, m)  # the commit point
-
-
-def build_from_parts(root: Path, parts_dir: Path, *, kind: str = "faiss-ivfpq", max_memory: int | str | None = None,
-                     add: bool = False, teacher: str | None = None, rerank: bool | None = None,
-                     progress: Progress | None = None) -> dict:
-    """Index the complete parts of ``parts_dir`` into ``root`` by reference (see the module docstring)."""
-    from ..embedding_parts import EmbeddingParts
-
-    parts = EmbeddingParts(parts_dir)
-    if not EmbeddingParts.is_parts_dir(parts_dir) or not parts.complete_parts():
-        raise ConfigError(f"{parts_dir}: no embedding parts (emb/part-*.npy + meta/part-*.parquet) to index")
-    pm = parts.manifest()
-    tid = pm.get("teacher_id") or pm.get("model") or teacher
-    writer = _IndexWriter(root, tid or "", kind, add, 1, 1, progress)
-    writer.max_memory, writer.rerank = max_memory, rerank
-    with _writer_lock(root):
-        m = writer._load_manifest()
-        if m is None:
-            m = {"format_version": FORMAT_VERSION, "birdbridge": __version__, **_teacher_meta(tid, root), "dim": None,
-                 "count": 0, "kind": None, "kind_requested": kind, "state": "building", "shards": [],
-                 "faiss_file": None, "faiss_count": 0, "skipped": [], "n_skipped": 0, "skip_counts": {},
-                 "created": time.strftime("%Y-%m-%dT%H:%M:%S"), "updated": None}
-        elif tid and m.get("teacher_id") and not same_teacher(recorded(m, root), identify(tid)):
-            raise ConfigError(f"{root} was built with teacher {m['teacher_id']!r}, but {parts_dir} holds vectors of "
-                              f"{tid!r}; use a new index directory for another teacher")
-        listed = {str(Path(s["vectors"]) if Path(s["vectors"]).is_absolute() else root / s["vectors"]) for s in m["shards"]}
-        new = [i for i in parts.complete_parts() if str(parts.emb_path(i).resolve()) not in listed]
-        if m.get("state") == "complete" and new and not add:
-            raise ConfigError(f"{root} already holds a complete index of {m['count']} images; pass --add to append "
-                              f"the {len(new)} new parts of {parts_dir}, or use a new directory")
-        writer._keep_pq(m)
-        m["kind_requested"] = writer.kind_requested
-        writer._record_options(m)
-        for i in new:
-            v = np.load(parts.emb_path(i), mmap_mode="r")
-            if v.ndim != 2 or not len(v):
-                continue
-            if m["dim"] is None:
-                m["dim"] = int(v.shape[1])
-            elif v.shape[1] != m["dim"]:
-                raise ConfigError(f"{parts.emb_path(i)} holds {v.shape[1]}-d vectors but the index holds {m['dim']}-d")
-            m["shards"].append({"vectors": str(parts.emb_path(i).resolve()), "metadata": str(parts.meta_path(i).resolve()),
-                                "count": len(v), "first_id": m["count"], "part_of": str(parts.root.resolve())})
-            m["count"] += len(v)
-            if progress:
-                progress(len(v))
-        known = {s["input"] for s in m["skipped"]}
-        m["skipped"].extend(s for s in parts.skips().to_list() if s["input"] not in known)
-        m["state"] = "building"
-        writer._write_manifest(m)
-        if m["dim"] is None:
-            raise ConfigError(f"{parts_dir}: its parts hold no vectors")
-        writer._finalize(m)
-    return writer.counts()
-
-
-def _teacher_meta(tid: str | None, root: Path) -> dict:
-    if not tid:
-        return {"teacher_id": None, "teacher_fingerprint": None}
-    try:
-        return identify(tid).to_meta(root)
-    except Exception:  # noqa: BLE001 - a name that is no model (synthetic vectors) is recorded as given
-        return {"teacher_id": tid, "teacher_fingerprint": None}
-
-
-def _pq_description(index) -> dict:
-    import faiss
-
-    ivf = faiss.extract_index_ivf(index)
-    pq = faiss.downcast_index(ivf).pq
-    return {"nlist": int(ivf.nlist), "m": int(pq.M), "nbits": int(pq.nbits), "nprobe": int(ivf.nprobe),
-            "opq": isinstance(faiss.downcast_index(index), faiss.IndexPreTransform)}
 
 
 def _select(emb, paths: set[str]):
@@ -463,9 +393,7 @@ def _teacher_id(teacher) -> str:
 
 
 def _all_rows(root: Path, m: dict) -> list[dict]:
-    from .index import _Rows
-
-    return list(_Rows(root, m["shards"]))
+    return list(ShardRows(root, m["shards"]))
 
 
 def _changed_metadata(stored: list[dict], records: list[ImageRecord]) -> dict[int, dict]:

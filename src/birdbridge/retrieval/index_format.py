@@ -180,6 +180,51 @@ def tune_search(index, kind: str) -> None:
         tune(index)
 
 
+class ShardRows(Sequence):
+    """The metadata rows of an index's shards, read a shard at a time when first asked for.
+
+    An index of parts can hold tens of millions of rows: only the shards a search touches
+    are read. Rows of embedding parts (``input`` + the source's columns) get the ``id`` and
+    ``path`` an index row has.
+    """
+
+    def __init__(self, root: Path, shards: list[dict]):
+        import pyarrow.parquet as pq
+
+        self._files = [root / s["metadata"] for s in shards]
+        self._offsets = np.cumsum([0] + [pq.ParquetFile(f).metadata.num_rows for f in self._files])
+        self._cache: dict[int, list[dict]] = {}
+
+    def _shard(self, s: int) -> list[dict]:
+        if s not in self._cache:
+            import pyarrow.parquet as pq
+
+            first = int(self._offsets[s])
+            rows = pq.read_table(self._files[s]).to_pylist()
+            for i, r in enumerate(rows):
+                if "path" not in r:
+                    r["path"] = r.get("input", "")
+                r.setdefault("id", first + i)
+            self._cache[s] = rows
+        return self._cache[s]
+
+    def __len__(self) -> int:
+        return int(self._offsets[-1])
+
+    def __getitem__(self, i):
+        if isinstance(i, slice):
+            return [self[j] for j in range(*i.indices(len(self)))]
+        i = int(i)
+        if not 0 <= i < len(self):
+            raise IndexError(i)
+        s = int(np.searchsorted(self._offsets, i, side="right")) - 1
+        return self._shard(s)[i - int(self._offsets[s])]
+
+    def __iter__(self):
+        for s in range(len(self._files)):
+            yield from self._shard(s)
+
+
 def teachers_match(a: str | None, b: str | None) -> bool:
     """Two teacher *ids* name the same folder or hub repo (``local-dir:/x/t``, ``/x/t/``, ``./t``).
     Artefacts compare what their teachers are instead: :func:`birdbridge.encoders.identity.same_teacher`."""

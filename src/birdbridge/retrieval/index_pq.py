@@ -202,6 +202,16 @@ def build_pq(sources: Sequence[np.ndarray], budget: int | str = DEFAULT_MAX_MEMO
     return index, params
 
 
+def describe(index) -> dict:
+    """What a built IVF-PQ index is (lists, code bytes, bits, lists probed, OPQ), as the manifest records it."""
+    import faiss
+
+    ivf = faiss.extract_index_ivf(index)
+    pq = faiss.downcast_index(ivf).pq
+    return {"nlist": int(ivf.nlist), "m": int(pq.M), "nbits": int(pq.nbits), "nprobe": int(ivf.nprobe),
+            "opq": isinstance(faiss.downcast_index(index), faiss.IndexPreTransform)}
+
+
 # --------------------------------------------------------------------------- searching
 
 
