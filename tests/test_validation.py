@@ -247,3 +247,45 @@ def test_resume_keeps_the_rows_and_the_best_weights(world_dir, tiny_clap_dir, ti
     # weights can only have come through last.ckpt
     assert info["best_epoch"] == first["best_epoch"] < 2, (first, maps)
     assert (parts / "model" / "model.safetensors").read_bytes() == first_weights
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_two_process_ddp_validation_scores_every_recording_once(world_dir, tiny_clap_dir, tiny_open_clip_dir, tmp_path):
+    """Each rank embeds its share; every rank scores the gathered whole (12 recordings, an odd share
+    each: 6 + 6, no padding duplicates); rank 0 alone writes; the export is the best epoch's."""
+    config = tmp_path / "train.yaml"
+    config.write_text(yaml.safe_dump({"data": {"kind": "csv", "path": str(world_dir / "world.csv")},
+                                      "train": _cfg(tiny_clap_dir, tiny_open_clip_dir, tmp_path, max_epochs=2,
+                                                    precision="32-true")}))
+    out = tmp_path / "run"
+    env = {k: v for k, v in ENV.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR")}
+    env.update({"OMP_NUM_THREADS": "1", "MASTER_PORT": str(_free_port()), "PL_DISABLE_FORK": "1"})
+    cmd = [sys.executable, "-m", "birdbridge.cli", "train", str(config), "--out", str(out),
+           "--accelerator", "cpu", "--devices", "2", "--strategy", "ddp"]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)
+    try:
+        log, _ = proc.communicate(timeout=240)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, 9)
+        log, _ = proc.communicate()
+        pytest.fail(f"DDP training did not finish:\n{log[-3000:]}")
+    assert proc.returncode == 0, log[-4000:]
+    rows = _rows(out / "metrics.csv")
+    assert [int(r["epoch"]) for r in rows] == [0, 1]
+    assert {int(r["val_n"]) for r in rows} == {12} and {int(r["val_gallery"]) for r in rows} == {8}
+    info = json.loads((out / "model" / "training.json").read_text())
+    assert info["best_val_map"] == pytest.approx(max(float(r["val_map"]) for r in rows), abs=1e-6)
+    from birdbridge.encoders.student import DistilledModel
+
+    saved = DistilledModel.from_pretrained(out / "model").eval()
+    assert _val_map_of(saved, load_world(world_dir), tiny_open_clip_dir, images=True) == pytest.approx(
+        info["best_val_map"], abs=1e-4)
