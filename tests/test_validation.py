@@ -170,6 +170,8 @@ def _validation_folders(world_dir: Path, tmp: Path) -> tuple[Path, Path]:
 @pytest.mark.slow
 def test_train_console_script_with_a_validation_block(world_dir, tiny_clap_dir, tiny_open_clip_dir, tmp_path):
     recordings, photos = _validation_folders(world_dir, tmp_path / "val")
+    broken = next(d for d in photos.iterdir() if d.is_dir()) / "broken.png"
+    broken.write_bytes(b"\x89PNG not really")  # a bad photo is skipped with its reason, not fatal
     cfg_dir = tmp_path / "cfg"
     cfg_dir.mkdir()
     (cfg_dir / "train.yaml").write_text(yaml.safe_dump({
@@ -186,7 +188,10 @@ def test_train_console_script_with_a_validation_block(world_dir, tiny_clap_dir, 
     assert {r["val_kind"] for r in rows} == {"audio_image"} and {int(r["val_n"]) for r in rows} == {12}
     info = json.loads((out / "model" / "training.json").read_text())
     assert info["best_val_map"] == pytest.approx(max(float(r["val_map"]) for r in rows), abs=1e-6)
-    assert info["validation"]["source"] == "validation" and info["validation"]["n_images"] == 8
+    assert info["validation"]["source"] == "validation" and info["validation"]["n_images"] == 9
+    assert {int(r["val_gallery"]) for r in rows} == {8}, "the broken photo is not in the gallery"
+    skipped = json.loads((out / "skipped.json").read_text())
+    assert [(Path(s["input"]).name, s["reason"]) for s in skipped["skipped"]] == [("broken.png", "unreadable")], skipped
     text = " ".join(res.stdout.split())
     assert f"best validation: epoch {info['best_epoch']}, audio->image mAP" in text
     assert str(out / "metrics.csv") in " ".join((res.stdout + res.stderr).split()), "listed among the outputs"

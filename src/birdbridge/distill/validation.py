@@ -35,7 +35,6 @@ import lightning as L
 import numpy as np
 import torch
 
-from ..errors import SkipLog
 from ..io import atomic_write_text
 from ..metrics import retrieval_metrics, topk_accuracy
 from .data import SkippedItem, waves_as_float
@@ -130,20 +129,17 @@ class Validation(L.Callback):
             teacher = Teacher.load(self.teacher, device=str(pl_module.device))
         mine = list(range(trainer.global_rank, len(self.data.images), trainer.world_size))
         kept, imgs, vecs = [], [], []
-        skips = SkipLog()
         for i in mine + [None]:
             if i is not None:
                 path = self.data.images[i][0]
                 try:
                     imgs.append(load_image(path))
                     kept.append(i)
-                except BadInputError as err:
-                    skips.add(path, err.reason, err.detail)
+                except BadInputError as err:  # counted in skipped.json, like a bad training clip
+                    pl_module.skips.add(path, err.reason, err.detail)
             if imgs and (i is None or len(imgs) == self.batch_size):
                 vecs.append(teacher.encode_images(imgs, batch_size=len(imgs)).numpy())
                 imgs = []
-        for s in skips.to_list():
-            pl_module.skips.add(s["path"], s["reason"], s.get("detail", ""))
         dim = teacher.dim
         del teacher
         if torch.cuda.is_available():
