@@ -96,6 +96,22 @@ def test_search_names_every_wrong_path_at_once(poisoned_env, tmp_path):
     assert "searching" not in res.stderr  # no progress before the answer
 
 
+def test_a_mistyped_model_path_shaped_like_a_hub_id_is_reported_up_front_online(poisoned_env, tmp_path):
+    """``runs/modle`` with no ``runs/`` here reads as a hub id (ORG/NAME, the one rule of encoders/hub.py);
+    not offline, Preflight asks the hub at once (here a refused port) and names it with the other wrong paths."""
+    env = {k: v for k, v in poisoned_env.items() if k not in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")}
+    env.update(HF_HOME=str(tmp_path / "hf"), HF_ENDPOINT="http://127.0.0.1:9")
+    res = _run(env, tmp_path, "search", "--model", "runs/modle", "--index", "idx", "rec.wav")
+    line = _one_error_line(res)
+    assert line.startswith("error: 3 inputs are wrong: (1) no such model folder: runs/modle, nor a Hugging Face hub "
+                           "model runs/modle"), line
+    assert "cannot be reached" in line and "idx: not an image index" in line and "no such file: rec.wav" in line
+    assert "searching" not in res.stderr
+    # the explicit hub spelling stays a hub id, said as such
+    line = _one_error_line(_run(env, tmp_path, "search", "--model", "hf-hub:org/name", "--index", "idx", "rec.wav"))
+    assert "(1) model 'hf-hub:org/name' is not available" in line and "no such model folder" not in line, line
+
+
 @pytest.mark.parametrize("args", [
     ["search", "--model", "m", "--index", "i", "rec.wav"],
     ["embed-audio", "--model", "m", "--out", "a.npy", "rec.wav"],

@@ -192,6 +192,35 @@ def hub_unreachable() -> str | None:
     return None
 
 
+def hub_lacks(repo_id: str) -> str | None:
+    """``"the hub has no model ORG/NAME"`` when the (reachable) hub says it has no such repo, else None
+    (found, or any other answer: the loader then has the last word)."""
+    from huggingface_hub import HfApi
+    from huggingface_hub.errors import RepositoryNotFoundError
+
+    try:
+        HfApi().model_info(repo_id, timeout=REACH_TIMEOUT_S)
+    except RepositoryNotFoundError:
+        return f"the hub has no model {repo_id}"
+    except Exception:  # noqa: BLE001 - a slow or odd answer is not "missing"
+        return None
+    return None
+
+
+def not_found(model_id: str, repo_id: str, why: str, what: str = "model") -> ModelNotAvailableError:
+    """An id that is neither a folder here nor a hub model to be had: both said, with close matches."""
+    given = str(model_id).removeprefix(HF_HUB_PREFIX)
+    if str(model_id).startswith(HF_HUB_PREFIX):
+        msg = f"{what} {model_id!r} is not available: not in the Hugging Face cache ({hf_cache_dir()}) and {why}"
+    else:
+        msg = (f"no such {what} folder: {given}, nor a Hugging Face hub model {repo_id} in the cache "
+               f"({hf_cache_dir()}) or to be had ({why})")
+    hints = close_matches(given, Path(_local(given)))
+    if hints:
+        msg += f"; did you mean {' or '.join(hints)}?"
+    return ModelNotAvailableError(msg)
+
+
 def _go_offline() -> None:
     # The cache is all there is: no library may spend its retry loop on the network.
     from huggingface_hub import constants
