@@ -196,12 +196,14 @@ def hub_lacks(repo_id: str) -> str | None:
     """``"the hub has no model ORG/NAME"`` when the (reachable) hub says it has no such repo, else None
     (found, or any other answer: the loader then has the last word)."""
     from huggingface_hub import HfApi
-    from huggingface_hub.errors import RepositoryNotFoundError
+    from huggingface_hub.errors import GatedRepoError, RepositoryNotFoundError
 
     try:
         HfApi().model_info(repo_id, timeout=REACH_TIMEOUT_S)
+    except GatedRepoError:  # there, behind an access request: the loader says what to do
+        return None
     except RepositoryNotFoundError:
-        return f"the hub has no model {repo_id}"
+        return f"the hub has no model {repo_id} (or it is private and no token is set here)"
     except Exception:  # noqa: BLE001 - a slow or odd answer is not "missing"
         return None
     return None
