@@ -103,8 +103,8 @@ def test_a_mistyped_model_path_shaped_like_a_hub_id_is_reported_up_front_online(
     env.update(HF_HOME=str(tmp_path / "hf"), HF_ENDPOINT="http://127.0.0.1:9")
     res = _run(env, tmp_path, "search", "--model", "runs/modle", "--index", "idx", "rec.wav")
     line = _one_error_line(res)
-    assert line.startswith("error: 3 inputs are wrong: (1) no such model folder: runs/modle, nor a Hugging Face hub "
-                           "model runs/modle"), line
+    assert line.startswith("error: 3 inputs are wrong: (1) no such model folder: runs/modle, and as a Hugging Face hub "
+                           "id: model 'runs/modle' is not available"), line
     assert "cannot be reached" in line and "idx: not an image index" in line and "no such file: rec.wav" in line
     assert "searching" not in res.stderr
     # the explicit hub spelling stays a hub id, said as such
@@ -141,9 +141,9 @@ def test_a_hub_that_answers_it_has_no_such_model_is_reported_up_front(poisoned_e
         line = _one_error_line(_run(env, tmp_path, "search", "--model", "runs/modle", "--index", "idx", "rec.wav"))
     finally:
         server.shutdown()
-    assert line.startswith("error: 3 inputs are wrong: (1) no such model folder: runs/modle, nor a Hugging Face hub "
-                           "model runs/modle"), line
-    assert "the hub has no model runs/modle" in line and "idx: not an image index" in line, line
+    assert line.startswith("error: 3 inputs are wrong: (1) no such model folder: runs/modle, and as a Hugging Face hub "
+                           "id: model 'runs/modle' is not available: the hub has no model runs/modle"), line
+    assert "idx: not an image index" in line and "idx: not an image index" in line, line
 
 
 @pytest.mark.parametrize("args", [

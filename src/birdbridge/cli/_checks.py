@@ -98,8 +98,8 @@ def check_model(model_id: str, what: str = "model") -> None:
     if ref.kind != "hub" or (Path(hub.hf_cache_dir()) / ("models--" + ref.ref.replace("/", "--"))).is_dir():
         return
     if hub.is_offline():
-        raise hub.not_available(ref.given, ref.ref)
+        raise hub.not_found(ref.given, ref.ref, what=what)
     unreachable = hub.hub_unreachable()
-    why = f"the hub cannot be reached from here: {unreachable}" if unreachable else hub.hub_lacks(ref.ref)
-    if why:
-        raise hub.not_found(ref.given, ref.ref, why, what)
+    lacking = None if unreachable else hub.hub_lacks(ref.ref)
+    if unreachable or lacking:
+        raise hub.not_found(ref.given, ref.ref, unreachable=unreachable, lacking=lacking, what=what)

@@ -209,17 +209,21 @@ def hub_lacks(repo_id: str) -> str | None:
     return None
 
 
-def not_found(model_id: str, repo_id: str, why: str, what: str = "model") -> ModelNotAvailableError:
-    """An id that is neither a folder here nor a hub model to be had: both said, with close matches."""
-    given = str(model_id).removeprefix(HF_HUB_PREFIX)
-    if str(model_id).startswith(HF_HUB_PREFIX):
-        msg = f"{what} {model_id!r} is not available: not in the Hugging Face cache ({hf_cache_dir()}) and {why}"
+def not_found(model_id: str, repo_id: str, *, unreachable: str | None = None, lacking: str | None = None,
+              what: str = "model") -> ModelNotAvailableError:
+    """An id that is neither a folder here nor a hub model to be had (offline, the hub ``unreachable``,
+    or ``lacking`` it): an id written without ``hf-hub:`` may be a mistyped path, so both are said."""
+    explicit = str(model_id).startswith(HF_HUB_PREFIX)
+    if lacking:
+        msg = f"{what} {model_id!r} is not available: {lacking}"
     else:
-        msg = (f"no such {what} folder: {given}, nor a Hugging Face hub model {repo_id} in the cache "
-               f"({hf_cache_dir()}) or to be had ({why})")
-    hints = close_matches(given, Path(_local(given)))
+        msg = str(not_available(model_id, repo_id, unreachable=unreachable))
+    if explicit:
+        return ModelNotAvailableError(msg)
+    msg = f"no such {what} folder: {model_id}, and as a Hugging Face hub id: {msg}"
+    hints = [h for h in close_matches(model_id, Path(_local(model_id))) if h != model_id]
     if hints:
-        msg += f"; did you mean {' or '.join(hints)}?"
+        msg += f" Did you mean {' or '.join(hints)}?"
     return ModelNotAvailableError(msg)
 
 
