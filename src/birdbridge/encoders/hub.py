@@ -221,7 +221,7 @@ def not_found(model_id: str, repo_id: str, *, unreachable: str | None = None, la
     if explicit:
         return ModelNotAvailableError(msg)
     msg = f"no such {what} folder: {model_id}, and as a Hugging Face hub id: {msg}"
-    hints = [h for h in close_matches(model_id, Path(_local(model_id))) if h != model_id]
+    hints = [h for h in close_matches(model_id, Path(_local(model_id))) if h != model_id and h not in msg]
     if hints:
         msg += f" Did you mean {' or '.join(hints)}?"
     return ModelNotAvailableError(msg)
