@@ -14,7 +14,7 @@ from ._checks import Preflight
 # encoders.factory's RUNTIMES and PRECISIONS (it imports torch; tests/test_fast_answers.py checks they agree)
 RUNTIMES = ("torch", "onnx")
 PRECISIONS = ("auto", "fp32", "bf16")
-from ._app import DEVICE_HELP, exit_status, run_with_progress, app, console, print_outputs
+from ._app import DEVICE_HELP, exit_status, run_with_progress, app, console, print_outputs, warn_provenance
 
 
 @app.command("detect")
@@ -87,6 +87,7 @@ def detect_cmd(
     note = fallback_note(embedder)
     if note:
         console.print(note, markup=False, soft_wrap=True)
+    warn_provenance(embedder, [r.path for r in recordings], model)
     common = dict(species=species, index=index_obj, k=k, min_score=min_score, min_confidence=min_confidence,
                   window_s=window_s, hop_s=hop_s,
                   cache_dir=cache_dir, allow_teacher_mismatch=allow_teacher_mismatch)

@@ -9,7 +9,7 @@ import typer
 
 from ..devices import resolve_device
 from ._checks import Preflight
-from ._app import DEVICE_HELP, out_npy, run_with_progress, save_and_report, app, console
+from ._app import DEVICE_HELP, out_npy, run_with_progress, save_and_report, app, console, warn_provenance
 
 
 @app.command("embed-audio")
@@ -36,11 +36,15 @@ def embed_audio_cmd(
 
     device = rank_device(resolve_device(device))  # torch's word on the device, before anything loads
     embedder = load_audio_embedder(model, device=device)
+    from ..distributed import rank_world
+
+    if rank_world()[0] == 0:
+        warn_provenance(embedder, paths, model)
     # under torchrun/srun each rank embeds one block; rank 0 merges in input order
     emb = run_sharded(lambda xs: run_with_progress(f"embedding audio ({embedder.space} space)", len(xs), lambda cb: embed_audio(
         embedder, [p for p, _ in xs], hop_s=hop_s, per_window=per_window, batch_size=batch_size,
         labels=[lab for _, lab in xs], progress=cb)), list(zip(paths, labels)), out_npy(out),
-        key=f"audio {model} {hop_s} {per_window}")
+        key=f"audio {model} {hop_s} {per_window}", save=False)  # saved below, only when something was embedded
     if emb is not None:
         save_and_report(emb, out, len(paths), "recordings", strict)
 
@@ -69,7 +73,7 @@ def embed_images_cmd(
     model = Teacher.load(teacher, device=device)
     emb = run_sharded(lambda xs: run_with_progress("embedding images", len(xs), lambda cb: embed_images(
         model, [p for p, _ in xs], batch_size=batch_size, labels=[lab for _, lab in xs], progress=cb)),
-        list(zip(paths, labels)), out_npy(out), key=f"images {teacher}")
+        list(zip(paths, labels)), out_npy(out), key=f"images {teacher}", save=False)
     if emb is not None:
         save_and_report(emb, out, len(paths), "images", strict)
 

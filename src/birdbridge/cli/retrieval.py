@@ -12,7 +12,7 @@ from rich.console import Console
 from ..console import make_console
 from ..devices import resolve_device
 from ._checks import Preflight
-from ._app import DEVICE_HELP, exit_status, run_with_progress, app, console, print_outputs
+from ._app import DEVICE_HELP, exit_status, run_with_progress, app, console, print_outputs, warn_provenance
 
 
 @app.command("index")
@@ -52,8 +52,9 @@ def index_cmd(
     from ..retrieval.index import ImageIndex
 
     device = rank_device(resolve_device(device))  # torch's word on the device
-    from ..retrieval.index_format import unnamed_note
+    from ..retrieval.index_format import named_by_file_note, unnamed_note
 
+    by_file = named_by_file_note(records)
     note = unnamed_note(records)
     if note:
         from rich.markup import escape
@@ -87,7 +88,8 @@ def index_cmd(
         same = before and index.count == before and not updated
         console.print(f"index {out}: {index.count} images ({news}), {index.dim}-d, {index.kind}, "
                       f"{m['n_skipped']} skipped {m['skip_counts'] or ''} in {time.time() - t0:.1f} s"
-                      + ("; every image was indexed already, with the same metadata" if same else ""), markup=False)
+                      + ("; every image was indexed already, with the same metadata" if same else "")
+                      + (f"; {by_file}" if by_file else ""), markup=False)
         for s in m["skipped"][:10]:
             console.print(f"  skipped {s['input']}: {s['reason']}" + (f" ({s['detail']})" if s["detail"] else ""), markup=False)
         # exit status from this run's inputs only (skips of earlier runs stay listed in the manifest);
@@ -147,10 +149,11 @@ def search_cmd(
     from ..retrieval.confidence import fallback_note
 
     # loaded here: a table's selections span the band the model hears, and its temperature is checked
-    model = load_audio_embedder(model, device=device)
+    model_id, model = model, load_audio_embedder(model, device=device)
     note = fallback_note(model) if getattr(model, "space", None) == "teacher" else None
     if note:
         console.print(note, markup=False, soft_wrap=True)
+    warn_provenance(model, paths, model_id)
     results = run_with_progress("searching", len(paths), lambda cb: search_audio(
         model, index, paths, k=k, window_s=window_s, hop_s=hop_s, aggregate=aggregate, guess=guess, species=species,
         cache_dir=cache_dir, allow_teacher_mismatch=allow_teacher_mismatch, per_window_k=per_window, device=device, progress=cb,
