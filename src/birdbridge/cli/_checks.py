@@ -68,6 +68,16 @@ class Preflight:
         if value not in allowed:
             self.problems.append(ConfigError(f"{option} must be one of {', '.join(allowed)}, not {value!r}"))
 
+    def engine(self, engine: str) -> None:
+        """``--engine`` local or ray; ray needs the ray extra (looked up, not imported: that is seconds)."""
+        import importlib.util
+
+        from ..retrieval.ray_engine import ENGINES, RAY_MISSING
+
+        self.choice(engine, ENGINES, "--engine")
+        if engine == "ray" and importlib.util.find_spec("ray") is None:
+            self.problems.append(ConfigError(RAY_MISSING))
+
     def inputs(self, args: Sequence[str], kind: str) -> tuple[list[str], list[dict]]:
         """Media arguments (files, folders, @lists, CSVs) expanded; every wrong one collected."""
         from ..retrieval.embed import expand_labelled_inputs
