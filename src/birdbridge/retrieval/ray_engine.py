@@ -110,109 +110,6 @@ def _configure_data(verbose: bool) -> None:
             logging.getLogger(name).setLevel(logging.ERROR)
 
 
-# ---------------------------------------------------------------------------------- decode (CPU tasks)
-def _decode_audio(row: dict, sr: int, n: int, hop: int) -> dict:
-    from .embed import recording_windows
-
-    out = {"part": row["part"], "pos": row["pos"], "path": row["path"], "reason": "", "detail": "",
-           "data": b"", "lens": b"", "t0": b"", "t1": b""}
-    try:
-        wins = list(recording_windows(row["path"], sr, n, hop))
-    except BadInputError as err:
-        out.update(reason=err.reason, detail=err.detail or "")
-        return out
-    out["data"] = np.concatenate([np.asarray(w, np.float32) for _, _, w in wins]).tobytes()
-    out["lens"] = np.array([len(w) for _, _, w in wins], np.int64).tobytes()
-    out["t0"] = np.array([t0 for t0, _, _ in wins], np.float64).tobytes()
-    out["t1"] = np.array([t1 for _, t1, _ in wins], np.float64).tobytes()
-    return out
-
-
-def _decode_image(row: dict) -> dict:
-    from ..data.images import load_image
-
-    out = {"part": row["part"], "pos": row["pos"], "path": row["path"], "reason": "", "detail": "",
-           "data": b"", "lens": b"", "t0": b"", "t1": b""}
-    try:
-        img = np.asarray(load_image(row["path"]), np.uint8)
-    except BadInputError as err:
-        out.update(reason=err.reason, detail=err.detail or "")
-        return out
-    out["data"] = img.tobytes()
-    out["lens"] = np.array(img.shape, np.int64).tobytes()
-    return out
-
-
-# ---------------------------------------------------------------------------------- model actors
-def _unit(x: np.ndarray) -> np.ndarray:
-    return (x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)).astype(np.float32)
-
-
-def _device(gpus: float) -> str:
-    return "cuda" if gpus > 0 else "cpu"
-
-
-class AudioModelActor:
-    """One audio embedder per actor (the local engine's loader); a batch of decoded files in, vectors out."""
-
-    def __init__(self, model_id: str, gpus: float, per_window: bool, batch_size: int):
-        from ..encoders.factory import load_audio_embedder
-
-        self.model = load_audio_embedder(model_id, device=_device(gpus))
-        self.per_window, self.batch_size = per_window, batch_size
-
-    def __call__(self, batch: dict) -> dict:
-        windows, owner = [], []
-        for r, (data, lens, reason) in enumerate(zip(batch["data"], batch["lens"], batch["reason"])):
-            if reason:
-                continue
-            flat, sizes = np.frombuffer(data, np.float32), np.frombuffer(lens, np.int64)
-            for w in np.split(flat, np.cumsum(sizes)[:-1]):
-                windows.append(w)
-                owner.append(r)
-        vecs = [self.model.embed_windows(windows[s : s + self.batch_size]) for s in range(0, len(windows), self.batch_size)]
-        allv = np.concatenate(vecs) if vecs else np.zeros((0, self.model.dim), np.float32)
-        owner_arr = np.array(owner, np.int64)
-        out = []
-        for r in range(len(batch["path"])):
-            mine = np.asarray(allv[owner_arr == r], np.float32)
-            if not len(mine):
-                out.append(b"")
-            else:
-                out.append((_unit(mine) if self.per_window else _unit(np.mean(mine, axis=0))[None]).tobytes())
-        return _result(batch, out)
-
-
-class ImageModelActor:
-    """One teacher per actor (the local engine's loader); a batch of decoded photos in, vectors out."""
-
-    def __init__(self, model_id: str, gpus: float, per_window: bool, batch_size: int):
-        from ..encoders.teacher import Teacher
-
-        self.model = Teacher.load(model_id, device=_device(gpus))
-        self.batch_size = batch_size
-
-    def __call__(self, batch: dict) -> dict:
-        from PIL import Image
-
-        imgs, owner = [], []
-        for r, (data, lens, reason) in enumerate(zip(batch["data"], batch["lens"], batch["reason"])):
-            if not reason:
-                shape = tuple(np.frombuffer(lens, np.int64))
-                imgs.append(Image.fromarray(np.frombuffer(data, np.uint8).reshape(shape)))
-                owner.append(r)
-        vecs = self.model.encode_images(imgs, batch_size=self.batch_size).numpy() if imgs else None
-        out = [b""] * len(batch["path"])
-        for j, r in enumerate(owner):
-            out[r] = np.asarray(vecs[j : j + 1], np.float32).tobytes()
-        return _result(batch, out)
-
-
-def _result(batch: dict, vectors: list[bytes]) -> dict:
-    keep = ("part", "pos", "path", "reason", "detail", "t0", "t1")
-    return {**{k: batch[k] for k in keep}, "vec": np.array(vectors, dtype=object)}
-
-
 # ---------------------------------------------------------------------------------- the job
 @dataclass
 class JobSpec:
@@ -227,10 +124,13 @@ class JobSpec:
     hop_samples: int = 0
     per_window: bool = False
     batch_size: int = 32
+    span_args: dict | None = None  # kind "windows": detect's iter_spans arguments
+    load_args: dict | None = None  # the actors' model loader's options (detect: runtime, precision)
 
     def key(self, paths: Sequence[str], part_size: int) -> dict:
         digest = hashlib.sha256("\n".join(paths).encode()).hexdigest()[:16]
         return {"kind": self.kind, "model": self.model_id, "hop_samples": self.hop_samples, "per_window": self.per_window,
+                "span_args": self.span_args, "load_args": self.load_args,
                 "part_size": part_size, "n_inputs": len(paths), "inputs_sha256": digest}
 
 
@@ -276,14 +176,20 @@ def _run_parts(spec: JobSpec, blocks, todo: list[int], parts: EmbeddingParts, op
 
     from ..quiet import native_stderr
 
-    rows = [{"part": i, "pos": j, "path": str(blocks[i][j][0])} for i in todo for j in range(len(blocks[i]))]
+    # absolute paths: a worker of a cluster joined with --ray-address runs in another directory
+    cpus = int(ray.cluster_resources().get("CPU", 0))
+    if cpus < opts.workers + 1:  # each replica holds a CPU; with none left to decode, the job would wait forever
+        raise ConfigError(f"--workers {opts.workers} needs at least {opts.workers + 1} CPUs on the Ray cluster (one per "
+                          f"model replica and one to decode), it has {cpus}")
+    rows = [{"part": i, "pos": j, "path": os.path.abspath(blocks[i][j][0])} for i in todo for j in range(len(blocks[i]))]
     ds = ray.data.from_items(rows)
     # a ray_remote_args_fn keeps the decode tasks their own operator (Ray would fuse them into the actors)
     with warnings.catch_warnings():  # ... and is deprecated in Ray 2.6x
         warnings.filterwarnings("ignore", message=".*ray_remote_args_fn.* is deprecated")
         ds, actor = _decode_stage(ds, spec)
-    ds = ds.map_batches(actor, fn_constructor_kwargs={"model_id": spec.model_id, "gpus": opts.gpus_per_worker,
-                                                      "per_window": spec.per_window, "batch_size": spec.batch_size},
+    ds = ds.map_batches(actor, fn_constructor_kwargs={"model_id": portable_model_id(spec.model_id), "gpus": opts.gpus_per_worker,
+                                                      "per_window": spec.per_window, "batch_size": spec.batch_size,
+                                                      **(spec.load_args or {})},
                         compute=ray.data.ActorPoolStrategy(size=opts.workers), num_gpus=opts.gpus_per_worker or None,
                         batch_size=spec.batch_size, batch_format="numpy")
     pending: dict[int, dict[int, dict]] = {}
@@ -300,17 +206,32 @@ def _run_parts(spec: JobSpec, blocks, todo: list[int], parts: EmbeddingParts, op
         raise RuntimeError(f"Ray returned incomplete parts {sorted(pending)}")
 
 
+def portable_model_id(model_id: str) -> str:
+    """A local model folder as an absolute path (``local-dir:`` kept): the actors may run elsewhere."""
+    from ..encoders import hub
+
+    ref = hub.parse(model_id)
+    if ref.kind != "local":
+        return model_id
+    return hub.LOCAL_DIR_PREFIX + str(ref.ref) if str(model_id).startswith(hub.LOCAL_DIR_PREFIX) else str(ref.ref)
+
+
 def _decode_args() -> dict:
     return {"num_cpus": 1}
 
 
 def _decode_stage(ds, spec: JobSpec):
     """The CPU decode tasks (one CPU each) and the model actor class that follows them."""
+    from . import ray_stages as st
+
     if spec.kind == "audio":
-        ds = ds.map(_decode_audio, fn_kwargs={"sr": spec.sample_rate, "n": spec.window_samples, "hop": spec.hop_samples},
+        ds = ds.map(st.decode_audio, fn_kwargs={"sr": spec.sample_rate, "n": spec.window_samples, "hop": spec.hop_samples},
                     ray_remote_args_fn=_decode_args)
-        return ds, AudioModelActor
-    return ds.map(_decode_image, ray_remote_args_fn=_decode_args), ImageModelActor
+        return ds, st.AudioModelActor
+    if spec.kind == "windows":
+        return ds.map(st.decode_spans, fn_kwargs={"span_args": spec.span_args}, ray_remote_args_fn=_decode_args), \
+            st.WindowModelActor
+    return ds.map(st.decode_image, ray_remote_args_fn=_decode_args), st.ImageModelActor
 
 
 def _write_part(spec: JobSpec, parts: EmbeddingParts, i: int, block, got: dict[int, dict]) -> None:
@@ -327,7 +248,9 @@ def _write_part(spec: JobSpec, parts: EmbeddingParts, i: int, block, got: dict[i
             rows.append({"input": str(path), **(labels or {})})
             continue
         t0, t1 = np.frombuffer(res["t0"], np.float64), np.frombuffer(res["t1"], np.float64)
-        if spec.per_window:
+        if spec.kind == "windows":  # detect's windows, already rounded as detect rounds them
+            rows.extend({"input": str(path), "window_start_s": float(a), "window_end_s": float(b)} for a, b in zip(t0, t1))
+        elif spec.per_window:
             rows.extend({"input": str(path), "window_start_s": round(float(a), 4), "window_end_s": round(float(b), 4),
                          **(labels or {})} for a, b in zip(t0, t1))
         else:
@@ -358,3 +281,42 @@ def image_spec(teacher_id: str, *, batch_size: int = 64) -> JobSpec:
     teacher = Teacher.load(teacher_id, device="cpu")
     meta = embed_images(teacher, []).meta
     return JobSpec("image", teacher_id, meta, int(teacher.dim), batch_size=batch_size)
+
+
+def detect_spec(model_id: str, model, *, window_s: float | None = None, hop_s: float | None = None,
+                runtime: str = "torch", precision: str = "fp32", batch_size: int = 32) -> JobSpec:
+    """The job of ``detect``: each recording's windows (``model``, loaded by the verb, gives their sizes)."""
+    from .search import window_span_args
+
+    window_s = window_s or model.window_samples / model.sample_rate
+    span_args = window_span_args(model, window_s, hop_s or window_s)  # detect's default hop: the window
+    meta = {"model": getattr(model, "name", model_id), "space": model.space, "kind": "windows"}
+    return JobSpec("windows", model_id, meta, int(model.dim), per_window=True, batch_size=batch_size,
+                   span_args=span_args, load_args={"runtime": runtime, "precision": precision})
+
+
+class WindowVectors:
+    """A windows job's parts read back per recording, one part in memory at a time (``detect``'s input)."""
+
+    def __init__(self, parts: EmbeddingParts):
+        self.parts = parts
+        self.part_of: dict[str, int] = {}
+        for i in parts.complete_parts():
+            for row in parts.read_rows(i):
+                self.part_of.setdefault(row["input"], i)
+        self.skipped = {s.input: s for s in parts.skips().skips}
+        self._part, self._rows, self._vecs = None, [], None
+
+    def windows(self, path: str) -> list[tuple[float, float, np.ndarray]]:
+        """``[(start_s, end_s, unit vector)]`` of ``path``'s windows; its skip as a :class:`BadInputError`."""
+        path = str(path)
+        if path in self.skipped:
+            s = self.skipped[path]
+            raise BadInputError(s.reason, path, s.detail)
+        i = self.part_of.get(path)
+        if i is None:
+            return []
+        if self._part != i:
+            self._part, self._rows, self._vecs = i, self.parts.read_rows(i), np.load(self.parts.emb_path(i))
+        return [(r["window_start_s"], r["window_end_s"], self._vecs[j]) for j, r in enumerate(self._rows)
+                if r["input"] == path]
