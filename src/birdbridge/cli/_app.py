@@ -117,7 +117,7 @@ DEVICE_HELP = "cpu, cuda, cuda:N, mps, or auto (cuda when there is one)."
 # (docs/DISTRIBUTED.md says when to use which engine)
 ENGINE_OPTION = typer.Option("local", "--engine", help="local (this process, or torchrun/srun ranks) or ray: Ray Data, "
                              "decoding on CPUs pipelined ahead of one model per worker, written as resumable parts "
-                             "(the ray extra: pip install 'birdbridge[ray]').")
+                             "(needs birdbridge's ray extra).")
 RAY_ADDRESS_OPTION = typer.Option(None, "--ray-address", help="--engine ray: the Ray cluster to join (default: "
                                   "RAY_ADDRESS, else a local Ray started and stopped by this command).")
 RAY_WORKERS_OPTION = typer.Option(1, "--workers", min=1, help="--engine ray: model replicas (Ray actors).")
