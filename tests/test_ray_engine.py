@@ -179,6 +179,37 @@ def test_cli_index_ray_holds_the_local_vectors(ray_address, phoebe, tiny_open_cl
     assert not (tmp_path / "ray" / ".ray-parts").exists()
 
 
+def test_killed_cli_job_resumes_from_its_parts(ray_address, media, tiny_clap_dir, tmp_path):
+    import signal
+    import time
+
+    from birdbridge.embedding_parts import EmbeddingParts
+    from birdbridge.encoders.factory import load_audio_embedder
+    from birdbridge.retrieval.embed import embed_audio
+
+    clips, _ = media
+    args = [str(BIN), "embed-audio", *clips, "--model", str(tiny_clap_dir), "-o", "parts", "--engine", "ray",
+            "--ray-address", ray_address, "--part-size", "2"]
+    # killed after its first part, while it waits (the test hook) before writing the next
+    proc = subprocess.Popen(args, cwd=tmp_path, env={**ENV, "BIRDBRIDGE_TEST_PAUSE_S": "30"},
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    parts = EmbeddingParts(tmp_path / "parts")
+    deadline = time.time() + 300
+    while not parts.complete_parts() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=60)
+    assert parts.complete_parts() == [0] and not (tmp_path / "parts" / "embeddings.json").exists()
+    first = (parts.emb_path(0).stat().st_mtime_ns, parts.meta_path(0).stat().st_mtime_ns)
+    res = _cli(*args[1:], cwd=tmp_path)
+    assert res.returncode == 0 and "3 parts computed, 1 already complete" in res.stderr, res.stderr
+    m = parts.manifest()
+    assert (m["parts_computed"], m["parts_reused"], m["n_parts"]) == (3, 1, 4)
+    assert (parts.emb_path(0).stat().st_mtime_ns, parts.meta_path(0).stat().st_mtime_ns) == first
+    emb = parts.load_all()
+    _same(emb, embed_audio(load_audio_embedder(str(tiny_clap_dir)), clips))  # = a clean run, within 1e-5
+
+
 def test_engine_ray_without_ray_is_one_line(tmp_path, media, tiny_clap_dir):
     fake = tmp_path / "fake"
     (fake / "ray").mkdir(parents=True)

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import itertools
 import json
 import logging
 import os
@@ -176,34 +177,49 @@ def _run_parts(spec: JobSpec, blocks, todo: list[int], parts: EmbeddingParts, op
 
     from ..quiet import native_stderr
 
-    # absolute paths: a worker of a cluster joined with --ray-address runs in another directory
     cpus = int(ray.cluster_resources().get("CPU", 0))
     if cpus < opts.workers + 1:  # each replica holds a CPU; with none left to decode, the job would wait forever
         raise ConfigError(f"--workers {opts.workers} needs at least {opts.workers + 1} CPUs on the Ray cluster (one per "
                           f"model replica and one to decode), it has {cpus}")
+    # absolute paths: a worker of a cluster joined with --ray-address runs in another directory
     rows = [{"part": i, "pos": j, "path": os.path.abspath(blocks[i][j][0])} for i in todo for j in range(len(blocks[i]))]
     ds = ray.data.from_items(rows)
     # a ray_remote_args_fn keeps the decode tasks their own operator (Ray would fuse them into the actors)
     with warnings.catch_warnings():  # ... and is deprecated in Ray 2.6x
         warnings.filterwarnings("ignore", message=".*ray_remote_args_fn.* is deprecated")
         ds, actor = _decode_stage(ds, spec)
-    ds = ds.map_batches(actor, fn_constructor_kwargs={"model_id": portable_model_id(spec.model_id), "gpus": opts.gpus_per_worker,
-                                                      "per_window": spec.per_window, "batch_size": spec.batch_size,
-                                                      **(spec.load_args or {})},
+    load = {"model_id": portable_model_id(spec.model_id), "gpus": opts.gpus_per_worker, "per_window": spec.per_window,
+            "batch_size": spec.batch_size, **(spec.load_args or {})}
+    ds = ds.map_batches(actor, fn_constructor_kwargs=load,
                         compute=ray.data.ActorPoolStrategy(size=opts.workers), num_gpus=opts.gpus_per_worker or None,
                         batch_size=spec.batch_size, batch_format="numpy")
     pending: dict[int, dict[int, dict]] = {}
+    batches = iter(ds.iter_batches(batch_size=None, batch_format="numpy"))
+    # Ray's core worker notes the actor pool's restart policy on fd 2 as the pool starts, before the
+    # first batch: held back there only, so progress lines afterwards are not delayed
     with native_stderr():
-        for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
-            for r in range(len(batch["path"])):
-                i, j = int(batch["part"][r]), int(batch["pos"][r])
-                pending.setdefault(i, {})[j] = {k: batch[k][r] for k in ("path", "reason", "detail", "vec", "t0", "t1")}
-                if len(pending[i]) == len(blocks[i]):
-                    _write_part(spec, parts, i, blocks[i], pending.pop(i))
-            if progress:
-                progress(len(batch["path"]))
+        first = next(batches, None)
+    for batch in itertools.chain([first] if first is not None else [], batches):
+        for r in range(len(batch["path"])):
+            i, j = int(batch["part"][r]), int(batch["pos"][r])
+            pending.setdefault(i, {})[j] = {k: batch[k][r] for k in ("path", "reason", "detail", "vec", "t0", "t1")}
+            if len(pending[i]) == len(blocks[i]):
+                _write_part(spec, parts, i, blocks[i], pending.pop(i))
+                _test_pause()
+        if progress:
+            progress(len(batch["path"]))
     if pending:  # every row comes back exactly once; anything left is a bug, not a bad file
         raise RuntimeError(f"Ray returned incomplete parts {sorted(pending)}")
+
+
+def _test_pause() -> None:
+    """Test hook only: ``BIRDBRIDGE_TEST_PAUSE_S`` seconds after each part, so a test can kill a job
+    between parts (tests/test_ray_engine.py); unset in real use."""
+    pause = os.environ.get("BIRDBRIDGE_TEST_PAUSE_S")
+    if pause:
+        import time
+
+        time.sleep(float(pause))
 
 
 def portable_model_id(model_id: str) -> str:
