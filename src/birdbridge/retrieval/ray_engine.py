@@ -114,7 +114,8 @@ def _configure_data(verbose: bool) -> None:
 # ---------------------------------------------------------------------------------- the job
 @dataclass
 class JobSpec:
-    """What a job computes: ``kind`` audio|image, the model id, and what shapes its vectors."""
+    """What a job computes: ``kind`` audio (``embed-audio``), image (``embed-images``, ``index``) or
+    windows (``detect``), the model id, and what shapes its vectors."""
 
     kind: str
     model_id: str
@@ -128,11 +129,13 @@ class JobSpec:
     span_args: dict | None = None  # kind "windows": detect's iter_spans arguments
     load_args: dict | None = None  # the actors' model loader's options (detect: runtime, precision)
 
-    def key(self, paths: Sequence[str], part_size: int) -> dict:
-        digest = hashlib.sha256("\n".join(paths).encode()).hexdigest()[:16]
-        return {"kind": self.kind, "model": self.model_id, "hop_samples": self.hop_samples, "per_window": self.per_window,
+    def key(self, items: Sequence[tuple[str, dict]], part_size: int) -> dict:
+        """What names the job in ``job.json``: the same key, the same parts (absolute inputs, their labels)."""
+        listing = "\n".join(os.path.abspath(p) + "\t" + json.dumps(lab or {}, sort_keys=True, default=str) for p, lab in items)
+        digest = hashlib.sha256(listing.encode()).hexdigest()[:16]
+        return {"kind": self.kind, "model": portable_model_id(self.model_id), "hop_samples": self.hop_samples, "per_window": self.per_window,
                 "span_args": self.span_args, "load_args": self.load_args,
-                "part_size": part_size, "n_inputs": len(paths), "inputs_sha256": digest}
+                "part_size": part_size, "n_inputs": len(items), "inputs_sha256": digest}
 
 
 def run_job(spec: JobSpec, items: Sequence[tuple[str, dict]], out_dir: str | Path, opts: RayOptions,
@@ -147,9 +150,8 @@ def run_job(spec: JobSpec, items: Sequence[tuple[str, dict]], out_dir: str | Pat
     if opts.part_size < 1 or opts.workers < 1:
         raise ConfigError("--part-size and --workers must be at least 1")
     items = sorted(items, key=lambda it: str(it[0]))
-    paths = [str(p) for p, _ in items]
     parts = EmbeddingParts(out_dir)
-    key = spec.key(paths, opts.part_size)
+    key = spec.key(items, opts.part_size)
     job = Path(out_dir) / JOB_FILE
     if job.is_file():
         old = json.loads(job.read_text())
