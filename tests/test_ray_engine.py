@@ -217,6 +217,22 @@ def test_engine_ray_without_ray_is_one_line(tmp_path, media, tiny_clap_dir):
     errors = [ln for ln in res.stderr.splitlines() if ln.startswith("error:")]
     assert res.returncode == 2 and errors == ["error: --engine ray needs Ray: pip install 'birdbridge[ray]'"], res.stderr
     assert not list(tmp_path.glob("x*"))
+    # ray not installed at all (an import hook hides it): found missing up front, with every other wrong input
+    hidden = tmp_path / "hidden"
+    hidden.mkdir()
+    (hidden / "sitecustomize.py").write_text(
+        "import sys\n"
+        "class _NoRay:\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name == 'ray' or name.startswith('ray.'):\n"
+        "            raise ModuleNotFoundError(f'No module named {name!r}', name=name)\n"
+        "sys.meta_path.insert(0, _NoRay())\n")
+    env = {**ENV, "PYTHONPATH": os.pathsep.join([str(hidden), os.environ.get("PYTHONPATH", "")])}
+    res = _cli("index", "no-such-photos", "-o", "idx", "--engine", "ray", cwd=tmp_path, env=env)
+    errors = [ln for ln in res.stderr.splitlines() if ln.startswith("error:")]
+    assert res.returncode == 2 and len(errors) == 1, res.stderr
+    assert "inputs are wrong" in errors[0] and "no-such-photos" in errors[0]
+    assert "--engine ray needs Ray: pip install 'birdbridge[ray]'" in errors[0]
     res = _cli("embed-audio", clips[0], "--model", tiny_clap_dir, "-o", "x.npy", "--engine", "spark", cwd=tmp_path)
     assert res.returncode == 2 and "--engine must be one of local, ray" in res.stderr
 

@@ -75,7 +75,13 @@ class Preflight:
         from ..retrieval.ray_engine import ENGINES, RAY_MISSING
 
         self.choice(engine, ENGINES, "--engine")
-        if engine == "ray" and importlib.util.find_spec("ray") is None:
+        if engine != "ray":
+            return
+        try:
+            found = importlib.util.find_spec("ray") is not None
+        except (ImportError, ValueError):  # a finder that refuses it, a half-removed install
+            found = False
+        if not found:  # (a ray that is found but fails to import: the verb's real import says so, as one line too)
             self.problems.append(ConfigError(RAY_MISSING))
 
     def inputs(self, args: Sequence[str], kind: str) -> tuple[list[str], list[dict]]:
