@@ -161,10 +161,21 @@ def test_cli_embed_audio_ray_matches_local_and_stays_quiet(ray_address, media, t
 def test_cli_index_ray_holds_the_local_vectors(ray_address, phoebe, tiny_open_clip_dir, tmp_path):
     from birdbridge.retrieval.index import ImageIndex
 
+    import csv
+
     common = ["index", phoebe / "images.csv", "--teacher", tiny_open_clip_dir]
     assert _cli(*common, "-o", "local", cwd=tmp_path).returncode == 0
-    res = _cli(*common, "-o", "ray", "--engine", "ray", "--ray-address", ray_address, "--part-size", "4", cwd=tmp_path)
-    assert res.returncode == 0, res.stderr
+    # on Ray: the first 4 photos, then --add all 7 (Ray embeds only the 3 new ones)
+    rows = list(csv.DictReader(open(phoebe / "images.csv")))
+    (tmp_path / "first4").mkdir()
+    with open(tmp_path / "first4" / "images.csv", "w", newline="") as fh:  # the dataset name is the CSV's
+        w = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows({**r, "path": str(phoebe / r["path"])} for r in rows[:4])
+    ray = ["--teacher", tiny_open_clip_dir, "-o", "ray", "--engine", "ray", "--ray-address", ray_address, "--part-size", "4"]
+    assert _cli("index", tmp_path / "first4" / "images.csv", *ray, cwd=tmp_path).returncode == 0
+    res = _cli("index", phoebe / "images.csv", *ray, "--add", cwd=tmp_path)
+    assert res.returncode == 0 and "Ray: 1 parts computed" in res.stderr and "3 new" in res.stderr, res.stderr
     a, b = ImageIndex.open(tmp_path / "local"), ImageIndex.open(tmp_path / "ray")
     assert a.count == b.count == 7 and a.kind == b.kind
     rows_a, rows_b = a.metadata(range(a.count)), b.metadata(range(b.count))

@@ -120,14 +120,22 @@ RAY_PARTS = ".ray-parts"  # index --engine ray: the Ray job's parts, inside the 
 
 
 def _embed_index_on_ray(teacher: str, records, out: Path, batch_size: int, ray_args):
-    """The records' photos (each path once) embedded on Ray into ``OUT/.ray-parts`` (a re-run reuses
-    its complete parts), read back as one :class:`~birdbridge.embeddings.Embeddings`."""
+    """The records' photos not in the index yet (each path once) embedded on Ray into ``OUT/.ray-parts``
+    (a re-run reuses its complete parts), read back as one :class:`~birdbridge.embeddings.Embeddings`."""
     from ._app import ray_options
+    from ..retrieval.index_format import indexed_paths
     from ..retrieval.ray_engine import image_spec, run_job
 
     opts = ray_options(*ray_args)
     spec = image_spec(teacher, batch_size=batch_size)
-    paths = sorted({r.path for r in records})
+    paths = sorted({r.path for r in records} - indexed_paths(out))
+    if not paths:  # every photo is in the index already: nothing for Ray to do
+        import numpy as np
+
+        from ..embeddings import Embeddings
+        from ..errors import SkipLog
+
+        return Embeddings(np.zeros((0, spec.dim), np.float32), [], SkipLog(), spec.meta)
     parts = run_with_progress("embedding images on Ray", len(paths), lambda cb: run_job(
         spec, [(p, {}) for p in paths], out / RAY_PARTS, opts, cb))
     m = parts.manifest()
