@@ -15,47 +15,47 @@ from ..errors import BadInputError
 
 
 # ---------------------------------------------------------------------------------- decode (CPU tasks)
-def decode_audio(row: dict, sr: int, n: int, hop: int) -> dict:
-    from .embed import recording_windows
+def _row(row: dict) -> dict:
+    return {"part": row["part"], "pos": row["pos"], "path": row["path"], "reason": "", "detail": "",
+            "data": b"", "lens": b"", "t0": b"", "t1": b""}
 
-    out = {"part": row["part"], "pos": row["pos"], "path": row["path"], "reason": "", "detail": "",
-           "data": b"", "lens": b"", "t0": b"", "t1": b""}
+
+def _windows_row(row: dict, windows) -> dict:
+    """``(start_s, end_s, window)`` of one recording packed as bytes; a file that fails, even
+    mid-stream, loses every window and carries its reason instead (as the local engine drops it)."""
+    out = _row(row)
     try:
-        wins = list(recording_windows(row["path"], sr, n, hop))
+        wins = list(windows)
     except BadInputError as err:
         out.update(reason=err.reason, detail=err.detail or "")
         return out
-    out["data"] = np.concatenate([np.asarray(w, np.float32) for _, _, w in wins]).tobytes()
+    if wins:
+        out["data"] = np.concatenate([np.asarray(w, np.float32) for _, _, w in wins]).tobytes()
     out["lens"] = np.array([len(w) for _, _, w in wins], np.int64).tobytes()
     out["t0"] = np.array([t0 for t0, _, _ in wins], np.float64).tobytes()
     out["t1"] = np.array([t1 for _, t1, _ in wins], np.float64).tobytes()
     return out
 
 
+def decode_audio(row: dict, sr: int, n: int, hop: int) -> dict:
+    """``embed-audio``'s windows of one recording (:func:`~birdbridge.retrieval.embed.recording_windows`)."""
+    from .embed import recording_windows
+
+    return _windows_row(row, recording_windows(row["path"], sr, n, hop))
+
+
 def decode_spans(row: dict, span_args: dict) -> dict:
-    """detect's windows of one recording (:func:`~birdbridge.data.stream.iter_spans`, as ``detect`` cuts them)."""
+    """``detect``'s windows of one recording (:func:`~birdbridge.data.stream.iter_spans`, as ``detect`` cuts them)."""
     from ..data.stream import iter_spans
 
-    out = {"part": row["part"], "pos": row["pos"], "path": row["path"], "reason": "", "detail": "",
-           "data": b"", "lens": b"", "t0": b"", "t1": b""}
-    try:
-        spans = list(iter_spans(row["path"], **span_args))  # a file that fails mid-stream loses every window
-    except BadInputError as err:
-        out.update(reason=err.reason, detail=err.detail or "")
-        return out
-    if spans:
-        out["data"] = np.concatenate([np.asarray(w, np.float32) for _, _, w in spans]).tobytes()
-    out["lens"] = np.array([len(w) for _, _, w in spans], np.int64).tobytes()
-    out["t0"] = np.array([t0 for t0, _, _ in spans], np.float64).tobytes()
-    out["t1"] = np.array([t1 for _, t1, _ in spans], np.float64).tobytes()
-    return out
+    return _windows_row(row, iter_spans(row["path"], **span_args))
 
 
 def decode_image(row: dict) -> dict:
+    """One photo decoded as ``load_image`` decodes it (upright RGB, the size checks), as raw pixels."""
     from ..data.images import load_image
 
-    out = {"part": row["part"], "pos": row["pos"], "path": row["path"], "reason": "", "detail": "",
-           "data": b"", "lens": b"", "t0": b"", "t1": b""}
+    out = _row(row)
     try:
         img = np.asarray(load_image(row["path"]), np.uint8)
     except BadInputError as err:
@@ -87,7 +87,7 @@ class AudioModelActor:
     def __call__(self, batch: dict) -> dict:
         windows, owner = [], []
         for r, (data, lens, reason) in enumerate(zip(batch["data"], batch["lens"], batch["reason"])):
-            if reason:
+            if reason or not len(lens):
                 continue
             flat, sizes = np.frombuffer(data, np.float32), np.frombuffer(lens, np.int64)
             for w in np.split(flat, np.cumsum(sizes)[:-1]):
