@@ -113,6 +113,29 @@ def out_npy(out: Path) -> Path:
 
 DEVICE_HELP = "cpu, cuda, cuda:N, mps, or auto (cuda when there is one)."
 
+# --engine and its Ray options: defined once here, used by embed-audio, embed-images, index and detect
+# (docs/DISTRIBUTED.md says when to use which engine)
+ENGINE_OPTION = typer.Option("local", "--engine", help="local (this process, or torchrun/srun ranks) or ray: Ray Data, "
+                             "decoding on CPUs pipelined ahead of one model per worker, written as resumable parts "
+                             "(needs birdbridge's ray extra).")
+RAY_ADDRESS_OPTION = typer.Option(None, "--ray-address", help="--engine ray: the Ray cluster to join (default: "
+                                  "RAY_ADDRESS, else a local Ray started and stopped by this command).")
+RAY_WORKERS_OPTION = typer.Option(1, "--workers", min=1, help="--engine ray: model replicas (Ray actors).")
+GPUS_PER_WORKER_OPTION = typer.Option(0.0, "--gpus-per-worker", min=0.0, help="--engine ray: GPUs per model replica "
+                                      "(0: CPU; fractions share a GPU).")
+PART_SIZE_OPTION = typer.Option(1000, "--part-size", min=1, help="--engine ray: inputs per part (emb/part-*.npy + "
+                                "meta/part-*.parquet), the resume granularity: a re-run computes only missing parts.")
+
+
+def ray_options(address, workers: int, gpus_per_worker: float, part_size: int):
+    """The Ray options of a verb, after its preflight; Ray's own logs and bars only with ``--verbose``."""
+    from ..quiet import verbose
+    from ..retrieval.ray_engine import RayOptions, require_ray
+
+    require_ray()  # a real import: a broken or shadowed Ray is one line too, before any model loads
+    return RayOptions(address=address, workers=workers, gpus_per_worker=gpus_per_worker, part_size=part_size,
+                      verbose=verbose())
+
 
 def print_outputs(*outputs, what: str = "outputs") -> None:
     """The last lines of a verb: where each file or folder it wrote is, as absolute paths.

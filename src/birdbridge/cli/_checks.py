@@ -68,6 +68,22 @@ class Preflight:
         if value not in allowed:
             self.problems.append(ConfigError(f"{option} must be one of {', '.join(allowed)}, not {value!r}"))
 
+    def engine(self, engine: str) -> None:
+        """``--engine`` local or ray; ray needs the ray extra (looked up, not imported: that is seconds)."""
+        import importlib.util
+
+        from ..retrieval.ray_engine import ENGINES, RAY_MISSING
+
+        self.choice(engine, ENGINES, "--engine")
+        if engine != "ray":
+            return
+        try:
+            found = importlib.util.find_spec("ray") is not None
+        except (ImportError, ValueError):  # a finder that refuses it, a half-removed install
+            found = False
+        if not found:  # (a ray that is found but fails to import: the verb's real import says so, as one line too)
+            self.problems.append(ConfigError(RAY_MISSING))
+
     def inputs(self, args: Sequence[str], kind: str) -> tuple[list[str], list[dict]]:
         """Media arguments (files, folders, @lists, CSVs) expanded; every wrong one collected."""
         from ..retrieval.embed import expand_labelled_inputs

@@ -183,3 +183,17 @@ def teachers_match(a: str | None, b: str | None) -> bool:
     from ..encoders.hub import normalise_model_id
 
     return normalise_model_id(a) == normalise_model_id(b)
+
+
+def indexed_paths(root: str | Path) -> set[str]:
+    """The paths the index at ``root`` holds in its committed shards (none when there is no index yet);
+    only their metadata files are read (``index --engine ray`` embeds the others)."""
+    import json
+
+    import pyarrow.parquet as pq
+
+    manifest = Path(root) / MANIFEST
+    if not manifest.is_file():
+        return set()
+    shards = json.loads(manifest.read_text()).get("shards", [])
+    return {p for s in shards for p in pq.read_table(Path(root) / s["metadata"], columns=["path"]).column("path").to_pylist()}
