@@ -12,7 +12,7 @@ export TRANSFORMERS_OFFLINE=1
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
-	$(BIN)/pip install -q -e '.[dev,birdnet,onnx]'
+	$(BIN)/pip install -q -e '.[dev,birdnet,onnx,ray]'
 	touch $(STAMP)
 
 install: $(STAMP)

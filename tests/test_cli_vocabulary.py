@@ -65,3 +65,23 @@ def test_old_k_spelling_still_reaches_search(tmp_path):
     res = subprocess.run([BIN, "search", "--k", "3", "--model", "nope", "--index", "nope", "rec.wav"], cwd=tmp_path,
                          env=ENV, capture_output=True, text=True, timeout=120)
     assert res.returncode == 2 and "No such option" not in res.stderr, res.stderr
+
+
+def test_engine_options_alike_on_every_verb_that_maps_over_files(helps):
+    def option_help(text: str, option: str) -> str:
+        """The help column of ``option``'s row (its continuation lines joined), metavar and range left out."""
+        rows = [ln.strip("│ ").strip() for ln in text.splitlines()]
+        start = next(i for i, ln in enumerate(rows) if re.match(re.escape(option) + r"\s", ln))
+        parts = [re.sub(re.escape(option) + r"\s+(-\w\s+)?([A-Z]+\s+)?(\[x>=[\d.]+\]\s+)?", "", rows[start], count=1)]
+        for ln in rows[start + 1:]:
+            if not ln or ln.startswith("-") or ln.startswith("╰"):
+                break
+            parts.append(ln)
+        return " ".join(" ".join(parts).split())
+
+    for option in ("--engine", "--ray-address", "--gpus-per-worker", "--part-size"):
+        texts = {verb: option_help(helps[verb], option) for verb in ("embed-audio", "embed-images", "index", "detect")}
+        assert len(set(texts.values())) == 1, texts  # one definition (cli/_app.py), the same words everywhere
+    assert "ray extra" in option_help(helps["index"], "--engine")
+    assert "--engine ray: model replicas" in option_help(helps["embed-images"], "--workers")
+    assert "With --engine ray: model replicas" in option_help(helps["detect"], "--workers")

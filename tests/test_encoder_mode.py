@@ -16,6 +16,7 @@ import torch
 from birdbridge.data.synthetic import SyntheticWorld, load_world
 from birdbridge.distill.module import DistillModule
 from birdbridge.distill.train import TrainConfig, distill
+from birdbridge.distill.validation import Validation
 
 
 @pytest.fixture(scope="module")
@@ -28,7 +29,7 @@ def world(tmp_path_factory):
 
 def _run(world, clap, teacher, tmp_path, monkeypatch, **train) -> dict:
     seen: dict = {"steps": [], "val_modes": []}
-    original_step, original_val = DistillModule.training_step, DistillModule.validation_step
+    original_step, original_val = DistillModule.training_step, Validation.embed_batch
 
     def training_step(self, batch, batch_idx):
         bn = self.student.audio_model.audio_encoder.batch_norm
@@ -41,12 +42,12 @@ def _run(world, clap, teacher, tmp_path, monkeypatch, **train) -> dict:
                               "passes_differ": not torch.equal(a, b)})
         return original_step(self, batch, batch_idx)
 
-    def validation_step(self, batch, batch_idx):
-        seen["val_modes"].append(self.student.audio_model.training)
-        return original_val(self, batch, batch_idx)
+    def embed_batch(self, pl_module, waves):
+        seen["val_modes"].append(pl_module.student.audio_model.training)
+        return original_val(self, pl_module, waves)
 
     monkeypatch.setattr(DistillModule, "training_step", training_step)
-    monkeypatch.setattr(DistillModule, "validation_step", validation_step)
+    monkeypatch.setattr(Validation, "embed_batch", embed_batch)
     cfg = TrainConfig.from_dict({"student": str(clap), "teacher": str(teacher), "cache_dir": str(tmp_path / "cache"),
                                  "batch_size": 2, "max_epochs": 2, "num_workers": 0, "progress": False,
                                  "accelerator": "cpu", "devices": 1, "warmup_steps": 0, "lr_encoder": 1e-3, **train})

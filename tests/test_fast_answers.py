@@ -96,6 +96,56 @@ def test_search_names_every_wrong_path_at_once(poisoned_env, tmp_path):
     assert "searching" not in res.stderr  # no progress before the answer
 
 
+def test_a_mistyped_model_path_shaped_like_a_hub_id_is_reported_up_front_online(poisoned_env, tmp_path):
+    """``runs/modle`` with no ``runs/`` here reads as a hub id (ORG/NAME, the one rule of encoders/hub.py);
+    not offline, Preflight asks the hub at once (here a refused port) and names it with the other wrong paths."""
+    env = {k: v for k, v in poisoned_env.items() if k not in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")}
+    env.update(HF_HOME=str(tmp_path / "hf"), HF_ENDPOINT="http://127.0.0.1:9")
+    res = _run(env, tmp_path, "search", "--model", "runs/modle", "--index", "idx", "rec.wav")
+    line = _one_error_line(res)
+    assert line.startswith("error: 3 inputs are wrong: (1) no such model folder: runs/modle, and as a Hugging Face hub "
+                           "id: model 'runs/modle' is not available"), line
+    assert "cannot be reached" in line and "idx: not an image index" in line and "no such file: rec.wav" in line
+    assert "searching" not in res.stderr
+    # the explicit hub spelling stays a hub id, said as such
+    line = _one_error_line(_run(env, tmp_path, "search", "--model", "hf-hub:org/name", "--index", "idx", "rec.wav"))
+    assert "(1) model 'hf-hub:org/name' is not available" in line and "no such model folder" not in line, line
+
+
+def test_a_hub_that_answers_it_has_no_such_model_is_reported_up_front(poisoned_env, tmp_path):
+    """Online and reachable (a local stand-in for the hub: 200 on its root, 401 RepoNotFound on
+    /api/models/...): the hub's own "no such repo" names the mistyped path with the other wrong inputs."""
+    import http.server
+    import threading
+
+    class Hub(http.server.BaseHTTPRequestHandler):
+        def _answer(self):
+            found = not self.path.startswith("/api/models/")
+            self.send_response(200 if found else 401)  # as huggingface.co answers a missing repo
+            if not found:
+                self.send_header("X-Error-Code", "RepoNotFound")
+                self.send_header("X-Error-Message", "Repository not found")
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        do_GET = do_HEAD = _answer
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Hub)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        env = {k: v for k, v in poisoned_env.items() if k not in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")}
+        env.update(HF_HOME=str(tmp_path / "hf"), HF_ENDPOINT=f"http://127.0.0.1:{server.server_port}")
+        line = _one_error_line(_run(env, tmp_path, "search", "--model", "runs/modle", "--index", "idx", "rec.wav"))
+    finally:
+        server.shutdown()
+    assert line.startswith("error: 3 inputs are wrong: (1) no such model folder: runs/modle, and as a Hugging Face hub "
+                           "id: model 'runs/modle' is not available: the hub has no model runs/modle"), line
+    assert "idx: not an image index" in line and "idx: not an image index" in line, line
+
+
 @pytest.mark.parametrize("args", [
     ["search", "--model", "m", "--index", "i", "rec.wav"],
     ["embed-audio", "--model", "m", "--out", "a.npy", "rec.wav"],

@@ -116,8 +116,9 @@ def test_a_missing_input_fails_before_the_model_loads_and_writes_nothing(field, 
 
 def test_inspect_folder_counts_what_embed_finds_and_no_media_folder_is_a_species(phoebe, tiny_clap_dir, tmp_path):
     whole = json.loads(bb("inspect", "folder", phoebe, "--json", "--no-media", cwd=tmp_path).stdout)
-    assert (whole["n_recordings"], whole["n_images"], whole["n_species"]) == (70, 7, 0), whole
-    assert whole["n_without_species"] == {"audio": 70, "images": 7}
+    # its photos are named Sayornis_nigricans.jpg ...: each gets its species from the file name (issue 25)
+    assert (whole["n_recordings"], whole["n_images"], whole["n_species"]) == (70, 7, 7), whole
+    assert whole["n_without_species"] == {"audio": 70, "images": 0} and whole["n_species_from_file_name"] == 7
     assert "recordings.csv" in whole["species_note"]  # the way to get the species
     res = bb("inspect", "folder", phoebe / "audio", cwd=tmp_path)
     assert res.returncode == 0, res.stderr

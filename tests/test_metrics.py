@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from sklearn.metrics import average_precision_score, balanced_accuracy_score, roc_auc_score, top_k_accuracy_score
 
-from birdbridge.retrieval import metrics as M
+from birdbridge import metrics as M
 from birdbridge.taxonomy import Species
 
 

@@ -10,7 +10,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from birdbridge.errors import BadInputError, ConfigError
-from birdbridge.retrieval import metrics as M
+from birdbridge import metrics as M
 from birdbridge.evaluate.score import score_files
 from birdbridge.evaluate.write import write_json
 

@@ -48,3 +48,5 @@ def test_detect_says_which_names_the_model_never_heard(demo_run, tmp_path):
     assert f"{typo} (did you mean {sp}?)" in err
     assert "Strix varia" in err and "teacher's text tower reads" in err
     assert sum(line.strip().startswith("not among") for line in err.splitlines()) == 2
+    # the demo's model records that it was distilled on the synthetic world; a.wav is no world file (issue 25)
+    assert sum("distilled on the synthetic world" in line for line in err.splitlines()) == 1, err

@@ -4,10 +4,11 @@ By default a verb prints its own progress and results only. What is silenced is 
 here, one entry each, and matched by *message*, never by module (a blanket filter once
 hid a real defect): Lightning's INFO banners and its litlogger/litmodels adverts,
 Lightning's pytree deprecation notice, Hugging Face's loading/saving progress bars,
-TFLite's "Created TensorFlow Lite XNNPACK delegate" line and mpg123's resync notes for a
-file that is not MPEG audio. Third-party warnings not listed here still show.
+TFLite's "Created TensorFlow Lite XNNPACK delegate" line, mpg123's resync notes for a
+file that is not MPEG audio, and Ray's note on actor restarts (``--engine ray``). Third-party
+warnings not listed here still show.
 
-The last two are written by C libraries straight to file descriptor 2, which Python's
+The last three are written by C libraries straight to file descriptor 2, which Python's
 ``sys.stderr`` never sees: :func:`native_stderr` points fd 2 at a temporary file around
 the call and afterwards writes back every line that is not listed noise (so nothing else
 is lost, only delayed by the call).
@@ -35,7 +36,10 @@ NATIVE_NOISE = re.compile(
     rb"^(INFO: Created TensorFlow Lite \S+ delegate for \S+\.?"  # LiteRT, once per interpreter
     rb"|Note: (Illegal Audio-MPEG-Header|Trying to resync|Hit end of \(available\) data during resync"
     rb"|Skipped \d+ bytes in input)"  # mpg123 probing a file that is not MPEG audio
-    rb"|\[src/libmpg123/[^\]]*\] (warning|error|note): ).*$"  # mpg123's own diagnostics of a broken stream
+    rb"|\[src/libmpg123/[^\]]*\] (warning|error|note): "  # mpg123's own diagnostics of a broken stream
+    # Ray's core worker on every Ray Data actor pool (--engine ray): restarts are Ray Data's business
+    rb"|\[[0-9 :,-]+ E \d+ \d+\] core_worker\.cc:\d+: Actor with class name: .* has constructor arguments in the "
+    rb"object store and max_restarts > 0\.).*$"
 )
 # torch deprecated the autograd all_gather the contrastive loss needs (its replacement lacks a
 # gloo backward); Lightning's own all_gather hits it too

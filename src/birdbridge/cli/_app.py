@@ -113,6 +113,29 @@ def out_npy(out: Path) -> Path:
 
 DEVICE_HELP = "cpu, cuda, cuda:N, mps, or auto (cuda when there is one)."
 
+# --engine and its Ray options: defined once here, used by embed-audio, embed-images, index and detect
+# (docs/DISTRIBUTED.md says when to use which engine)
+ENGINE_OPTION = typer.Option("local", "--engine", help="local (this process, or torchrun/srun ranks) or ray: Ray Data, "
+                             "decoding on CPUs pipelined ahead of one model per worker, written as resumable parts "
+                             "(needs birdbridge's ray extra).")
+RAY_ADDRESS_OPTION = typer.Option(None, "--ray-address", help="--engine ray: the Ray cluster to join (default: "
+                                  "RAY_ADDRESS, else a local Ray started and stopped by this command).")
+RAY_WORKERS_OPTION = typer.Option(1, "--workers", min=1, help="--engine ray: model replicas (Ray actors).")
+GPUS_PER_WORKER_OPTION = typer.Option(0.0, "--gpus-per-worker", min=0.0, help="--engine ray: GPUs per model replica "
+                                      "(0: CPU; fractions share a GPU).")
+PART_SIZE_OPTION = typer.Option(1000, "--part-size", min=1, help="--engine ray: inputs per part (emb/part-*.npy + "
+                                "meta/part-*.parquet), the resume granularity: a re-run computes only missing parts.")
+
+
+def ray_options(address, workers: int, gpus_per_worker: float, part_size: int):
+    """The Ray options of a verb, after its preflight; Ray's own logs and bars only with ``--verbose``."""
+    from ..quiet import verbose
+    from ..retrieval.ray_engine import RayOptions, require_ray
+
+    require_ray()  # a real import: a broken or shadowed Ray is one line too, before any model loads
+    return RayOptions(address=address, workers=workers, gpus_per_worker=gpus_per_worker, part_size=part_size,
+                      verbose=verbose())
+
 
 def print_outputs(*outputs, what: str = "outputs") -> None:
     """The last lines of a verb: where each file or folder it wrote is, as absolute paths.
@@ -127,6 +150,15 @@ def print_outputs(*outputs, what: str = "outputs") -> None:
     console.print(f"{what}:", markup=False)
     for path, note in rows:
         console.print(f"  {path}{'/' if path.is_dir() else ''}" + (f"  ({note})" if note else ""), markup=False)
+
+
+def warn_provenance(model, paths, name: str) -> None:
+    """The one warning a model's provenance calls for here (:mod:`birdbridge.encoders.provenance`), once."""
+    from ..encoders.provenance import synthetic_world_note
+
+    note = synthetic_world_note(model, paths, name)
+    if note:
+        console.print(note, markup=False, soft_wrap=True, style="yellow")
 
 
 def run_with_progress(label: str, total: int, job):
@@ -157,22 +189,30 @@ def exit_status(none_done: bool, n_failed: int, n_inputs: int | None, what: str,
 def save_and_report(emb, out: Path, n_inputs: int, what: str, strict: bool) -> None:
     """Write the outputs, say what was skipped and why, and set the exit status.
 
-    Exit 0 when at least one input was embedded (``--strict``: when none was skipped);
-    1 otherwise. The sidecar JSON is written either way, so the reasons stay on disk.
+    Exit 0 when at least one input was embedded (``--strict``: when none was skipped). When none
+    was, nothing is written (an empty ``.npy`` looks like a result): the skips are listed here
+    and one error line says how many inputs were skipped and why, exit 1.
     """
-    path = emb.save(out_npy(out))
     n_ok = len({r["input"] for r in emb.rows})
-    dim = emb.vectors.shape[1] if emb.vectors.ndim == 2 else 0
-    console.print(f"wrote {len(emb.vectors)} rows ({dim}-d, {emb.meta.get('space')} space) from {n_ok}/{n_inputs} "
-                  f"{what} to {path}; {emb.skips.summary()}")
+    target = out_npy(out)
+    if n_ok:
+        path = emb.save(target)
+        dim = emb.vectors.shape[1] if emb.vectors.ndim == 2 else 0
+        console.print(f"wrote {len(emb.vectors)} rows ({dim}-d, {emb.meta.get('space')} space) from {n_ok}/{n_inputs} "
+                      f"{what} to {path}; {emb.skips.summary()}")
     for skip in emb.skips.skips[:10]:
         console.print(f"  skipped {skip.input}: {skip.reason}" + (f" ({skip.detail})" if skip.detail else ""), markup=False)
     if len(emb.skips) > 10:
-        console.print(f"  ... and {len(emb.skips) - 10} more (all listed in {path.with_suffix('.json')})")
+        where = f"all listed in {target.with_suffix('.json')}" if n_ok else "each of them one line above"
+        console.print(f"  ... and {len(emb.skips) - 10} more" + (f" ({where})" if n_ok else ""), markup=False)
+    if not n_ok:
+        counts = ", ".join(f"{n} {r}" for r, n in sorted(emb.skips.counts().items())) or "no reason recorded"
+        console.print(f"[bold red]error:[/] none of the {n_inputs} {what} could be embedded: {len(emb.skips)} "
+                      f"skipped ({counts}); nothing written to {target}", soft_wrap=True)
+        raise typer.Exit(1)
     print_outputs((path, "vectors"), (path.with_suffix(".parquet"), "one row per vector"),
                   (path.with_suffix(".json"), "provenance and skips"))
-    exit_status(n_ok == 0, len(emb.skips), n_inputs, what,
-                 f"could be embedded (reasons in {path.with_suffix('.json')})", strict)
+    exit_status(False, len(emb.skips), n_inputs, what, "", strict)
 
 
 def main() -> None:

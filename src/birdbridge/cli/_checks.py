@@ -68,6 +68,22 @@ class Preflight:
         if value not in allowed:
             self.problems.append(ConfigError(f"{option} must be one of {', '.join(allowed)}, not {value!r}"))
 
+    def engine(self, engine: str) -> None:
+        """``--engine`` local or ray; ray needs the ray extra (looked up, not imported: that is seconds)."""
+        import importlib.util
+
+        from ..retrieval.ray_engine import ENGINES, RAY_MISSING
+
+        self.choice(engine, ENGINES, "--engine")
+        if engine != "ray":
+            return
+        try:
+            found = importlib.util.find_spec("ray") is not None
+        except (ImportError, ValueError):  # a finder that refuses it, a half-removed install
+            found = False
+        if not found:  # (a ray that is found but fails to import: the verb's real import says so, as one line too)
+            self.problems.append(ConfigError(RAY_MISSING))
+
     def inputs(self, args: Sequence[str], kind: str) -> tuple[list[str], list[dict]]:
         """Media arguments (files, folders, @lists, CSVs) expanded; every wrong one collected."""
         from ..retrieval.embed import expand_labelled_inputs
@@ -84,15 +100,22 @@ class Preflight:
 
 
 def check_model(model_id: str, what: str = "model") -> None:
-    """"no such model folder" (with close matches) for an id that is a missing local path; "not
-    available" for a hub id with nothing of it in the HF cache while offline (online, the loader
-    asks the hub)."""
+    """"no such model folder" (with close matches) for an id that is a missing local path. A hub id
+    (:func:`birdbridge.encoders.hub.parse` is the one rule) with nothing of it in the HF cache:
+    offline, "not available"; online, the hub is asked now (one short request, as the loader would),
+    so ``runs/modle`` -- a path mistyped where no ``runs/`` folder is here, shaped like ``org/name`` --
+    is reported up front with the other wrong inputs, as a missing folder and a missing hub model."""
     from ..encoders import hub
 
     ref = hub.parse(model_id)
     if ref.kind == "local" and not Path(ref.ref).exists():
         raise hub.missing_folder(ref.given, Path(ref.ref), what)
-    if ref.kind == "hub" and hub.is_offline():
-        # the cache's own folder layout (huggingface_hub: models--ORG--NAME); no file of it is opened
-        if not (Path(hub.hf_cache_dir()) / ("models--" + ref.ref.replace("/", "--"))).is_dir():
-            raise hub.not_available(ref.given, ref.ref)
+    # the cache's own folder layout (huggingface_hub: models--ORG--NAME); no file of it is opened
+    if ref.kind != "hub" or (Path(hub.hf_cache_dir()) / ("models--" + ref.ref.replace("/", "--"))).is_dir():
+        return
+    if hub.is_offline():
+        raise hub.not_found(ref.given, ref.ref, what=what)
+    unreachable = hub.hub_unreachable()
+    lacking = None if unreachable else hub.hub_lacks(ref.ref)
+    if unreachable or lacking:
+        raise hub.not_found(ref.given, ref.ref, unreachable=unreachable, lacking=lacking, what=what)

@@ -32,6 +32,12 @@ def inspect_cmd(
     if media is not None:
         opts["kind"] = media
     report = inspect_dataset(kind, path, check_media=not no_media, max_files=max_files, deep=deep, **opts)
+    if not report.get("n_recordings") and not report.get("n_images"):
+        from ..errors import ConfigError
+
+        # nothing to report on is an input error, as `detect` and `index` say for an empty folder
+        what = {"audio": "recordings", "images": "images"}.get(media or "", "recordings or images")
+        raise ConfigError(f"no {what} found in {path} ({kind})")
     typer.echo(json.dumps(report, indent=2, default=str) if as_json else format_inspect(report))
     m, n_bad = report.get("media", {}), report.get("bad_files", {}).get("n", 0)
     n_checked, n_listed = m.get("n_checked") or 0, m.get("n_present", 0) + m.get("n_missing", 0)

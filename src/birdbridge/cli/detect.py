@@ -14,7 +14,8 @@ from ._checks import Preflight
 # encoders.factory's RUNTIMES and PRECISIONS (it imports torch; tests/test_fast_answers.py checks they agree)
 RUNTIMES = ("torch", "onnx")
 PRECISIONS = ("auto", "fp32", "bf16")
-from ._app import DEVICE_HELP, exit_status, run_with_progress, app, console, print_outputs
+from ._app import DEVICE_HELP, exit_status, run_with_progress, app, console, print_outputs, warn_provenance
+from ._app import ENGINE_OPTION, GPUS_PER_WORKER_OPTION, PART_SIZE_OPTION, RAY_ADDRESS_OPTION
 
 
 @app.command("detect")
@@ -40,8 +41,12 @@ def detect_cmd(
     strict: bool = typer.Option(False, "--strict", help="Exit non-zero when any recording was skipped, or when a species-list entry matches none of the model's species."),
     runtime: str = typer.Option("torch", "--runtime", help="torch, or onnx: the student int8 on ONNX Runtime (CPU; the onnx extra)."),
     precision: str = typer.Option("auto", "--precision", help="Torch weights: auto (bf16 on a CPU with AMX, else fp32), fp32 or bf16."),
-    workers: Optional[int] = typer.Option(None, "--workers", min=0, help="Processes decoding recordings ahead of the model (0: none; default: 1 when a core is spare beside --threads)."),
+    workers: Optional[int] = typer.Option(None, "--workers", min=0, help="Processes decoding recordings ahead of the model (0: none; default: 1 when a core is spare beside --threads). With --engine ray: model replicas (Ray actors; default 1)."),
     threads: Optional[int] = typer.Option(None, "--threads", min=1, help="CPU threads of the model (default: torch's)."),
+    engine: str = ENGINE_OPTION,
+    ray_address: Optional[str] = RAY_ADDRESS_OPTION,
+    gpus_per_worker: float = GPUS_PER_WORKER_OPTION,
+    part_size: int = PART_SIZE_OPTION,
 ) -> None:
     """Score each window of each recording against species names (the teacher's text space): per-window top-k species."""
     from ..data.species_list import read_species_list
@@ -60,6 +65,7 @@ def detect_cmd(
     checks.index(index)
     entries = checks.attempt(read_species_list, species_list) if species_list else None
     checks.device(device)
+    checks.engine(engine)
     recordings = deployment.find_recordings(audio, glob, checks.problems)
     deploy = deployment.is_deployment_out(out)
     if not deploy and fmt == "audacity" and len(recordings) > 1:
@@ -67,6 +73,12 @@ def detect_cmd(
     if out is None and fmt == "parquet":
         checks.problems.append(ConfigError("parquet is a binary format: give --out FILE.parquet or --out DIR"))
     checks.done()
+    ray_opts = None
+    if engine == "ray":
+        from ._app import ray_options
+
+        ray_opts = ray_options(ray_address, workers or 1, gpus_per_worker, part_size)
+        device = "cpu"  # here only the scoring; the model runs in the Ray actors
     from ..retrieval.detect import load_detect_model
 
     device = resolve_device(device)  # torch's word on the device, before anything loads
@@ -74,7 +86,7 @@ def detect_cmd(
         import torch
 
         torch.set_num_threads(threads)
-    if workers is None:
+    if workers is None and ray_opts is None:
         import torch
 
         from ..data.prefetch import default_workers
@@ -87,14 +99,50 @@ def detect_cmd(
     note = fallback_note(embedder)
     if note:
         console.print(note, markup=False, soft_wrap=True)
+    warn_provenance(embedder, [r.path for r in recordings], model)
     common = dict(species=species, index=index_obj, k=k, min_score=min_score, min_confidence=min_confidence,
                   window_s=window_s, hop_s=hop_s,
                   cache_dir=cache_dir, allow_teacher_mismatch=allow_teacher_mismatch)
-    if deploy:
-        # runtime and precision change scores (within docs/PERFORMANCE.md's bound): part of the journal key
-        return _deployment(embedder, recordings, out, fmt, combine, species_list, match, strict, common,
-                           {"runtime": runtime, "precision": precision})
-    _one_table(embedder, [r.path for r in recordings], out, fmt, strict, {**common, "workers": workers})
+    staged = None
+    if ray_opts is not None:  # the windows embedded on Ray into parts; scored and written below as ever
+        staged, common["embedded"] = _windows_on_ray(model, embedder, recordings, out, deploy, window_s, hop_s, runtime,
+                                                     precision, ray_opts)
+    try:
+        if deploy:
+            # runtime and precision change scores (within docs/PERFORMANCE.md's bound): part of the journal key
+            _deployment(embedder, recordings, out, fmt, combine, species_list, match, strict, common,
+                        {"runtime": runtime, "precision": precision})
+        else:
+            _one_table(embedder, [r.path for r in recordings], out, fmt, strict, {**common, "workers": workers or 0})
+    except typer.Exit:  # the tables are written (the exit status says what was skipped)
+        _drop(staged)
+        raise
+    _drop(staged)  # an error above keeps the Ray parts: a re-run reuses them
+
+
+def _drop(staged) -> None:
+    if staged is not None:
+        import shutil
+
+        shutil.rmtree(staged, ignore_errors=True)
+
+
+def _windows_on_ray(model, embedder, recordings, out, deploy, window_s, hop_s, runtime, precision, opts):
+    """``--engine ray``: every recording's windows embedded on Ray into parts (``OUT/.ray-parts`` for a
+    deployment, ``TABLE.parts`` beside one table, a temporary folder for stdout); the staging folder
+    and a :class:`~birdbridge.retrieval.ray_engine.WindowVectors` over it."""
+    import tempfile
+
+    from ..retrieval.ray_engine import WindowVectors, detect_spec, run_job
+
+    spec = detect_spec(model, embedder, window_s=window_s, hop_s=hop_s, runtime=runtime, precision=precision)
+    where = out / ".ray-parts" if deploy else (out.with_name(out.name + ".parts") if out is not None
+                                               else Path(tempfile.mkdtemp(prefix="birdbridge-ray-")))
+    parts = run_with_progress("embedding windows on Ray", len(recordings), lambda cb: run_job(
+        spec, [(r.path, {}) for r in recordings], where, opts, cb))
+    m = parts.manifest()
+    console.print(f"Ray: {m['parts_computed']} parts computed, {m['parts_reused']} already complete", markup=False)
+    return where, WindowVectors(parts)
 
 
 def _species(embedder, index, species_list, entries, strict):

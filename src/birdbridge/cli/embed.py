@@ -9,26 +9,41 @@ import typer
 
 from ..devices import resolve_device
 from ._checks import Preflight
-from ._app import DEVICE_HELP, out_npy, run_with_progress, save_and_report, app, console
+from ._app import (DEVICE_HELP, ENGINE_OPTION, GPUS_PER_WORKER_OPTION, PART_SIZE_OPTION, RAY_ADDRESS_OPTION,
+                   RAY_WORKERS_OPTION, app, console, exit_status, out_npy, print_outputs, ray_options,
+                   run_with_progress, save_and_report, warn_provenance)
 
 
 @app.command("embed-audio")
 def embed_audio_cmd(
     inputs: list[str] = typer.Argument(..., help="Audio files, folders (searched recursively), CSVs with a path column (their other columns, e.g. species and split, are kept in the .parquet), or @list.txt."),
     model: str = typer.Option(..., "--model", "-m", help="Distilled checkpoint (teacher space), CLAP id/dir (its own space), or 'birdnet'."),
-    out: Path = typer.Option(..., "--out", "-o", help="Output .npy (float32 unit rows); .parquet and .json sidecars go beside it."),
+    out: Path = typer.Option(..., "--out", "-o", help="Output .npy (float32 unit rows); .parquet and .json sidecars go beside it. "
+                             "With --engine ray, a path not ending in .npy is a parts folder (emb/, meta/, embeddings.json)."),
     per_window: bool = typer.Option(False, "--per-window", help="One row per window instead of one per recording."),
     hop_s: Optional[float] = typer.Option(None, "--hop-s", min=0.001, help="Window hop in seconds (default: half the model's window)."),
     batch_size: int = typer.Option(32, "--batch-size", min=1, help="Windows per forward pass."),
     device: str = typer.Option("auto", "--device", help=DEVICE_HELP),
     strict: bool = typer.Option(False, "--strict", help="Exit non-zero when any input was skipped."),
+    engine: str = ENGINE_OPTION,
+    ray_address: Optional[str] = RAY_ADDRESS_OPTION,
+    workers: int = RAY_WORKERS_OPTION,
+    gpus_per_worker: float = GPUS_PER_WORKER_OPTION,
+    part_size: int = PART_SIZE_OPTION,
 ) -> None:
     """Embed recordings: long ones over sliding windows, averaged and renormalised (or kept per window)."""
     checks = Preflight()  # every wrong input at once, before torch loads
     checks.model(model)
     checks.device(device)
+    checks.engine(engine)
     paths, labels = checks.inputs(inputs, "audio")  # a CSV's label columns go into the .parquet rows
     checks.done()
+    if engine == "ray":
+        from ..retrieval.ray_engine import audio_spec
+
+        opts = ray_options(ray_address, workers, gpus_per_worker, part_size)
+        spec = audio_spec(model, hop_s=hop_s, per_window=per_window, batch_size=batch_size)
+        return embed_on_ray(spec, list(zip(paths, labels)), out, opts, "recordings", strict)
     from ..encoders.factory import load_audio_embedder
     from ..retrieval.embed import embed_audio
 
@@ -36,11 +51,15 @@ def embed_audio_cmd(
 
     device = rank_device(resolve_device(device))  # torch's word on the device, before anything loads
     embedder = load_audio_embedder(model, device=device)
+    from ..distributed import rank_world
+
+    if rank_world()[0] == 0:
+        warn_provenance(embedder, paths, model)
     # under torchrun/srun each rank embeds one block; rank 0 merges in input order
     emb = run_sharded(lambda xs: run_with_progress(f"embedding audio ({embedder.space} space)", len(xs), lambda cb: embed_audio(
         embedder, [p for p, _ in xs], hop_s=hop_s, per_window=per_window, batch_size=batch_size,
         labels=[lab for _, lab in xs], progress=cb)), list(zip(paths, labels)), out_npy(out),
-        key=f"audio {model} {hop_s} {per_window}")
+        key=f"audio {model} {hop_s} {per_window}", save=False)  # saved below, only when something was embedded
     if emb is not None:
         save_and_report(emb, out, len(paths), "recordings", strict)
 
@@ -49,17 +68,30 @@ def embed_audio_cmd(
 def embed_images_cmd(
     inputs: list[str] = typer.Argument(..., help="Image files, folders (searched recursively), CSVs with a path column (their other columns are kept in the .parquet), or @list.txt."),
     teacher: str = typer.Option("hf-hub:imageomics/bioclip-2", "--teacher", "-t", help="open_clip teacher: hf-hub:ID, local-dir:DIR or a directory."),
-    out: Path = typer.Option(..., "--out", "-o", help="Output .npy (float32 unit rows); .parquet and .json sidecars go beside it."),
+    out: Path = typer.Option(..., "--out", "-o", help="Output .npy (float32 unit rows); .parquet and .json sidecars go beside it. "
+                             "With --engine ray, a path not ending in .npy is a parts folder (emb/, meta/, embeddings.json)."),
     batch_size: int = typer.Option(64, "--batch-size", min=1, help="Images per forward pass."),
     device: str = typer.Option("auto", "--device", help=DEVICE_HELP),
     strict: bool = typer.Option(False, "--strict", help="Exit non-zero when any input was skipped."),
+    engine: str = ENGINE_OPTION,
+    ray_address: Optional[str] = RAY_ADDRESS_OPTION,
+    workers: int = RAY_WORKERS_OPTION,
+    gpus_per_worker: float = GPUS_PER_WORKER_OPTION,
+    part_size: int = PART_SIZE_OPTION,
 ) -> None:
     """Embed photos with the teacher's image tower (the gallery side of retrieval)."""
     checks = Preflight()  # every wrong input at once, before torch loads
     checks.model(teacher, "teacher")
     checks.device(device)
+    checks.engine(engine)
     paths, labels = checks.inputs(inputs, "images")
     checks.done()
+    if engine == "ray":
+        from ..retrieval.ray_engine import image_spec
+
+        opts = ray_options(ray_address, workers, gpus_per_worker, part_size)
+        spec = image_spec(teacher, batch_size=batch_size)
+        return embed_on_ray(spec, list(zip(paths, labels)), out, opts, "images", strict)
     from ..encoders.teacher import Teacher
     from ..retrieval.embed import embed_images
 
@@ -69,9 +101,40 @@ def embed_images_cmd(
     model = Teacher.load(teacher, device=device)
     emb = run_sharded(lambda xs: run_with_progress("embedding images", len(xs), lambda cb: embed_images(
         model, [p for p, _ in xs], batch_size=batch_size, labels=[lab for _, lab in xs], progress=cb)),
-        list(zip(paths, labels)), out_npy(out), key=f"images {teacher}")
+        list(zip(paths, labels)), out_npy(out), key=f"images {teacher}", save=False)
     if emb is not None:
         save_and_report(emb, out, len(paths), "images", strict)
+
+
+def embed_on_ray(spec, items, out: Path, opts, what: str, strict: bool) -> None:
+    """``--engine ray``: the job's parts, then the local engine's outputs (``--out X.npy``: one file, its
+    parts staged in ``X.npy.parts/`` and removed once it is written) or the parts folder itself."""
+    import shutil
+
+    from ..embedding_parts import MANIFEST
+    from ..retrieval.ray_engine import run_job
+
+    single = out.suffix == ".npy"
+    where = out.with_name(out.name + ".parts") if single else out
+    label = f"embedding {what} on Ray ({spec.meta.get('space')} space)"
+    parts = run_with_progress(label, len(items), lambda cb: run_job(spec, items, where, opts, cb))
+    m = parts.manifest()
+    console.print(f"Ray: {m['parts_computed']} parts computed, {m['parts_reused']} already complete in {where}",
+                  markup=False)
+    if single:
+        emb = parts.load_all()
+        shutil.rmtree(where)
+        return save_and_report(emb, out, len(items), what, strict)
+    n_ok = m["n_rows"] if not spec.per_window else len({r["input"] for i in parts.complete_parts()
+                                                          for r in parts.read_rows(i)})
+    console.print(f"wrote {m['n_rows']} rows ({m['dim']}-d, {m.get('space')} space) from {n_ok}/{len(items)} {what} "
+                  f"in {m['n_parts']} parts to {out}; {parts.skips().summary()}", markup=False)
+    for skip in m["skipped"][:10]:
+        console.print(f"  skipped {skip['input']}: {skip['reason']}" + (f" ({skip['detail']})" if skip["detail"] else ""),
+                      markup=False)
+    print_outputs((out, "parts: emb/part-*.npy + meta/part-*.parquet"), (out / MANIFEST, "provenance and skips"))
+    exit_status(n_ok == 0, m["n_skipped"], len(items), what,
+                f"could be embedded (reasons in {out / MANIFEST})", strict)
 
 
 @app.command("embed-text")

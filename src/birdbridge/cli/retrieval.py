@@ -12,7 +12,8 @@ from rich.console import Console
 from ..console import make_console
 from ..devices import resolve_device
 from ._checks import Preflight
-from ._app import DEVICE_HELP, exit_status, run_with_progress, app, console, print_outputs
+from ._app import DEVICE_HELP, exit_status, run_with_progress, app, console, print_outputs, warn_provenance
+from ._app import ENGINE_OPTION, GPUS_PER_WORKER_OPTION, PART_SIZE_OPTION, RAY_ADDRESS_OPTION, RAY_WORKERS_OPTION
 
 
 @app.command("index")
@@ -30,6 +31,11 @@ def index_cmd(
     shard_size: int = typer.Option(1024, "--shard-size", min=1, help="Images per committed shard (the resume granularity)."),
     device: str = typer.Option("auto", "--device", help=DEVICE_HELP),
     strict: bool = typer.Option(False, "--strict", help="Exit non-zero when any image was skipped."),
+    engine: str = ENGINE_OPTION,
+    ray_address: Optional[str] = RAY_ADDRESS_OPTION,
+    workers: int = RAY_WORKERS_OPTION,
+    gpus_per_worker: float = GPUS_PER_WORKER_OPTION,
+    part_size: int = PART_SIZE_OPTION,
 ) -> None:
     """Embed a photo collection with the teacher and store it as a searchable index."""
     import time
@@ -50,6 +56,7 @@ def index_cmd(
         checks.attempt(parse_memory, max_index_memory)
     checks.model(teacher, "teacher")
     checks.device(device)
+    checks.engine(engine)
     records = checks.attempt(records_from_source, images, dataset, splits=split or ())
     if records == []:
         checks.problems.append(ConfigError(f"no images found in {images}"))
@@ -61,8 +68,9 @@ def index_cmd(
     from ..retrieval.index import ImageIndex
 
     device = rank_device(resolve_device(device))  # torch's word on the device
-    from ..retrieval.index_format import unnamed_note
+    from ..retrieval.index_format import named_by_file_note, unnamed_note
 
+    by_file = named_by_file_note(records)
     note = unnamed_note(records)
     if note:
         from rich.markup import escape
@@ -70,12 +78,15 @@ def index_cmd(
         console.print(f"[yellow]warning:[/] {escape(note)}", highlight=False)
     # under torchrun/srun each rank embeds a block of every round of shards; rank 0 alone writes the index
     rank, world = rank_world()
+    # --engine ray: the photos embedded on Ray into parts first; the builder below commits their vectors
+    embedded = _embed_index_on_ray(teacher, records, out, batch_size, (ray_address, workers, gpus_per_worker, part_size)) \
+        if engine == "ray" else None
     # one process group from the start: a rank that fails before the build (loading the teacher,
     # rank 0's writer lock) stops every rank with its message instead of leaving them in the rendezvous
     with shared_group(rank, world):
         error = None
         try:
-            model = Teacher.load(teacher, device=device)
+            model = Teacher.load(teacher, device=device) if embedded is None else teacher
             before = ImageIndex.open(out).count if (out / "index.json").is_file() else 0
             if kind == "faiss-ivfpq":  # the budget fails now, not after every photo was embedded
                 from ..retrieval.index_pq import DEFAULT_MAX_MEMORY, choose_params
@@ -87,20 +98,23 @@ def index_cmd(
 
         def build(cb):
             return ImageIndex.build(out, model, records, kind=kind, add=add, shard_size=shard_size, batch_size=batch_size,
-                                    progress=cb, rank=rank, world=world, max_memory=max_index_memory, rerank=rerank)
+                                    progress=cb, rank=rank, world=world, embedded=embedded,
+                                    max_memory=max_index_memory, rerank=rerank)
 
         if rank != 0:
             build(None)
             console.print(f"rank {rank}/{world}: embedded its part of {out}; rank 0 writes the index", markup=False)
             return
-        index = run_with_progress("embedding images" + (f" ({world} ranks)" if world > 1 else ""), len(records), build)
+        index = run_with_progress(("indexing Ray's vectors" if embedded is not None else "embedding images")
+                                  + (f" ({world} ranks)" if world > 1 else ""), len(records), build)
         m = index.manifest
         updated = index.last_build.get("metadata_updated", 0)
         news = f"{index.count - before} new" + (f", metadata of {updated} updated" if updated else "")
         same = before and index.count == before and not updated
         console.print(f"index {out}: {index.count} images ({news}), {index.dim}-d, {index.kind}, "
                       f"{m['n_skipped']} skipped {m['skip_counts'] or ''} in {time.time() - t0:.1f} s"
-                      + ("; every image was indexed already, with the same metadata" if same else ""), markup=False)
+                      + ("; every image was indexed already, with the same metadata" if same else "")
+                      + (f"; {by_file}" if by_file else ""), markup=False)
         for s in m["skipped"][:10]:
             console.print(f"  skipped {s['input']}: {s['reason']}" + (f" ({s['detail']})" if s["detail"] else ""), markup=False)
         # exit status from this run's inputs only (skips of earlier runs stay listed in the manifest);
@@ -112,6 +126,37 @@ def index_cmd(
         # "none of N" counts the distinct paths asked for, "--strict: k of N" the records
         exit_status(none_done, skipped_now, len(asked) if none_done else len(records), "images",
                      f"could be indexed (reasons in {out / 'index.json'})", strict)
+        if embedded is not None:
+            import shutil
+
+            shutil.rmtree(out / RAY_PARTS, ignore_errors=True)  # committed into the index's shards
+
+
+RAY_PARTS = ".ray-parts"  # index --engine ray: the Ray job's parts, inside the index folder until committed
+
+
+def _embed_index_on_ray(teacher: str, records, out: Path, batch_size: int, ray_args):
+    """The records' photos not in the index yet (each path once) embedded on Ray into ``OUT/.ray-parts``
+    (a re-run reuses its complete parts), read back as one :class:`~birdbridge.embeddings.Embeddings`."""
+    from ._app import ray_options
+    from ..retrieval.index_format import indexed_paths
+    from ..retrieval.ray_engine import image_spec, run_job
+
+    opts = ray_options(*ray_args)
+    spec = image_spec(teacher, batch_size=batch_size)
+    paths = sorted({r.path for r in records} - indexed_paths(out))
+    if not paths:  # every photo is in the index already: nothing for Ray to do
+        import numpy as np
+
+        from ..embeddings import Embeddings
+        from ..errors import SkipLog
+
+        return Embeddings(np.zeros((0, spec.dim), np.float32), [], SkipLog(), spec.meta)
+    parts = run_with_progress("embedding images on Ray", len(paths), lambda cb: run_job(
+        spec, [(p, {}) for p in paths], out / RAY_PARTS, opts, cb))
+    m = parts.manifest()
+    console.print(f"Ray: {m['parts_computed']} parts computed, {m['parts_reused']} already complete", markup=False)
+    return parts.load_all()
 
 
 def _index_parts(parts: Path, out: Path, kind: str, add: bool, max_index_memory, rerank, teacher: str, t0: float) -> None:
@@ -193,10 +238,11 @@ def search_cmd(
     from ..retrieval.confidence import fallback_note
 
     # loaded here: a table's selections span the band the model hears, and its temperature is checked
-    model = load_audio_embedder(model, device=device)
+    model_id, model = model, load_audio_embedder(model, device=device)
     note = fallback_note(model) if getattr(model, "space", None) == "teacher" else None
     if note:
         console.print(note, markup=False, soft_wrap=True)
+    warn_provenance(model, paths, model_id)
     results = run_with_progress("searching", len(paths), lambda cb: search_audio(
         model, index, paths, k=k, window_s=window_s, hop_s=hop_s, aggregate=aggregate, guess=guess, species=species,
         cache_dir=cache_dir, allow_teacher_mismatch=allow_teacher_mismatch, per_window_k=per_window, device=device, progress=cb,

@@ -95,8 +95,9 @@ def score_cmd(
 
 @app.command("train")
 def train_cmd(
-    config: Path = typer.Argument(..., help="YAML with `data: {kind, path, ...loader options}` and `train: {TrainConfig fields}`."),
-    out: Path = typer.Option(..., "--out", "-o", help="Run directory: model/, checkpoints/, logs/, skipped.json."),
+    config: Path = typer.Argument(..., help="YAML with `data: {kind, path, ...loader options}`, `train: {TrainConfig fields}` "
+                                            "and optional `validation: {path, kind, images}`."),
+    out: Path = typer.Option(..., "--out", "-o", help="Run directory: model/, checkpoints/, logs/, metrics.csv, skipped.json."),
     devices: Optional[str] = typer.Option(None, "--devices", help="Devices per node (a number or 'auto'); overrides the config."),
     num_nodes: Optional[int] = typer.Option(None, "--num-nodes", help="Number of nodes; overrides the config."),
     strategy: Optional[str] = typer.Option(None, "--strategy", help="Lightning strategy, e.g. ddp; overrides the config."),
@@ -108,17 +109,17 @@ def train_cmd(
     from ..config import load_yaml
     from ..data.loaders import loader_kinds
     from ..data.shards import is_remote
-    from ..distill.config import TrainConfig
+    from ..distill.config import TrainConfig, ValidationConfig
     from ..errors import ConfigError
 
     from ..encoders.hub import anchored
 
     checks = Preflight()  # the config (strict keys, values), its paths and data, the accelerator, before torch loads
     doc = load_yaml(config)
-    unknown = sorted(set(doc) - {"data", "train"})
+    unknown = sorted(set(doc) - {"data", "train", "validation"})
     data = doc.get("data")
     if unknown or not isinstance(data, dict) or "kind" not in data or "path" not in data:
-        raise ConfigError(f"{config}: needs `data: {{kind, path, ...}}` and optional `train: {{...}}`"
+        raise ConfigError(f"{config}: needs `data: {{kind, path, ...}}` and optional `train: {{...}}`, `validation: {{...}}`"
                           + (f"; unknown top-level key {unknown[0]!r}" if unknown else ""))
     data = dict(data)
     kind, path = data.pop("kind"), data.pop("path")
@@ -137,6 +138,18 @@ def train_cmd(
         if not path.exists():
             checks.problems.append(ConfigError(f"{config}: data.path not found: {path}"))
     data_ok = len(checks.problems) == n_before  # a known kind, a path that exists
+    vcfg = None
+    if doc.get("validation") is not None:  # held-out recordings (and photos) for model selection
+        vcfg = checks.attempt(ValidationConfig.from_dict, doc["validation"])
+        if vcfg is not None:
+            for key in ("path", "images"):  # relative to the config, as data.path
+                value = getattr(vcfg, key)
+                if value and not Path(value).expanduser().is_absolute() and (config.parent / value).exists():
+                    setattr(vcfg, key, str(config.parent / value))
+                if value and not Path(getattr(vcfg, key)).expanduser().exists():
+                    checks.problems.append(ConfigError(f"{config}: validation.{key} not found: {value}"))
+                    vcfg = None
+                    break
     overrides = {k: v for k, v in {"num_nodes": num_nodes, "strategy": strategy, "accelerator": accelerator}.items() if v is not None}
     if devices is not None:
         overrides["devices"] = int(devices) if devices.isdigit() else devices
@@ -149,10 +162,10 @@ def train_cmd(
         checks.model(cfg.student, "student")
         checks.model(cfg.teacher, "teacher")
         checks.accelerator(cfg.accelerator)
-    collection = excluded = None
+    collection = excluded = validation = None
     if data_ok and cfg is not None:  # the data itself (read, not decoded): its labelled recordings of the train split
         from ..data.loaders import load_collection
-        from ..distill.items import training_items
+        from ..distill.items import load_validation, training_items, validation_data
 
         collection = checks.attempt(load_collection, kind, path, **data)
         if collection is not None:
@@ -163,6 +176,9 @@ def train_cmd(
                 collection, excluded = res if res is not None else (None, None)
             if collection is not None:
                 checks.attempt(training_items, collection, cfg)
+                loaded = checks.attempt(load_validation, vcfg) if vcfg is not None else (None, None)
+                if loaded is not None:  # the validation split: the block's data, else the val_split rows
+                    validation = checks.attempt(validation_data, collection, cfg, *loaded)
     checks.done()
     from ..devices import check_accelerator
     from ..distill.train import distill
@@ -174,14 +190,23 @@ def train_cmd(
         from ..data.species_list import exclusion_line
 
         console.print(exclusion_line(excluded), markup=False, soft_wrap=True)
-    distill(collection, cfg, out, resume=resume)
+    import json
+
+    distill(collection, cfg, out, resume=resume, validation=validation)
     if is_main_process():
         typer.echo(f"model written to {out / 'model'}")
+        selection = json.loads((out / "model" / "training.json").read_text())
+        if selection.get("best_epoch") is not None:
+            v = selection["validation"]
+            kind = "audio->image" if v["kind"] == "audio_image" else "audio->text"
+            typer.echo(f"best validation: epoch {selection['best_epoch']}, {kind} mAP {selection['best_val_map']:.4f} "
+                       f"({v['n_audio']} recordings, {v['source']}); that epoch's weights are the model")
         skipped = SkipLog.read_json(out / "skipped.json")
         if skipped:
             console.print(f"{len(skipped)} training clips skipped {skipped.counts()} (listed in {out / 'skipped.json'})",
                           markup=False)
-        print_outputs((out / "model", "distilled model"), (out / "checkpoints", "Lightning checkpoints (--resume)"),
-                      (out / "logs", "training metrics (CSV)"), (out / "skipped.json", "clips skipped, with reasons"))
+        print_outputs((out / "model", "distilled model (training.json: its epoch, by validation)"),
+                      (out / "checkpoints", "Lightning checkpoints (--resume)"),
+                      (out / "logs", "training metrics (CSV)"), (out / "metrics.csv", "one row per validation"), (out / "skipped.json", "clips skipped, with reasons"))
         # no step at all raised in distill(); here only --strict can turn skips into a failure
         exit_status(False, len(skipped), None, "training clips", "", strict)

@@ -26,6 +26,9 @@ Every media file under ``root`` is an item, as ``birdbridge embed-audio root`` f
 files directly in ``root`` and in media-type folders (``audio/``, ``images/``,
 ``recordings/``, ``photos/`` ... -- :data:`MEDIA_FOLDERS`, never species) have no species
 (``species_id=None``); a media-type folder's own subfolders are species folders again.
+A loose *photo* whose file name is a binomial (``Sayornis_nigricans.jpg``,
+``Sayornis_nigricans_12.jpg``, ``Sayornis nigricans 2.jpg``: :func:`species_from_file_name`)
+gets that species, marked ``extra["species_from"] = "file name"``; ``IMG_1234.jpg`` gets none.
 """
 
 from __future__ import annotations
@@ -116,6 +119,22 @@ def species_from_row(row: dict[str, str], species_id: str | None = None, *, extr
         extra=ex,
         **kwargs,
     )
+
+
+_GENUS, _EPITHET = re.compile(r"^[A-Z][a-z]+$"), re.compile(r"^[a-z]{3,}$")
+SPECIES_FROM_FILE_NAME = "file name"
+
+
+def species_from_file_name(path: str | Path) -> str | None:
+    """``"Genus species"`` when a file's name (without extension and trailing counters such as
+    ``_12`` or `` 2``) is two words, a capitalised genus and a lower-case epithet of 3+ letters;
+    else None (``IMG_1234``, ``DSC_0001``, ``sunset``, ``Sayornis`` alone)."""
+    words = [w for w in re.split(r"[\s_]+", Path(path).stem) if w]
+    while words and re.fullmatch(r"\(?\d+\)?", words[-1]):  # copies and counters: _2, " (3)"
+        words.pop()
+    if len(words) == 2 and _GENUS.match(words[0]) and _EPITHET.match(words[1]):
+        return f"{words[0]} {words[1]}"
+    return None
 
 
 def _float_or_none(v: str) -> float | None:
@@ -249,10 +268,15 @@ def load_folder(root: str | Path, kind: str = "auto", *, name: str | None = None
             return
         if media == "audio":
             audio.append(AudioItem(rel, sid, split))
-        else:
+            return
+        named = species_from_file_name(f) if sid is None else None
+        if named is None:
             images.append(ImageItem(rel, sid, split))
+        else:  # a loose photo named Genus_species.jpg
+            sid = table.add(species_from_row(dict(info.get(named) or {}, scientific_name=named)))
+            images.append(ImageItem(rel, sid, split, {"species_from": SPECIES_FROM_FILE_NAME}))
 
-    for c in containers:  # loose files: no species
+    for c in containers:  # loose files: no species (photos named for a species aside)
         for f in sorted(c.iterdir()):
             if f.is_file() and not f.name.startswith("."):
                 add(f, None, "")
@@ -274,5 +298,6 @@ def load_folder(root: str | Path, kind: str = "auto", *, name: str | None = None
         images=images,
         root=os.path.abspath(root),  # as typed (symlinks kept): item paths in outputs are the user's
         skips=skips,
-        meta={"source": str(root), "format": "folder", "split_layout": split_layout},
+        meta={"source": str(root), "format": "folder", "split_layout": split_layout,
+              "n_species_from_file_name": sum(1 for i in images if i.extra.get("species_from") == SPECIES_FROM_FILE_NAME)},
     )

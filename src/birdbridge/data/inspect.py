@@ -151,7 +151,7 @@ def inspect_dataset(
     }
     if any("evaluation" in s.extra for s in species):
         report["n_evaluation_species"] = sum(1 for s in species if s.extra.get("evaluation"))
-    for k in ("n_files", "n_events", "unknown_codes"):
+    for k in ("n_files", "n_events", "unknown_codes", "n_species_from_file_name"):
         if k in coll.meta:
             report[k] = coll.meta[k]
     hint = _species_hint(kind, Path(path), report["n_without_species"])
@@ -183,8 +183,8 @@ def _species_hint(kind: str, path: Path, unnamed: dict) -> str:
     if not n_audio and not n_images:
         return ""
     what = " and ".join(f"{n:,} {w}" for n, w in ((n_audio, "recordings"), (n_images, "images")) if n)
-    text = (f"{what} have no species (not in a species folder): put them in folders named Genus_species/, "
-            "or list them in a CSV with path,scientific_name columns")
+    text = (f"{what} have no species (not in a species folder): put them in folders named Genus_species/ "
+            "(photos may instead be named Genus_species.jpg), or list them in a CSV with path,scientific_name columns")
     csvs = sorted(p.name for p in path.glob("*.csv")) if kind == "folder" and path.is_dir() else []
     csvs.sort(key=lambda n: not any(w in n.lower() for w in (("rec", "audio", "sound") if n_audio else ("im", "photo"))))
     if csvs:
@@ -242,6 +242,9 @@ def format_inspect(report: dict) -> str:
             row(label, ", ".join(f"{r} {n:,}" for r, n in sorted(s["counts"].items())))
             for ex in s["examples"][:5]:
                 lines.append(f"    {ex['input']}: {ex['reason']}" + (f" ({ex['detail']})" if ex["detail"] else ""))
+    if report.get("n_species_from_file_name"):
+        row("named by file", f"{report['n_species_from_file_name']:,} photos got their species from the file name "
+                             "(Genus_species.jpg)")
     if report.get("species_note"):
         row("note", report["species_note"])
     row("time", f"{report['seconds']:.2f} s")

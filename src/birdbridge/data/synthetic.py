@@ -253,8 +253,25 @@ def _name(rng: np.random.Generator, syllables: list[str], n: int) -> str:
     return "".join(syllables[int(rng.integers(len(syllables)))] for _ in range(n))
 
 
+WORLD_FILE = "world.csv"
+_WORLD_DEPTH = 3  # world.csv sits in the root; its media are in audio/ and images/ under it
+
+
+def in_synthetic_world(path: str | Path) -> bool:
+    """True when ``path`` lies in a written world: a ``world.csv`` in its folder or one of the
+    folders above it (:data:`_WORLD_DEPTH` levels), as :meth:`SyntheticWorld.write` leaves it."""
+    import os
+
+    folder = os.path.dirname(os.path.abspath(path))
+    for _ in range(_WORLD_DEPTH):
+        if os.path.isfile(os.path.join(folder, WORLD_FILE)):
+            return True
+        folder = os.path.dirname(folder)
+    return False
+
+
 def load_world(root: str | Path):
     """The collection a written world holds, read by the generic CSV loader users' data uses."""
     from .generic import load_csv
 
-    return load_csv(Path(root) / "world.csv", name="synthetic")
+    return load_csv(Path(root) / WORLD_FILE, name="synthetic")

@@ -29,7 +29,7 @@ from ..encoders.factory import StudentEmbedder
 from ..encoders.teacher import Teacher
 from ..io import atomic_write_json, atomic_write_text
 from ..retrieval.embed import embed_audio, embed_images
-from ..retrieval.metrics import chance_map, retrieval_metrics
+from ..metrics import chance_map, retrieval_metrics
 
 
 def _progress(console: Console):

@@ -64,7 +64,10 @@ class TrainConfig:
     precision: str = "auto"
     cache_dir: str = "~/.cache/birdbridge/text"
     train_split: str = "train"
+    # validation clips: the rows of this split (or the config's `validation:` block, ValidationConfig)
     val_split: str = "val"
+    # validate every this many epochs (and after the last); unset: every epoch when there is validation data
+    val_every_n_epochs: int | None = None
     cache_decoded_audio: bool = False
     log_every_n_steps: int = 10
     # checkpoints/last.ckpt every this many global optimizer steps (one per step of the global
@@ -96,6 +99,8 @@ class TrainConfig:
             raise ConfigError(f"config key 'checkpoint_every_n_steps' must be >= 1, got {self.checkpoint_every_n_steps}")
         if self.max_epochs < 1:
             raise ConfigError("config key 'max_epochs' must be >= 1")
+        if self.val_every_n_epochs is not None and self.val_every_n_epochs < 1:
+            raise ConfigError(f"config key 'val_every_n_epochs' must be >= 1, got {self.val_every_n_epochs}")
         for key in ("clap_alignment_weight", "clap_feature_weight"):
             if getattr(self, key) < 0:
                 raise ConfigError(f"config key {key!r} must be >= 0, got {getattr(self, key)}")
@@ -124,3 +129,44 @@ class TrainConfig:
         import torch
 
         return self.accelerator in ("gpu", "cuda") or (self.accelerator == "auto" and torch.cuda.is_available())
+
+
+VALIDATION_KINDS = ("csv", "folder", "inat_sounds", "ssw60", "synthetic", "shards")
+
+
+@dataclass
+class ValidationConfig:
+    """A train config's ``validation:`` block: recordings held out for model selection, apart from the
+    training data (instead of its ``val_split`` rows), and optionally photos to validate against.
+
+    ``path``: the recordings (a CSV, a folder of species folders, an iNatSounds ``val.json``, ...);
+    ``kind``: its data kind (default: ``inat_sounds`` for ``.json``, ``csv`` for ``.csv``, else
+    ``folder``); ``images``: a folder of species folders (or a CSV) of photos: validation then scores
+    audio->image mAP against the teacher's image embeddings, else audio->text mAP against the
+    species prompts. Species are matched to the training species by id, then scientific name."""
+
+    path: str = ""
+    kind: str | None = None
+    images: str | None = None
+
+    def validate(self) -> None:
+        if not self.path:
+            raise ConfigError("config key 'validation.path' is required (the validation recordings)")
+        if self.kind is not None and self.kind not in VALIDATION_KINDS:
+            raise ConfigError(f"config key 'validation.kind' must be one of {', '.join(VALIDATION_KINDS)}, "
+                              f"got {self.kind!r}")
+
+    @property
+    def resolved_kind(self) -> str:
+        if self.kind:
+            return self.kind
+        from pathlib import Path
+
+        return {".json": "inat_sounds", ".csv": "csv"}.get(Path(str(self.path)).suffix.lower(), "folder")
+
+    @classmethod
+    def from_dict(cls, d) -> "ValidationConfig":
+        if not isinstance(d, dict):
+            raise ConfigError(f"config key 'validation' must be a mapping like {{path: val.csv, images: photos/}}, "
+                              f"got {d!r}")
+        return from_dict(cls, d, where="validation.")

@@ -1,4 +1,4 @@
-"""Training and validation loaders as a LightningDataModule that resumes exactly.
+"""The training loader (and the validation clips) as a LightningDataModule that resumes exactly.
 
 Lightning restores the model, optimiser, scheduler and loop counters from ``last.ckpt``
 but restarts an interrupted epoch's data from its first batch, with whatever shuffle the
@@ -25,7 +25,6 @@ import logging
 import lightning as L
 import torch
 from torch.utils.data import DataLoader
-from torch.utils.data.distributed import DistributedSampler
 
 from ..data.records import AudioItem, Collection
 from .data import EpochShuffleSampler, clip_dataset, collate_clips
@@ -46,12 +45,15 @@ class DistillData(L.LightningDataModule):
         num_workers: int = 0,
         seed: int = 0,
         cache_decoded: bool = False,
+        val_collection: Collection | None = None,
     ):
         super().__init__()
         self.train_ds = clip_dataset(collection, train_items, sample_rate, n_samples, crop="random", seed=seed,
                                      cache_decoded=cache_decoded)
-        self.val_ds = (clip_dataset(collection, val_items, sample_rate, n_samples, crop="center", seed=seed)
-                       if val_items else None)
+        # the validation clips (centre crops; ``val_collection``: where they live, when not in ``collection``),
+        # read by the Validation callback (distill/validation.py), not by a Lightning validation loop
+        self.val_ds = (clip_dataset(val_collection or collection, val_items, sample_rate, n_samples, crop="center",
+                                    seed=seed) if val_items else None)
         self.batch_size, self.num_workers, self.seed = batch_size, num_workers, seed
         self.sampler: EpochShuffleSampler | None = None
         self._batches_per_epoch = 0
@@ -81,14 +83,6 @@ class DistillData(L.LightningDataModule):
             self._apply_resume(self._resume_state, world)
             self._resume_state = None
         return loader
-
-    def val_dataloader(self) -> DataLoader | list:
-        if self.val_ds is None:
-            return []
-        rank, world = self._rank_world()
-        sampler = DistributedSampler(self.val_ds, num_replicas=world, rank=rank, shuffle=False) if world > 1 else None
-        return DataLoader(self.val_ds, batch_size=self.batch_size, sampler=sampler, num_workers=self.num_workers,
-                          collate_fn=collate_clips, generator=self._generator())
 
     def _generator(self) -> torch.Generator:
         # A loader's own generator: starting an iterator (every epoch, every validation)

@@ -105,9 +105,9 @@ class DistillModule(L.LightningModule):
         """Trainable parts in train mode; the CLAP encoder in ``encoder_mode``.
 
         Pretrained models load in eval mode and Lightning (>= 2.2) keeps each submodule's
-        mode at fit start, and its validation loop restores the modes it found. So they
-        are set here, explicitly: at construction (before Lightning's eval-mode check), at
-        every epoch start and before every training step (so also after validation). A
+        mode at fit start (and validation, distill/validation.py, puts back the modes it found).
+        So they are set here, explicitly: at construction (before Lightning's eval-mode check),
+        at every epoch start and before every training step (so also after validation). A
         frozen encoder stays in eval mode: dropout off, BatchNorm statistics fixed.
         """
         self.train()
@@ -230,18 +230,6 @@ class DistillModule(L.LightningModule):
             self._pending_rng = None
         # before the optimiser step starts, which needs to know (optimizer_step)
         self._skip_step = not self._all_ranks_have_clips(batch["waves"] is not None)
-
-    @torch.no_grad()
-    def validation_step(self, batch, batch_idx):
-        for s in batch["skipped"]:
-            self.skips.add(s.path, s.reason, s.detail)
-        # all ranks or none: a rank that never logs the metric would leave the others in its epoch-end sync
-        if not self._all_ranks_have_clips(batch["waves"] is not None):
-            return
-        audio = self.student(waves_as_float(batch["waves"]), crop="start")
-        logits = audio @ self.text_table.mean(0).T
-        acc = (logits.argmax(1) == batch["labels"]).float().mean()
-        self.log("val/zero_shot_top1", acc, prog_bar=True, batch_size=len(batch["labels"]), sync_dist=self._distributed())
 
     def configure_optimizers(self):
         head = list(self.student.head.parameters())

@@ -18,9 +18,12 @@ from ..encoders.identity import identify
 from ..encoders.species_text import ClapTextRecipe, cached_teacher_text, clap_species_text
 from ..encoders.student import AudioStudent, DistilledModel
 from ..errors import BadInputError, ConfigError, SkipLog
+from ..io import atomic_write_json
 from ..quiet import lightning_fit, settle_lightning
 from .config import TrainConfig
-from .items import training_items  # noqa: F401 - re-exported: distill's first check, the CLI's preflight
+from .items import ValidationData, training_items, validation_data  # noqa: F401 - training_items: the CLI's preflight
+
+TRAINING_NAME = "training.json"  # in OUT/model: the run's length and its model selection
 
 
 def _precision(cfg: TrainConfig) -> str:
@@ -96,7 +99,7 @@ def _all_ranks_skips(skips: SkipLog) -> SkipLog:
     return SkipLog.from_list(s for part in lists for s in part)
 
 
-def _trainer(cfg: TrainConfig, out_dir: Path, ckpt, steps_per_epoch: int, data):
+def _trainer(cfg: TrainConfig, out_dir: Path, callbacks: list, steps_per_epoch: int):
     import lightning as L
     from lightning.pytorch.loggers import CSVLogger
 
@@ -108,10 +111,11 @@ def _trainer(cfg: TrainConfig, out_dir: Path, ckpt, steps_per_epoch: int, data):
     return L.Trainer(
         max_epochs=cfg.max_epochs, accelerator=cfg.accelerator, devices=cfg.devices, num_nodes=cfg.num_nodes,
         strategy=cfg.strategy, precision=_precision(cfg), logger=CSVLogger(out_dir, name="logs"),
-        callbacks=[ckpt] + ([StepProgress()] if cfg.progress and not lightning_bar else []),
+        callbacks=callbacks + ([StepProgress()] if cfg.progress and not lightning_bar else []),
         enable_progress_bar=lightning_bar, enable_model_summary=False,
         log_every_n_steps=min(cfg.log_every_n_steps, steps_per_epoch), deterministic="warn",
-        num_sanity_val_steps=0, limit_val_batches=1.0 if data.val_ds is not None else 0,
+        # validation is a callback (distill/validation.py), not Lightning's loop
+        num_sanity_val_steps=0, limit_val_batches=0,
         use_distributed_sampler=False,  # DistillData's sampler shards each epoch itself
         # BatchNorm statistics over the global batch under DDP (Lightning applies this only
         # with more than one process). torch's SyncBatchNorm runs on GPUs only: CPU (gloo)
@@ -120,8 +124,14 @@ def _trainer(cfg: TrainConfig, out_dir: Path, ckpt, steps_per_epoch: int, data):
     )
 
 
-def distill(collection: Collection, cfg: TrainConfig, out_dir: str | Path, *, resume: bool = False) -> DistilledModel:
-    """Train the student + head on ``collection``'s train split and save ``out_dir/model``."""
+def distill(collection: Collection, cfg: TrainConfig, out_dir: str | Path, *, resume: bool = False,
+            validation: ValidationData | None = None) -> DistilledModel:
+    """Train the student + head on ``collection``'s train split and save ``out_dir/model``.
+
+    ``validation``: what to validate on (:func:`~birdbridge.distill.items.validation_data` of a
+    ``validation:`` block); default: the labelled rows of ``cfg.val_split``, if any. With validation
+    data the run writes ``out_dir/metrics.csv`` and saves the best validation's weights
+    (``out_dir/model/training.json`` says which epoch); without, the last epoch's."""
     import lightning as L
     from .checkpointing import GlobalStepCheckpoint
     from .datamodule import DistillData
@@ -136,10 +146,11 @@ def distill(collection: Collection, cfg: TrainConfig, out_dir: str | Path, *, re
     out_dim = next(iter(text.values())).shape[1]
     torch.manual_seed(cfg.seed)  # head init independent of what the teacher load consumed
     student = build_student(cfg, out_dim)
-    val_items = [a for a in collection.audio_split(cfg.val_split) if a.species_id]
-    data = DistillData(collection, train_items, val_items, sample_rate=student.sample_rate,
+    vdata = validation if validation is not None else validation_data(collection, cfg)
+    data = DistillData(collection, train_items, vdata.audio if vdata else [], sample_rate=student.sample_rate,
                        n_samples=student.window_samples, batch_size=cfg.batch_size, num_workers=cfg.num_workers,
-                       seed=cfg.seed, cache_decoded=cfg.cache_decoded_audio)
+                       seed=cfg.seed, cache_decoded=cfg.cache_decoded_audio,
+                       val_collection=vdata.collection if vdata else None)
     # one-process count; under DDP the module reads per-rank steps from the trainer
     steps_per_epoch = data.steps_per_epoch()
     clap_text, clap_scale = (None, 1.0)
@@ -150,15 +161,24 @@ def distill(collection: Collection, cfg: TrainConfig, out_dir: str | Path, *, re
     # spaced in global optimizer steps, fixed once the trainer knows its world size (checkpointing.py)
     ckpt = GlobalStepCheckpoint(dirpath=out_dir / "checkpoints", save_last=True, save_top_k=0,
                                 every_n_steps=cfg.checkpoint_every_n_steps, steps_per_epoch=data.steps_per_epoch)
+    val = None
+    if vdata is not None:
+        from .validation import Validation
+
+        val = Validation(vdata, data.val_ds, [s.id for s in collection.species], out_dir=out_dir,
+                         every_n_epochs=cfg.val_every_n_epochs or 1, batch_size=cfg.batch_size,
+                         num_workers=cfg.num_workers, teacher=cfg.teacher)
     from lightning.fabric.utilities.exceptions import MisconfigurationException
 
     try:
-        trainer = _trainer(cfg, out_dir, ckpt, steps_per_epoch, data)
+        trainer = _trainer(cfg, out_dir, [ckpt] + ([val] if val is not None else []), steps_per_epoch)
     except MisconfigurationException as err:  # e.g. more devices than the node has, a bad strategy
         raise ConfigError(f"Lightning refused the training setup: {str(err).splitlines()[0]}") from None
     last = out_dir / "checkpoints" / "last.ckpt"
     with lightning_fit(eval_mode_intended=module.encoder_mode == "eval"):
         trainer.fit(module, datamodule=data, ckpt_path=str(last) if resume and last.exists() else None)
+    if val is not None:
+        val.restore_best(module)  # the best validation's weights and temperature, not the last epoch's
     # the teacher as it is (weights fingerprint + absolute id), so the model and any index
     # built with it agree from any directory and after the folders move (encoders/identity.py)
     meta = {
@@ -192,4 +212,8 @@ def distill(collection: Collection, cfg: TrainConfig, out_dir: str | Path, *, re
                                                         f"(listed in {out_dir / 'skipped.json'})")
     if trainer.global_rank == 0:
         model.save_pretrained(out_dir / "model")
+        atomic_write_json(out_dir / "model" / TRAINING_NAME, {
+            "epochs": cfg.max_epochs, "global_steps": int(trainer.global_step),
+            "selected": "best_val_map" if val is not None and val.best_epoch is not None else "last_epoch",
+            **(val.summary() if val is not None else {"best_epoch": None, "best_val_map": None, "validation": None})})
     return model

@@ -192,6 +192,41 @@ def hub_unreachable() -> str | None:
     return None
 
 
+def hub_lacks(repo_id: str) -> str | None:
+    """``"the hub has no model ORG/NAME"`` when the (reachable) hub says it has no such repo, else None
+    (found, or any other answer: the loader then has the last word)."""
+    from huggingface_hub import HfApi
+    from huggingface_hub.errors import GatedRepoError, RepositoryNotFoundError
+
+    try:
+        HfApi().model_info(repo_id, timeout=REACH_TIMEOUT_S)
+    except GatedRepoError:  # there, behind an access request: the loader says what to do
+        return None
+    except RepositoryNotFoundError:
+        return f"the hub has no model {repo_id} (or it is private and no token is set here)"
+    except Exception:  # noqa: BLE001 - a slow or odd answer is not "missing"
+        return None
+    return None
+
+
+def not_found(model_id: str, repo_id: str, *, unreachable: str | None = None, lacking: str | None = None,
+              what: str = "model") -> ModelNotAvailableError:
+    """An id that is neither a folder here nor a hub model to be had (offline, the hub ``unreachable``,
+    or ``lacking`` it): an id written without ``hf-hub:`` may be a mistyped path, so both are said."""
+    explicit = str(model_id).startswith(HF_HUB_PREFIX)
+    if lacking:
+        msg = f"{what} {model_id!r} is not available: {lacking}"
+    else:
+        msg = str(not_available(model_id, repo_id, unreachable=unreachable))
+    if explicit:
+        return ModelNotAvailableError(msg)
+    msg = f"no such {what} folder: {model_id}, and as a Hugging Face hub id: {msg}"
+    hints = [h for h in close_matches(model_id, Path(_local(model_id))) if h != model_id and h not in msg]
+    if hints:
+        msg += f" Did you mean {' or '.join(hints)}?"
+    return ModelNotAvailableError(msg)
+
+
 def _go_offline() -> None:
     # The cache is all there is: no library may spend its retry loop on the network.
     from huggingface_hub import constants

@@ -3,7 +3,7 @@
 Each protocol is one experiment of the paper, written over plain numpy arrays so that
 every method (distilled model, baselines, ablation arms) goes through exactly the same
 code and so that the protocols can be tested on constructed embeddings with known
-answers. The numbers themselves come from :mod:`birdbridge.retrieval.metrics`.
+answers. The numbers themselves come from :mod:`birdbridge.metrics`.
 
 * :func:`retrieval` — queries vs gallery (audio→image, image→audio, text→audio,
   text→image), relevance = same taxon at species/genus/family/order; queries without
@@ -23,7 +23,7 @@ from typing import Mapping, Sequence
 import numpy as np
 
 from ..taxonomy import RANKS, Species
-from ..retrieval.metrics import (
+from ..metrics import (
     DEFAULT_KS,
     DEFAULT_RANKS,
     chance_map,

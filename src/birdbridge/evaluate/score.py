@@ -18,7 +18,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from birdbridge.errors import BadInputError, ConfigError, SkipLog
-from birdbridge.retrieval.metrics import chance_map, rank_retrieval_metrics
+from birdbridge.metrics import chance_map, rank_retrieval_metrics
 
 EMBEDDING_COLUMN = "embedding"
 LABEL_COLUMN = "label"
@@ -148,7 +148,7 @@ def score_files(queries: str | Path, gallery: str | Path, ranks: Sequence[str] |
     ``ranks=None`` scores species plus whichever of genus/family/order both files have;
     an explicit list must name columns present in both files (:class:`ConfigError`
     otherwise). Each rank's metrics are those of
-    :func:`~birdbridge.retrieval.metrics.retrieval_metrics` without ``per_query_ap``,
+    :func:`~birdbridge.metrics.retrieval_metrics` without ``per_query_ap``,
     plus ``chance_map`` (the exact expected mAP of random rankings).
     """
     skips = SkipLog()

@@ -32,7 +32,7 @@ from .baselines import (
     random_projection_student,
     zero_shot_combination,
 )
-from ..retrieval.metrics import precision_recall_curve
+from ..metrics import precision_recall_curve
 
 Space = dict  # set name -> (vectors [N, D] float32, ok [N] bool)
 

@@ -22,8 +22,8 @@ needs gigabytes per space. Here instead:
   pages, which count as resident);
 * each request is scored from its file in blocks (:func:`score_from_disk`): a block of
   classes at a time, the similarity columns built row chunk by row chunk, per-class AP and
-  AUROC column-wise (:func:`~birdbridge.retrieval.metrics.class_aps`,
-  :func:`~birdbridge.retrieval.metrics.class_aurocs`), top-1 as a running argmax -- the
+  AUROC column-wise (:func:`~birdbridge.metrics.class_aps`,
+  :func:`~birdbridge.metrics.class_aurocs`), top-1 as a running argmax -- the
   numbers of :func:`~birdbridge.evaluate.protocols.zero_shot_soundscape` on the whole
   matrix, in memory bounded by the block size, not by the number of windows.
 
@@ -45,7 +45,7 @@ import numpy as np
 
 from ..data.audio import window_starts
 from ..errors import BadInputError, SkipLog
-from ..retrieval.metrics import class_aps, class_aurocs
+from ..metrics import class_aps, class_aurocs
 
 BATCH = 64  # windows per model call, as embed_audio batched them
 CHUNK_BYTES = 32 << 20  # rows read from disk at a time: 32 MiB of them

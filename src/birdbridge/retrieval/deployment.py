@@ -190,12 +190,14 @@ def run_deployment(model, recordings: Sequence[Recording], out: str | Path, fmt:
                    min_confidence: float | None = None, window_s: float | None = None, hop_s: float | None = None, cache_dir=None,
                    allow_teacher_mismatch: bool = False, combine: bool = True,
                    progress: Callable[[int], None] | None = None,
-                   on_start: Callable[[DeploymentRun, int], None] | None = None) -> DeploymentRun:
+                   on_start: Callable[[DeploymentRun, int], None] | None = None,
+                   embedded=None) -> DeploymentRun:
     """Detect over ``recordings`` into the folder ``out``, resuming from its journal (module docstring).
 
     ``settings``: everything the run's tables depend on (its hash is the journal key);
     ``describe``: what ``detect.json`` records besides (model, species list, ...).
     ``on_start(run, n_to_do)`` is called once the journal is read, before the first recording.
+    ``embedded``: the windows' vectors computed already (:func:`~.detect.detect_audio`'s).
     """
     from .combine import combine_tables
     from .detect import detect_audio
@@ -237,7 +239,7 @@ def run_deployment(model, recordings: Sequence[Recording], out: str | Path, fmt:
         res = detect_audio(model, [r.path], species=species, index=index, k=k, min_score=min_score,
                            min_confidence=min_confidence,
                            window_s=window_s, hop_s=hop_s, cache_dir=cache_dir,
-                           allow_teacher_mismatch=allow_teacher_mismatch)[0]
+                           allow_teacher_mismatch=allow_teacher_mismatch, embedded=embedded)[0]
         entry = {"path": r.path, **_stat(r.path)}
         if res.ok:
             target = out / rel_out[r.path]

@@ -66,6 +66,7 @@ def detect_audio(
     workers: int = 0,
     runtime: str = "torch",
     precision: str = "fp32",
+    embedded=None,
 ) -> list[DetectionResult]:
     """Per-window top-``k`` species of each recording; one :class:`DetectionResult` per path, in order.
 
@@ -80,6 +81,8 @@ def detect_audio(
     part-empty takes the next file's windows); the results are the same as file by file.
     ``workers`` processes decode the files ahead (:func:`~birdbridge.data.prefetch.prefetch_spans`;
     0: in this process). ``runtime`` / ``precision``: see :func:`load_detect_model`.
+    ``embedded``: the windows' vectors computed already (``--engine ray``:
+    :class:`~birdbridge.retrieval.ray_engine.WindowVectors`), scored instead of embedding here.
     """
     from ..encoders.species_text import recipe_species_text
     from .index import ImageIndex
@@ -111,6 +114,8 @@ def detect_audio(
 
     scorer = _Scorer(species, text, k, min_score, model_logit_scale(model)[0], min_confidence)
     results = [DetectionResult(path=str(p)) for p in paths]
+    if embedded is not None:
+        return _score_embedded(embedded, results, scorer, progress)
     file_of: deque = deque()  # the file of each window handed to the model, in order
     finished = 0  # results[:finished] are complete (and reported to progress)
 
@@ -138,6 +143,20 @@ def detect_audio(
         if res.error is None:  # the windows of a file that failed later are dropped with it
             scorer.add(res, Window(len(res.windows), window.start_s, window.end_s), vec)
     finish(len(results))
+    return results
+
+
+def _score_embedded(embedded, results: list[DetectionResult], scorer: "_Scorer", progress) -> list[DetectionResult]:
+    """Each recording's precomputed windows scored (the same rows as embedding them here)."""
+    for res in results:
+        try:
+            for start_s, end_s, vec in embedded.windows(res.path):
+                scorer.add(res, Window(len(res.windows), start_s, end_s), vec)
+        except BadInputError as err:
+            res.error, res.error_detail = err.reason, err.detail
+        res.duration_s = res.windows[-1].end_s if res.windows else 0.0
+        if progress:
+            progress(1)
     return results
 
 

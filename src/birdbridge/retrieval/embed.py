@@ -192,7 +192,7 @@ def embed_audio(
         slots.append([])
         meta_rows.append([])
         try:
-            for t0, t1, window in _windows(path, sr, n, hop, start_s, end_s):
+            for t0, t1, window in recording_windows(path, sr, n, hop, start_s, end_s):
                 pending.append(window)
                 owners.append((slot, t0, t1))
                 meta_rows[slot].append({"input": str(path), "window_start_s": round(t0, 4), "window_end_s": round(t1, 4),
@@ -231,7 +231,7 @@ def embed_audio(
 STREAM_ABOVE_S = 600.0
 
 
-def _windows(path, sr: int, n: int, hop: int, start_s, end_s):
+def recording_windows(path, sr: int, n: int, hop: int, start_s=None, end_s=None):
     """``(start_s, end_s, window)`` of the recording, or a :class:`BadInputError`.
 
     Short recordings are decoded whole and cut by :func:`window_starts` (the last window

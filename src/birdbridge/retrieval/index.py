@@ -176,8 +176,8 @@ class ImageIndex:
     @classmethod
     def build(cls, root: str | Path, teacher, records: Sequence[ImageRecord | str | Path], *, kind: str = "auto",
               add: bool = False, shard_size: int = 1024, batch_size: int = 64, progress: Progress | None = None,
-              rank: int = 0, world: int = 1, timeout_s: float = 24 * 3600.0, max_memory: int | str | None = None,
-              rerank: bool | None = None) -> "ImageIndex | None":
+              rank: int = 0, world: int = 1, timeout_s: float = 24 * 3600.0,
+              embedded=None, max_memory: int | str | None = None, rerank: bool | None = None) -> "ImageIndex | None":
         """Embed ``records`` with ``teacher``'s image tower into ``root`` and return the opened index.
 
         Resumes an interrupted build (shards already committed are not re-embedded). On a
@@ -192,13 +192,17 @@ class ImageIndex:
         their ``rank`` (e.g. ``*birdbridge.distributed.rank_world()``); each embeds a part and
         rank 0 writes the same index one process would (see :mod:`.index_build`). Only rank 0
         returns the index; other ranks return ``None``.
+
+        ``embedded``: the records' vectors computed already (``--engine ray``:
+        :mod:`birdbridge.retrieval.ray_engine`); ``teacher`` is then its id, loaded by nobody here.
         """
         from .index_build import build_index
 
         root = Path(root)
         records = [r if isinstance(r, ImageRecord) else ImageRecord(os.path.abspath(r)) for r in records]
         stats = build_index(root, teacher, records, kind=kind, add=add, shard_size=shard_size, batch_size=batch_size,
-                            progress=progress, rank=rank, world=world, timeout_s=timeout_s, max_memory=max_memory, rerank=rerank)
+                            progress=progress, rank=rank, world=world, timeout_s=timeout_s, embedded=embedded,
+                            max_memory=max_memory, rerank=rerank)
         if rank != 0:
             return None
         index = cls.open(root)

@@ -52,12 +52,16 @@ PARTS_DIR = ".parts"
 def build_index(root: Path, teacher, records: list[ImageRecord], *, kind: str = "auto", add: bool = False,
                 shard_size: int = 1024, batch_size: int = 64, progress: Progress | None = None,
                 rank: int = 0, world: int = 1, timeout_s: float = 24 * 3600.0,
-                max_memory: int | str | None = None, rerank: bool | None = None) -> dict:
+                embedded=None, max_memory: int | str | None = None, rerank: bool | None = None) -> dict:
     """Embed ``records`` into the index at ``root`` (see :meth:`ImageIndex.build`); rank 0 writes.
+
+    ``embedded``: the records' vectors computed already (an :class:`~birdbridge.embeddings.Embeddings`
+    with one row per path, e.g. from ``--engine ray``), committed instead of embedding them here.
 
     Returns rank 0's counts of this run: ``already_indexed`` records, ``metadata_updated`` images.
     """
     writer = IndexWriter(root, teacher, kind, add, shard_size, batch_size, progress, rank, world, timeout_s)
+    writer.embedded = embedded
     writer.max_memory, writer.rerank = max_memory, rerank
     if world == 1:
         with writer_lock(root):
@@ -110,6 +114,7 @@ class IndexWriter:
         self._teacher = None if isinstance(teacher, str) else teacher
         self.n_already = self.n_updated = 0
         self.meta_updates: dict[int, dict] = {}
+        self.embedded = None  # precomputed vectors (build_index's ``embedded``)
         self.max_memory: int | str | None = None  # IVF-PQ budget (None: the manifest's, else the default)
         self.rerank: bool | None = None  # search's default, recorded in the manifest (None: keep)
 
@@ -209,6 +214,11 @@ class IndexWriter:
     def _embed(self, chunk: list[ImageRecord], progress: Progress | None = None):
         from .embed import embed_images
 
+        if self.embedded is not None:
+            if progress:
+                progress(len(chunk))
+            return _precomputed(self.embedded, chunk)
+
         return embed_images(self.teacher, [r.path for r in chunk], batch_size=self.batch_size, progress=progress)
 
     def _run_sharded(self, m: dict, chunks: list[list[ImageRecord]]) -> None:
@@ -248,7 +258,7 @@ class IndexWriter:
     def _commit_shard(self, m: dict, chunk: list[ImageRecord], emb) -> None:
         by_path = {r.path: r for r in chunk}
         if m["dim"] is None:
-            m["dim"] = int(self.teacher.dim)
+            m["dim"] = int(emb.vectors.shape[1]) if self.embedded is not None else int(self.teacher.dim)
         if len(emb.vectors):
             if emb.vectors.shape[1] != m["dim"]:
                 raise ConfigError(f"teacher gives {emb.vectors.shape[1]}-d vectors but the index holds {m['dim']}-d")
@@ -303,7 +313,7 @@ class IndexWriter:
         if m["dim"] is None:
             if not self.add and m["count"] == 0 and not m["skipped"]:
                 raise ConfigError("no images to index")
-            m["dim"] = int(self.teacher.dim)
+            m["dim"] = int(self.embedded.vectors.shape[1]) if self.embedded is not None else int(self.teacher.dim)
         kind = choose_kind(self.kind_requested, m["count"])
         if m["faiss_file"] and m["faiss_count"] == m["count"] and kind == m["kind"] and (self.root / m["faiss_file"]).is_file():
             m["state"] = "complete"
@@ -360,6 +370,17 @@ def _select(emb, paths: set[str]):
 
     keep = [i for i, row in enumerate(emb.rows) if row["input"] in paths]
     skips = SkipLog([s for s in emb.skips.skips if s.input in paths])
+    return Embeddings(emb.vectors[keep], [emb.rows[i] for i in keep], skips, emb.meta)
+
+
+def _precomputed(emb, chunk: list[ImageRecord]):
+    """The rows and skips of precomputed ``emb`` for ``chunk``, in the chunk's order (as :func:`embed_images` gives)."""
+    from ..embeddings import Embeddings
+
+    at = {row["input"]: i for i, row in enumerate(emb.rows)}
+    skipped = {s.input: s for s in emb.skips.skips}
+    keep = [at[r.path] for r in chunk if r.path in at]
+    skips = SkipLog([skipped[r.path] for r in chunk if r.path not in at and r.path in skipped])
     return Embeddings(emb.vectors[keep], [emb.rows[i] for i in keep], skips, emb.meta)
 
 

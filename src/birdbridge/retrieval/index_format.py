@@ -58,6 +58,7 @@ class ImageRecord:
     source: str = ""
     dataset: str = ""
     split: str = ""
+    species_from: str = ""  # "file name": a loose photo named Genus_species.jpg (data.generic); not stored
 
 
 def records_from_collection(collection, splits: Sequence[str] = ()) -> list[ImageRecord]:
@@ -80,6 +81,7 @@ def records_from_collection(collection, splits: Sequence[str] = ()) -> list[Imag
             source=str(ex.get("source_url", ex.get("source", ""))),
             dataset=collection.name,
             split=item.split,
+            species_from=str(ex.get("species_from", "")),
         ))
     return out
 
@@ -108,6 +110,15 @@ def records_from_source(source: str | Path, dataset: str | None = None, splits: 
     return records_from_collection(load_collection("folder", source, kind="images"), splits)
 
 
+def named_by_file_note(records: Sequence[ImageRecord]) -> str:
+    """``"3 photos got their species from the file name ..."``, or ``""`` when none did."""
+    from ..data.generic import SPECIES_FROM_FILE_NAME
+
+    n = sum(1 for r in records if r.species_from == SPECIES_FROM_FILE_NAME)
+    return (f"{n} photo{'s' if n != 1 else ''} got {'their' if n != 1 else 'its'} species from the file name "
+            "(Genus_species.jpg)") if n else ""
+
+
 def unnamed_note(records: Sequence[ImageRecord]) -> str:
     """A warning when photos have no species name (the index could not name what it finds), else ``""``."""
     n = sum(1 for r in records if not r.scientific_name)
@@ -117,7 +128,7 @@ def unnamed_note(records: Sequence[ImageRecord]) -> str:
     return (f"{which} {len(records)} photos has a species name (loose files, not in species folders): the index "
             "finds photos but cannot say which species they show, and `search --guess-species` needs "
             "--species-list. To name them, put each species' photos in a folder named after it "
-            "(Sayornis_nigricans/), or index a CSV with path,scientific_name[,common_name] columns")
+            "(Sayornis_nigricans/) or name each photo so (Sayornis_nigricans_1.jpg), or index a CSV with path,scientific_name[,common_name] columns")
 
 
 # --------------------------------------------------------------------------- FAISS
@@ -231,3 +242,17 @@ def teachers_match(a: str | None, b: str | None) -> bool:
     from ..encoders.hub import normalise_model_id
 
     return normalise_model_id(a) == normalise_model_id(b)
+
+
+def indexed_paths(root: str | Path) -> set[str]:
+    """The paths the index at ``root`` holds in its committed shards (none when there is no index yet);
+    only their metadata files are read (``index --engine ray`` embeds the others)."""
+    import json
+
+    import pyarrow.parquet as pq
+
+    manifest = Path(root) / MANIFEST
+    if not manifest.is_file():
+        return set()
+    shards = json.loads(manifest.read_text()).get("shards", [])
+    return {p for s in shards for p in pq.read_table(Path(root) / s["metadata"], columns=["path"]).column("path").to_pylist()}

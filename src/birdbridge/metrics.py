@@ -1,6 +1,7 @@
 """Retrieval, classification and soundscape metrics: numpy in, plain Python out.
 
-They sit below ``evaluate/`` and ``demo/``, which both score with them.
+A root module (layer 0): ``evaluate/`` and ``demo/`` score with them, and ``distill/``
+validates with them while training (``distill/validation.py``).
 
 Every number here is pinned to a reference implementation in the tests (scikit-learn,
 torchmetrics, brute force or Monte Carlo), because published comparisons are only
