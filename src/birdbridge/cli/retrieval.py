@@ -91,7 +91,8 @@ def index_cmd(
             if kind == "faiss-ivfpq":  # the budget fails now, not after every photo was embedded
                 from ..retrieval.index_pq import DEFAULT_MAX_MEMORY, choose_params
 
-                choose_params(before + len(records), model.dim, max_index_memory or DEFAULT_MAX_MEMORY)
+                dim = model.dim if embedded is None else int(embedded.vectors.shape[1])
+                choose_params(before + len(records), dim, max_index_memory or DEFAULT_MAX_MEMORY)
         except Exception as err:  # noqa: BLE001 - every rank must hear of it
             error = err
         agree(rank, world, error, " before the build")
