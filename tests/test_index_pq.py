@@ -160,29 +160,37 @@ def test_cli_budget_error_is_one_line(tmp_path):
     assert bad.returncode != 0 and "is not a size like 4GB" in bad.stderr and "Traceback" not in bad.stderr
 
 
-def test_cli_index_photos_as_ivfpq_then_search_with_rerank(tmp_path, demo_run):
-    """Photos -> faiss-ivfpq through the console script, searched by recordings from another directory."""
-    out, _ = demo_run
-    from birdbridge.data.synthetic import load_world
+def test_cli_index_photos_as_ivfpq_add_then_search_with_rerank(tmp_path, phoebe, tiny_open_clip_dir, tiny_distilled_dir):
+    """Real photos -> faiss-ivfpq through the console script (tiny replica teacher), --add, then searched
+    by a real recording, from another directory."""
+    import csv
 
-    world = load_world(out / "world")
-    clip = next(a for a in world.audio_split("test"))
+    rows = list(csv.DictReader((phoebe / "images.csv").open()))
+    first = tmp_path / "first.csv"
+    with first.open("w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows({**r, "path": str(phoebe / r["path"])} for r in rows[:4])
     elsewhere = tmp_path / "cwd"
     elsewhere.mkdir()
-    res = _run(elsewhere, "index", out / "world", "--dataset", "synthetic", "--split", "test", "--teacher",
-               out / "teacher", "--out", tmp_path / "idx", "--kind", "faiss-ivfpq", "--max-index-memory", "16MB", "--rerank")
+    common = ["--teacher", tiny_open_clip_dir, "--out", tmp_path / "idx"]
+    res = _run(elsewhere, "index", first, *common, "--kind", "faiss-ivfpq", "--max-index-memory", "16MB", "--rerank")
+    assert res.returncode == 0, res.stderr
+    assert ImageIndex.open(tmp_path / "idx").count == 4
+    res = _run(elsewhere, "index", phoebe / "images.csv", *common, "--add")  # --kind auto: stays IVF-PQ, not retrained
     assert res.returncode == 0, res.stderr
     idx = ImageIndex.open(tmp_path / "idx")
-    assert idx.kind == "faiss-ivfpq" and idx.count == 144 and idx.rerank and idx.manifest["pq"]["m"] >= 1
-    results = {}
+    assert idx.kind == "faiss-ivfpq" and idx.count == len(rows) and idx.rerank and idx.manifest["pq"]["m"] >= 1
+    # every photo finds itself through the compressed index once re-ranked
+    own = idx.vectors_for(range(idx.count))
+    assert idx.search(own, 1, rerank=True)[1][:, 0].tolist() == list(range(idx.count))
+    clip = phoebe / next(csv.DictReader((phoebe / "recordings.csv").open()))["path"]
+    hits = {}
     for flag in ("--rerank", "--no-rerank"):
-        res = _run(elsewhere, "search", world.resolve(clip.path), "--model", out / "model", "--index", tmp_path / "idx",
+        res = _run(elsewhere, "search", clip, "--model", tiny_distilled_dir, "--index", tmp_path / "idx",
                    "-k", "5", "--format", "json", flag)
         assert res.returncode == 0, res.stderr
-        results[flag] = json.loads(res.stdout)[0]["hits"]
-        assert len(results[flag]) == 5
-    # re-ranked scores are exact cosines of the stored vectors, best first
-    hits = results["--rerank"]
-    vecs = idx.vectors_for([h["id"] for h in hits])
-    assert [h["score"] for h in hits] == sorted((h["score"] for h in hits), reverse=True)
-    assert all(-1.0 <= h["score"] <= 1.0 for h in hits) and vecs.shape == (5, idx.dim)
+        hits[flag] = json.loads(res.stdout)[0]["hits"]
+        assert len(hits[flag]) == 5 and all(h["path"].startswith(str(phoebe)) for h in hits[flag])
+    scores = [h["score"] for h in hits["--rerank"]]
+    assert scores == sorted(scores, reverse=True) and all(-1.0 <= x <= 1.0 for x in scores)
