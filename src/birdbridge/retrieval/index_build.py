@@ -3,7 +3,7 @@
 One process: the records not indexed yet (the *to-do* list) are cut into chunks of
 ``shard_size``; each chunk is embedded and committed as one shard (vectors, then metadata,
 then the manifest, each written atomically), so an interrupted build resumes at the first
-uncommitted chunk. The FAISS index is written last (:meth:`IndexWriter._finalize`).
+uncommitted chunk. The FAISS index is written last (:meth:`IndexWriter.finalize`).
 
 Several processes (``world`` ranks, as torchrun or srun start them): every rank reads the
 manifest and computes the same to-do list and chunks. The chunks are taken ``world`` at a
@@ -130,7 +130,7 @@ class IndexWriter:
             self._teacher = Teacher.load(self._teacher_arg)
         return self._teacher
 
-    def _load_manifest(self) -> dict | None:
+    def load_manifest(self) -> dict | None:
         p = self.root / MANIFEST
         return json.loads(p.read_text()) if p.is_file() else None
 
@@ -147,11 +147,11 @@ class IndexWriter:
                 self._commit_shard(m, chunk, self._embed(chunk, self.progress))
         if self.rank == 0:
             self._update_metadata(m)
-            self._finalize(m)
+            self.finalize(m)
 
     def _plan(self, records: list[ImageRecord]) -> tuple[dict, list[ImageRecord]]:
         """The manifest to extend and the records still to embed (the same on every rank)."""
-        m = self._load_manifest()
+        m = self.load_manifest()
         tid = _teacher_id(self._teacher_arg)
         teacher = identify(tid)  # what the teacher is: weights fingerprint + absolute id
         if m is None:
@@ -180,9 +180,9 @@ class IndexWriter:
             if any(r.path not in known for r in records):
                 raise ConfigError(f"{self.root} already holds a complete index of {m['count']} images; "
                                   "pass --add (add=True) to append new images, or use a new directory")
-        self._keep_pq(m)
+        self.keep_pq(m)
         m["kind_requested"] = self.kind_requested
-        self._record_options(m)
+        self.record_options(m)
         seen: set[str] = set()
         todo = []
         for r in records:
@@ -198,12 +198,12 @@ class IndexWriter:
         m["state"] = "building"
         return m, todo
 
-    def _keep_pq(self, m: dict) -> None:
+    def keep_pq(self, m: dict) -> None:
         """An IVF-PQ index stays one when more is added with ``kind="auto"`` (its codes are trained, not rebuilt)."""
         if self.kind_requested == "auto" and m.get("kind") == "faiss-ivfpq":
             self.kind_requested = "faiss-ivfpq"
 
-    def _record_options(self, m: dict) -> None:
+    def record_options(self, m: dict) -> None:
         if self.max_memory is not None:
             from .index_pq import parse_memory
 
@@ -273,7 +273,7 @@ class IndexWriter:
                                 "first_id": m["count"]})
             m["count"] += len(rows)
         m["skipped"].extend(emb.skips.to_list())
-        self._write_manifest(m)
+        self.write_manifest(m)
 
     def _update_metadata(self, m: dict) -> None:
         """Rewrite the metadata of images indexed before whose source rows changed (species, credits, ...).
@@ -302,12 +302,12 @@ class IndexWriter:
             if shard.get("metadata_previous"):
                 replaced.append(shard["metadata_previous"])
             shard.update(metadata=name, metadata_version=version, metadata_previous=shard["metadata"])
-        self._write_manifest(m)
+        self.write_manifest(m)
         # the version just replaced stays for readers that read the old manifest a moment ago
         for old in replaced:
             (self.root / old).unlink(missing_ok=True)
 
-    def _finalize(self, m: dict) -> None:
+    def finalize(self, m: dict) -> None:
         import faiss
 
         if m["dim"] is None:
@@ -317,7 +317,7 @@ class IndexWriter:
         kind = choose_kind(self.kind_requested, m["count"])
         if m["faiss_file"] and m["faiss_count"] == m["count"] and kind == m["kind"] and (self.root / m["faiss_file"]).is_file():
             m["state"] = "complete"
-            self._write_manifest(m)
+            self.write_manifest(m)
             return
         # memory-mapped: IVF-PQ reads them part by part; the other kinds concatenate them
         shards = [np.load(self.root / s["vectors"], mmap_mode="r") for s in m["shards"]]
@@ -349,14 +349,14 @@ class IndexWriter:
         atomic_write_bytes(self.root / name, faiss.serialize_index(index).tobytes())
         previous = m["faiss_file"]
         m.update(kind=kind, faiss_file=name, faiss_count=int(index.ntotal), state="complete")
-        self._write_manifest(m)
+        self.write_manifest(m)
         # Drop index files no manifest refers to any more (keep the previous one for readers
         # that read the old manifest a moment ago).
         for f in self.root.glob("faiss-*.index"):
             if f.name not in (name, previous):
                 f.unlink(missing_ok=True)
 
-    def _write_manifest(self, m: dict) -> None:
+    def write_manifest(self, m: dict) -> None:
         m["n_skipped"] = len(m["skipped"])
         m["skip_counts"] = dict(Counter(s["reason"] for s in m["skipped"]))  # as SkipLog.counts()
         m["updated"] = time.strftime("%Y-%m-%dT%H:%M:%S")

@@ -36,7 +36,7 @@ def build_from_parts(root: Path, parts_dir: Path, *, kind: str = "faiss-ivfpq", 
     writer = IndexWriter(root, tid or "", kind, add, 1, 1, progress)
     writer.max_memory, writer.rerank = max_memory, rerank
     with writer_lock(root):
-        m = writer._load_manifest()
+        m = writer.load_manifest()
         if m is None:
             m = {"format_version": FORMAT_VERSION, "birdbridge": __version__, **_teacher_meta(tid, root), "dim": None,
                  "count": 0, "kind": None, "kind_requested": kind, "state": "building", "shards": [],
@@ -50,9 +50,9 @@ def build_from_parts(root: Path, parts_dir: Path, *, kind: str = "faiss-ivfpq", 
         if m.get("state") == "complete" and new and not add:
             raise ConfigError(f"{root} already holds a complete index of {m['count']} images; pass --add to append "
                               f"the {len(new)} new parts of {parts_dir}, or use a new directory")
-        writer._keep_pq(m)
+        writer.keep_pq(m)
         m["kind_requested"] = writer.kind_requested
-        writer._record_options(m)
+        writer.record_options(m)
         for i in new:
             v = np.load(parts.emb_path(i), mmap_mode="r")
             if v.ndim != 2 or not len(v):
@@ -69,10 +69,10 @@ def build_from_parts(root: Path, parts_dir: Path, *, kind: str = "faiss-ivfpq", 
         known = {s["input"] for s in m["skipped"]}
         m["skipped"].extend(s for s in parts.skips().to_list() if s["input"] not in known)
         m["state"] = "building"
-        writer._write_manifest(m)
+        writer.write_manifest(m)
         if m["dim"] is None:
             raise ConfigError(f"{parts_dir}: its parts hold no vectors")
-        writer._finalize(m)
+        writer.finalize(m)
     return writer.counts()
 
 
