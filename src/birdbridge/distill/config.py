@@ -25,8 +25,26 @@ class TrainConfig:
     # sampled uniformly per example; `mixed` = the paper's three (common, scientific, taxonomic)
     prompt_types: list[str] = field(default_factory=lambda: [MIXED])
     template_set: str = "single"
-    head: str = "linear"
+    head: str = "linear"  # linear | mlp | zero_shot (encoders/heads.py)
     head_hidden_dim: int = 1024
+    # Starting from a zero-shot model and ending between it and the fine-tuned one (distill/start.py):
+    # head_init text_map: the linear head starts as the ridge map CLAP text -> teacher text (LP-FT);
+    # head_species: the species list (a list file, as `detect --species`) the zero_shot head chooses
+    # among, the text map is fitted on and ZSCL's distributions run over; default: the training species
+    head_init: str = "random"
+    head_species: str | None = None
+    head_prompt_type: str = "taxonomic_common"  # the teacher rows the zero_shot head weights (and ZSCL uses)
+    head_template_set: str = "single"
+    head_ridge_alpha: float = 0.01
+    # WiSE-FT: the saved weights are (1 - wise_alpha) * start + wise_alpha * fine-tuned; 1 = fine-tuned
+    wise_alpha: float = 1.0
+    # ZSCL: zscl_weight * KL(start || current) over the species' teacher texts, on unlabeled
+    # reference_audio (a CSV, folder or iNatSounds JSON), one centre crop of at most
+    # reference_max_clips recordings, zscl_batch_size of them a step (default batch_size)
+    zscl_weight: float = 0.0
+    reference_audio: str | None = None
+    reference_max_clips: int = 1024
+    zscl_batch_size: int | None = None
     loss: str = "infonce"
     positives: str = "multi"
     batch_size: int = 64
@@ -89,8 +107,23 @@ class TrainConfig:
             raise ConfigError(f"config key 'encoder_mode' must be one of {ENCODER_MODES}, got {self.encoder_mode!r}")
         if self.template_set not in TEMPLATE_SETS:
             raise ConfigError(f"config key 'template_set' must be one of {TEMPLATE_SETS}, got {self.template_set!r}")
-        if self.head not in ("linear", "mlp"):
-            raise ConfigError(f"config key 'head' must be 'linear' or 'mlp', got {self.head!r}")
+        if self.head not in ("linear", "mlp", "zero_shot"):
+            raise ConfigError(f"config key 'head' must be 'linear', 'mlp' or 'zero_shot', got {self.head!r}")
+        if self.head_init not in ("random", "text_map"):
+            raise ConfigError(f"config key 'head_init' must be 'random' or 'text_map', got {self.head_init!r}")
+        if self.head_init == "text_map" and self.head != "linear":
+            raise ConfigError(f"config key 'head_init: text_map' needs 'head: linear' (got {self.head!r}); "
+                              "a zero_shot head always starts from text")
+        if self.head_prompt_type not in PROMPT_TYPES:
+            raise ConfigError(f"config key 'head_prompt_type' must be one of {PROMPT_TYPES}, got {self.head_prompt_type!r}")
+        if self.head_template_set not in TEMPLATE_SETS:
+            raise ConfigError(f"config key 'head_template_set' must be one of {TEMPLATE_SETS}, got {self.head_template_set!r}")
+        if not 0.0 <= self.wise_alpha <= 1.0:
+            raise ConfigError(f"config key 'wise_alpha' must be in [0, 1], got {self.wise_alpha}")
+        if self.zscl_weight < 0:
+            raise ConfigError(f"config key 'zscl_weight' must be >= 0, got {self.zscl_weight}")
+        if self.reference_max_clips < 1 or (self.zscl_batch_size is not None and self.zscl_batch_size < 1):
+            raise ConfigError("config keys 'reference_max_clips' and 'zscl_batch_size' must be >= 1")
         if self.loss not in ("infonce", "species_softmax"):
             raise ConfigError(f"config key 'loss' must be 'infonce' or 'species_softmax', got {self.loss!r}")
         if self.batch_size < 2:

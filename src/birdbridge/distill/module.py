@@ -62,6 +62,7 @@ class DistillModule(L.LightningModule):
         total_steps: int = 1000,
         clap_text: torch.Tensor | None = None,
         clap_logit_scale: float = 1.0,
+        zscl=None,
     ):
         super().__init__()
         self.student = student
@@ -73,6 +74,8 @@ class DistillModule(L.LightningModule):
                 raise ValueError("clap_alignment_weight > 0 needs the CLAP species text embeddings (clap_text)")
             self.clap_align = ClapAlignmentLoss(clap_text, clap_logit_scale)
         self.clap_reference = FrozenClapTower(student) if self.clap_feature_weight > 0 else None
+        # distill/start.py ZsclTerm: keep the starting model's distributions on unlabeled reference clips
+        self.zscl = zscl
         self.prompt_types = list(resolve_prompt_types(cfg.prompt_types))
         missing = [p for p in self.prompt_types if p not in text_embeddings]
         if missing:
@@ -178,6 +181,11 @@ class DistillModule(L.LightningModule):
         else:
             loss = self.loss_fn(audio, self._targets(labels), labels, scale)
         loss = loss + self._clap_terms(clap, feats, labels)
+        if self.zscl is not None:
+            rank = self.trainer.global_rank if self._trainer is not None else 0
+            keep = self.zscl.loss(self.student, self.global_step, rank, self.device)
+            self.log("train/zscl", keep.detach(), batch_size=len(labels), sync_dist=self._distributed())
+            loss = loss + self.zscl.weight * keep
         # sync_dist: under DDP the logged loss is the mean over ranks, not rank 0's share
         self.log("train/loss", loss, prog_bar=True, batch_size=len(labels), sync_dist=self._distributed())
         self.log("train/logit_scale", scale.detach(), batch_size=len(labels))

@@ -43,10 +43,21 @@ def check_padding(padding: str, student_id: str) -> None:
                           f"\"{TRAINING_PAD}\" in its preprocessor_config.json")
 
 
-def build_student(cfg: TrainConfig, out_dim: int) -> AudioStudent:
+def build_student(cfg: TrainConfig, out_dim: int, species=None) -> AudioStudent:
+    """The student as distillation starts it: CLAP's audio tower and a new head, the head filled
+    from text over ``species`` for a zero_shot head or ``head_init: text_map`` (distill/start.py)."""
     clap, fe = load_clap(cfg.student)
-    student = AudioStudent.from_clap(clap, fe, HeadSpec(kind=cfg.head, out_dim=out_dim, hidden_dim=cfg.head_hidden_dim))
+    spec = HeadSpec(kind=cfg.head, out_dim=out_dim, hidden_dim=cfg.head_hidden_dim)
+    if cfg.head == "zero_shot":
+        from ..encoders.combination import species_records
+
+        spec.species = species_records(species)
+    student = AudioStudent.from_clap(clap, fe, spec)
     check_padding(student.frontend.padding, cfg.student)
+    if cfg.head == "zero_shot" or cfg.head_init == "text_map":
+        from .start import init_head
+
+        init_head(student, cfg, species)
     return student
 
 
@@ -125,13 +136,18 @@ def _trainer(cfg: TrainConfig, out_dir: Path, callbacks: list, steps_per_epoch: 
 
 
 def distill(collection: Collection, cfg: TrainConfig, out_dir: str | Path, *, resume: bool = False,
-            validation: ValidationData | None = None) -> DistilledModel:
+            validation: ValidationData | None = None, species=None, reference=None) -> DistilledModel:
     """Train the student + head on ``collection``'s train split and save ``out_dir/model``.
 
     ``validation``: what to validate on (:func:`~birdbridge.distill.items.validation_data` of a
     ``validation:`` block); default: the labelled rows of ``cfg.val_split``, if any. With validation
     data the run writes ``out_dir/metrics.csv`` and saves the best validation's weights
-    (``out_dir/model/training.json`` says which epoch); without, the last epoch's."""
+    (``out_dir/model/training.json`` says which epoch); without, the last epoch's.
+
+    ``species``: the head's species list (``head_species``; distill/start.py), default the
+    training species; ``reference``: ``(collection, items)`` of unlabeled audio for the ZSCL term
+    (default: ``reference_audio``). With ``wise_alpha < 1`` the saved weights are interpolated
+    between the start and the fine-tuned model, both kept in ``out_dir/wise/``."""
     import lightning as L
     from .checkpointing import GlobalStepCheckpoint
     from .datamodule import DistillData
@@ -144,8 +160,17 @@ def distill(collection: Collection, cfg: TrainConfig, out_dir: str | Path, *, re
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     text = species_text_embeddings(cfg, collection)
     out_dim = next(iter(text.values())).shape[1]
+    from . import start as st
+
+    species = st.head_species(cfg, collection, species) if st.needs_species(cfg) else None
+    if cfg.zscl_weight > 0 and reference is None:
+        if not cfg.reference_audio:
+            raise ConfigError("config key 'zscl_weight' > 0 needs 'reference_audio' (unlabeled recordings)")
+        ref_coll = st.load_reference(cfg.reference_audio)
+        reference = (ref_coll, ref_coll.audio)
     torch.manual_seed(cfg.seed)  # head init independent of what the teacher load consumed
-    student = build_student(cfg, out_dim)
+    student = build_student(cfg, out_dim, species)
+    theta0 = st.state_copy(student) if cfg.wise_alpha < 1 else None
     vdata = validation if validation is not None else validation_data(collection, cfg)
     data = DistillData(collection, train_items, vdata.audio if vdata else [], sample_rate=student.sample_rate,
                        n_samples=student.window_samples, batch_size=cfg.batch_size, num_workers=cfg.num_workers,
@@ -156,8 +181,17 @@ def distill(collection: Collection, cfg: TrainConfig, out_dir: str | Path, *, re
     clap_text, clap_scale = (None, 1.0)
     if cfg.clap_alignment_weight > 0:
         clap_text, clap_scale = clap_species_table(cfg, collection.species)
+    zscl = None
+    ref_skips = SkipLog()
+    if cfg.zscl_weight > 0:
+        waves = st.reference_pool(reference[0], reference[1], student.sample_rate, student.window_samples,
+                                  max_clips=cfg.reference_max_clips, seed=cfg.seed, skips=ref_skips)
+        zscl = st.ZsclTerm(waves, st.start_outputs(student, waves, cfg.batch_size), st.head_teacher_rows(cfg, species),
+                           weight=cfg.zscl_weight, scale=1.0 / cfg.init_temperature,
+                           batch_size=cfg.zscl_batch_size or cfg.batch_size, seed=cfg.seed)
     module = DistillModule(student, text, cfg, total_steps=steps_per_epoch * cfg.max_epochs,
-                           clap_text=clap_text, clap_logit_scale=clap_scale)
+                           clap_text=clap_text, clap_logit_scale=clap_scale, zscl=zscl)
+    module.skips.skips.extend(ref_skips.skips)  # unreadable reference recordings count like bad clips
     # spaced in global optimizer steps, fixed once the trainer knows its world size (checkpointing.py)
     ckpt = GlobalStepCheckpoint(dirpath=out_dir / "checkpoints", save_last=True, save_top_k=0,
                                 every_n_steps=cfg.checkpoint_every_n_steps, steps_per_epoch=data.steps_per_epoch)
@@ -193,6 +227,11 @@ def distill(collection: Collection, cfg: TrainConfig, out_dir: str | Path, *, re
         "trained_on": {"dataset": collection.name, "synthetic": collection.name == "synthetic"},
     }
     model = DistilledModel.from_student(module.student.cpu(), meta).eval()
+    if theta0 is not None:  # WiSE-FT: every weight between the start and the fine-tuned model
+        finetuned = st.state_copy(model)
+        model.load_state_dict(st.interpolate(theta0, finetuned, cfg.wise_alpha))
+        if trainer.global_rank == 0:
+            st.save_ends(out_dir, theta0, finetuned)
     if cfg.combination is not None:
         species = collection.species
         if cfg.combination_species:

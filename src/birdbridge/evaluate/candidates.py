@@ -14,6 +14,17 @@
   ensemble of the fine-tuned and the zero-shot model (Wortsman et al., CVPR 2022, compare
   output ensembling with WiSE-FT), two tower passes per window instead of one.
 
+* ``distilled_wise`` — LP-FT then WiSE-FT (:mod:`birdbridge.distill.start`): the head starts
+  from text alone over the evaluation's whole species list (seen and unseen names), so step 0 is
+  a zero-shot model in the teacher's space (``head: zero_shot``, the default: exactly the
+  ``zero_shot_combination``; or ``head: linear`` + ``head_init: text_map``, the text-mapping fit);
+  fine-tuned on the seen species as ``distilled``; the saved weights are
+  ``(1 − α)·θ₀ + α·θ_ft`` (config key ``wise``: TrainConfig keys over ``train``). The α curve
+  (``wise_curve``) is traced from the two end points the training keeps, with no retraining.
+* ``distilled_zscl`` — the same start, fine-tuned with ZSCL's term keeping the start's similarity
+  distributions over every species' teacher text on unlabeled reference audio (in the synthetic
+  world: the training clips of all species, labels dropped; config key ``zscl``).
+
 All use the evaluation's CLAP text recipe (``clap_text``) and, for the combination, its
 teacher text recipe (``text``), the ones the ``zero_shot_combination`` baseline uses.
 """
@@ -22,8 +33,51 @@ from __future__ import annotations
 
 from pathlib import Path
 
-CANDIDATES = ("distilled_aligned", "distilled_combined", "distilled_ensemble")
+CANDIDATES = ("distilled_aligned", "distilled_combined", "distilled_ensemble", "distilled_wise", "distilled_zscl")
 DEFAULT_ALIGNED = {"clap_alignment_weight": 1.0, "clap_feature_weight": 1.0}
+DEFAULT_WISE = {"head": "zero_shot", "wise_alpha": 0.5}
+DEFAULT_ZSCL = {"head": "zero_shot", "zscl_weight": 1.0}
+
+
+def start_train_config(cfg, setting, defaults: dict, over: dict):
+    """The TrainConfig of the arms that start from a zero-shot model: ``train`` + ``defaults`` + the
+    config's own keys + the evaluation's CLAP caption and teacher text recipes (the combination's)."""
+    recipe = {"clap_templates": list(cfg.clap_text.templates), "clap_prompt_types": list(cfg.clap_text.prompt_types),
+              "head_prompt_type": cfg.text.prompt_type, "head_template_set": cfg.text.template_set}
+    return cfg.train_config(**{**setting.train_overrides, **recipe, **defaults, **over})
+
+
+def _start_arms(ev, cfg, setting, train_ids, suffix, work, log, models, wanted, species, curves) -> dict[str, str]:
+    """``distilled_wise`` (and its α curve into ``curves``) and ``distilled_zscl``."""
+    from ..distill.start import load_ends, wise_model
+    from .models import distilled_model
+
+    out: dict[str, str] = {}
+    if "distilled_wise" in wanted:
+        wcfg = start_train_config(cfg, setting, DEFAULT_WISE, cfg.wise)
+        model, info = distilled_model(setting, wcfg, train_ids, work, log, species=species)
+        name = f"distilled_wise{suffix}"
+        models[name] = {**info, "wise_alpha": wcfg.wise_alpha, "head": wcfg.head}
+        ev.add_model_space(name, model)
+        out["distilled_wise"] = name
+        ends = Path(info["path"]).parent / "wise"
+        if cfg.wise_curve and ends.is_dir():
+            start, finetuned = load_ends(ends.parent)
+            curves["distilled_wise"] = {}
+            for a in cfg.wise_curve:
+                space = f"distilled_wise@{a:g}{suffix}"
+                ev.add_model_space(space, wise_model(model, start, finetuned, float(a)))
+                curves["distilled_wise"][f"{a:g}"] = space
+    if "distilled_zscl" in wanted:
+        zcfg = start_train_config(cfg, setting, DEFAULT_ZSCL, cfg.zscl)
+        coll = setting.train_collection  # every species' training clips, labels dropped
+        reference = (coll, coll.audio_split(zcfg.train_split))
+        model, info = distilled_model(setting, zcfg, train_ids, work, log, species=species, reference=reference)
+        name = f"distilled_zscl{suffix}"
+        models[name] = {**info, "zscl_weight": zcfg.zscl_weight, "head": zcfg.head}
+        ev.add_model_space(name, model)
+        out["distilled_zscl"] = name
+    return out
 
 
 def aligned_train_config(cfg, setting):
@@ -42,10 +96,11 @@ def combination_spec(cfg):
 
 
 def add_candidates(ev, cfg, setting, train_ids: list[str], suffix: str, work: Path, log, models: dict,
-                   plain=None) -> dict[str, str]:
+                   plain=None, curves: dict | None = None) -> dict[str, str]:
     """Train (or reuse) and embed the configured candidates on ``train_ids``; ``{method: space name}``.
 
-    ``plain``: ``(model, info)`` of the plain distilled model on the same species (``distilled_ensemble``)."""
+    ``plain``: ``(model, info)`` of the plain distilled model on the same species (``distilled_ensemble``);
+    ``curves``: filled with ``{method: {alpha: space name}}`` (``distilled_wise``'s α curve)."""
     from ..encoders.combination import ClapTower, build_combination
     from ..encoders.species_text import ClapTextRecipe
     from .models import distilled_model
@@ -61,7 +116,8 @@ def add_candidates(ev, cfg, setting, train_ids: list[str], suffix: str, work: Pa
                                  ClapTextRecipe(list(cfg.clap_text.templates), list(cfg.clap_text.prompt_types)),
                                  heard_species=[by_id[i] for i in train_ids], clap_text_encoder=ev.clap_text)
 
-    out: dict[str, str] = {}
+    out = _start_arms(ev, cfg, setting, train_ids, suffix, work, log, models, wanted, species,
+                      curves if curves is not None else {})
     if "distilled_ensemble" in wanted and plain is not None:
         comb = combination(setting.student).with_tower(ClapTower.copy_of(ev.clap_embedder.model))
         name = f"distilled_ensemble{suffix}"

@@ -20,7 +20,9 @@ from ..taxonomy import MIXED, PROMPT_TYPES, TEMPLATE_SETS, resolve_prompt_types
 
 METHODS = ("random_projection", "text_mapping", "zero_shot_combination", "distilled")  # the paper's
 # methods for species distillation never heard (issue 17; evaluate/candidates.py)
-ALL_METHODS = METHODS + ("distilled_aligned", "distilled_combined", "distilled_ensemble")
+ALL_METHODS = METHODS + ("distilled_aligned", "distilled_combined", "distilled_ensemble", "distilled_wise",
+                         "distilled_zscl")
+TRAINED_CANDIDATES = ("distilled_aligned", "distilled_combined", "distilled_wise", "distilled_zscl")
 # TrainConfig keys that change how training runs, not what it learns: ignored in model keys.
 RUNTIME_KEYS = ("cache_dir", "progress", "num_workers", "accelerator", "devices", "num_nodes", "strategy",
                 "precision", "log_every_n_steps", "checkpoint_every_n_steps")
@@ -161,6 +163,12 @@ class EvalConfig:
     # `train` (default clap_alignment_weight 1, clap_feature_weight 1), CombinationSpec keys
     aligned: dict = field(default_factory=dict)
     combination: dict = field(default_factory=dict)
+    # distilled_wise / distilled_zscl (evaluate/candidates.py, distill/start.py): TrainConfig keys over
+    # `train` (defaults: head zero_shot with wise_alpha 0.5 / zscl_weight 1); the alphas of
+    # distilled_wise's curve, traced from its two end points without training again ([]: none)
+    wise: dict = field(default_factory=dict)
+    zscl: dict = field(default_factory=dict)
+    wise_curve: list[float] = field(default_factory=lambda: [0.0, 0.25, 0.5, 0.75, 1.0])
     main_table: bool = True  # false: only the unseen split (seen and unseen species) is scored
     sweep: SweepSpec | None = None
     prompt_ablation: list[str] = field(default_factory=list)
@@ -208,12 +216,17 @@ class EvalConfig:
         try:
             tc = self.train_config()  # fail now, naming the key, not after an hour of setup
             self.train_config(**self.aligned)
+            self.train_config(**{"head": "zero_shot", **self.wise})
+            self.train_config(**{"head": "zero_shot", **self.zscl})
+            bad = [a for a in self.wise_curve if not 0.0 <= float(a) <= 1.0]
+            if bad:
+                raise ConfigError(f"config key 'wise_curve' holds alphas in [0, 1], got {bad[0]}")
             if self.combination:
                 from ..encoders.combination import CombinationSpec
 
                 from_dict(CombinationSpec, self.combination, where="combination.")
         except ConfigError as err:
-            if "'train." in str(err):
+            if "'train." in str(err) or "wise_curve" in str(err):
                 raise
             raise ConfigError(f"in 'train': {err}") from None
         if self.trains_here():
@@ -258,7 +271,7 @@ class EvalConfig:
             return not (main_given and sorted(resolve_prompt_types([pt])) == sorted(main_types))
 
         return (("distilled" in self.methods and not main_given)
-                or any(m in ("distilled_aligned", "distilled_combined") for m in self.methods)
+                or any(m in TRAINED_CANDIDATES for m in self.methods)
                 or any(arm_trains(pt) for pt in self.prompt_ablation)
                 or (self.unseen is not None and not self.unseen.distilled_model))
 

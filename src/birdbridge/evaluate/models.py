@@ -20,10 +20,12 @@ from ..quiet import lightning_logs_quiet
 from .eval_config import RUNTIME_KEYS
 
 
-def model_key(train_cfg, train_species: list[str], setting) -> str:
+def model_key(train_cfg, train_species: list[str], setting, extra=None) -> str:
+    """``extra``: what else the training reads (the head's species list, the reference audio)."""
     recipe = {k: v for k, v in dataclasses.asdict(train_cfg).items() if k not in RUNTIME_KEYS}
     recipe["prompt_types"] = list(train_cfg.resolved_prompt_types)  # [mixed] trains what its three types train
-    h = hashlib.sha256(json.dumps([recipe, sorted(train_species), setting.fingerprint], sort_keys=True, default=str).encode())
+    parts = [recipe, sorted(train_species), setting.fingerprint] + ([extra] if extra else [])
+    h = hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode())
     return h.hexdigest()[:16]
 
 
@@ -63,12 +65,21 @@ def given_model(path: str, key: str, teacher_dim: int, *, forbidden: set[str] | 
     return model.eval(), {**_info_from_meta(model), "source": "given", "path": str(path), "train_s": 0.0}
 
 
-def distilled_model(setting, train_cfg, train_species: list[str], work: Path, log) -> tuple[object, dict]:
-    """Train (or reuse) a distilled model on ``train_species`` of the training collection."""
+def distilled_model(setting, train_cfg, train_species: list[str], work: Path, log, *, species=None,
+                    reference=None) -> tuple[object, dict]:
+    """Train (or reuse) a distilled model on ``train_species`` of the training collection.
+
+    ``species``: the head's species list, ``reference``: ``(collection, items)`` of unlabeled audio
+    for ZSCL (:func:`~birdbridge.distill.train.distill`); both are part of the model's key."""
     from ..distill.train import distill
     from ..encoders.student import DistilledModel, is_distilled_checkpoint
 
-    key = model_key(train_cfg, train_species, setting)
+    extra = {}
+    if species is not None:
+        extra["head_species"] = [sp.id for sp in species]
+    if reference is not None:
+        extra["reference"] = sorted(str(it.path) for it in reference[1])
+    key = model_key(train_cfg, train_species, setting, extra)
     ckpt = work / "models" / key / "train" / "model"
     info = {"key": key, "prompt_types": list(train_cfg.resolved_prompt_types), "encoder_mode": train_cfg.encoder_mode
             if not train_cfg.freeze_encoder else "eval (frozen)", "n_train_species": len(train_species)}
@@ -88,7 +99,7 @@ def distilled_model(setting, train_cfg, train_species: list[str], work: Path, lo
         + (f", resuming from {last}" if resumed else ""))
     t0 = time.time()
     with lightning_logs_quiet():  # once per arm they would bury the run's own lines
-        model = distill(coll, train_cfg, ckpt.parent, resume=resumed)
+        model = distill(coll, train_cfg, ckpt.parent, resume=resumed, species=species, reference=reference)
     return model.eval(), {**info, "source": "trained", "path": str(ckpt), "train_s": round(time.time() - t0, 2),
                           "resumed": resumed}
 

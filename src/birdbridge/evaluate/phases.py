@@ -160,6 +160,17 @@ def prompt_ablation(run: Run, view) -> dict:
     return ablation
 
 
+def curve_point(seen: dict, unseen: dict) -> dict:
+    """One point of an alpha curve: A->I mAP and kNN@1 on each side."""
+    def pick(res: dict, key: str):
+        if key == "map":
+            return ((res.get("audio_to_image") or {}).get("all") or {}).get("ranks", {}).get("species", {}).get("map")
+        return (res.get("knn") or {}).get(key)
+
+    return {"seen": pick(seen, "map"), "unseen": pick(unseen, "map"),
+            "seen_knn@1": pick(seen, "knn@1"), "unseen_knn@1": pick(unseen, "knn@1")}
+
+
 def unseen_species(run: Run, held: HeldOut) -> dict:
     """The methods distilled on the seen species only, scored on the held-out and on the seen species."""
     cfg, ev, setting, models, log = run.cfg, run.ev, run.setting, run.models, run.log
@@ -180,10 +191,11 @@ def unseen_species(run: Run, held: HeldOut) -> dict:
         ev.add_text_mapping("text_mapping[seen]", train_ids)
     if "random_projection" in cfg.methods and "random_projection" not in ev.spaces:
         ev.add_model_space("random_projection", ev.random_projection())
+    curves: dict = {}
     arms = {"random_projection": "random_projection", "text_mapping": "text_mapping[seen]",
             "zero_shot_combination": "zero_shot_combination", "distilled": "distilled[seen]",
             **add_candidates(ev, cfg, setting, train_ids, "[seen]", run.work, log, models,
-                             (model, models["distilled[seen]"]))}
+                             (model, models["distilled[seen]"]), curves)}
     arms = {m: sp for m, sp in arms.items() if m in cfg.methods or m == "distilled"}
     seen, unseen_ids = held.seen, held.unseen
     unseen = {"split": to_dict(cfg.unseen), "seen_species": seen, "unseen_species": unseen_ids, "held_out_list": "unseen_species.csv",
@@ -194,6 +206,9 @@ def unseen_species(run: Run, held: HeldOut) -> dict:
     for m, space in arms.items():
         unseen["methods"][m] = ev.score(space, view)
         unseen["seen_methods"][m] = ev.score(space, seen_view)
+    # distilled_wise's alpha curve: {alpha: {seen, unseen: A->I mAP, seen_knn@1, unseen_knn@1}}
+    unseen["curves"] = {m: {a: curve_point(ev.score(sp, seen_view), ev.score(sp, view)) for a, sp in pts.items()}
+                        for m, pts in curves.items()}
     if "distilled" in ev.spaces:  # reference: the model that did hear these species
         unseen["methods"]["distilled (heard all species)"] = ev.score("distilled", view)
     if "zero_shot_combination" in cfg.methods:  # CLAP choosing among all species, as the combinations do

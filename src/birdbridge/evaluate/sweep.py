@@ -19,7 +19,7 @@ from pathlib import Path
 from ..config import to_dict
 from . import sweep_report
 from .runner import refuse_multi_process, run_eval
-from .sweep_table import aggregate, check_targets, run_metrics
+from .sweep_table import aggregate, aggregate_curves, check_targets, choose_alpha, run_metrics
 from .write import write_outputs
 
 
@@ -31,6 +31,7 @@ def run_sweep(cfg, out: str | Path, *, log=print) -> dict:
     work = Path(cfg.work_dir).expanduser() if cfg.work_dir else out / "work"
     t0 = time.time()
     per_run: dict[float, list[dict]] = {}
+    per_curves: dict[float, list[dict]] = {}
     runs: list[dict] = []
     counts: dict = {}
     for frac in cfg.sweep.clap_known_fractions:
@@ -45,13 +46,18 @@ def run_sweep(cfg, out: str | Path, *, log=print) -> dict:
             res = run_eval(sub, run_dir, log=log)
             per_run.setdefault(frac, []).append(run_metrics(res))
             un = res.get("unseen") or {}
+            per_curves.setdefault(frac, []).append(un.get("curves") or {})
             counts[f"known{frac:g}-seed{seed}"] = un.get("species_counts")
             runs.append({"clap_known_fraction": frac, "seed": seed, "dir": str(run_dir), "total_s": round(time.time() - t, 1)})
     table = aggregate(per_run)
+    curves = aggregate_curves(per_curves)
     candidates = [m for m in cfg.methods if m.startswith("distilled_")]
     results = {"name": cfg.name, "kind": "sweep", "seeds": list(cfg.sweep.seeds),
                "clap_known_fractions": list(cfg.sweep.clap_known_fractions), "methods": list(cfg.methods),
                "table": {f"{k:g}": v for k, v in table.items()}, "targets": check_targets(table, candidates),
+               # distilled_wise's alpha curve over the seeds, and the alpha these seeds would choose (by the
+               # harmonic mean of seen and unseen mAP); the configured alpha is chosen on a seed not reported
+               "curves": {f"{k:g}": v for k, v in curves.items()}, "alpha_choice": choose_alpha(curves),
                "species_counts": counts, "runs": runs, "total_s": round(time.time() - t0, 1),
                "config": to_dict(cfg)}
     write_outputs(out, results, sweep_report.render_sweep, figures=sweep_report.figures if cfg.plots else None,

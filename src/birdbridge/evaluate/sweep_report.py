@@ -28,7 +28,7 @@ def render_sweep(results: dict) -> str:
              "held out of distillation (split `one_per_genus` unless configured otherwise). Each method is trained on the "
              "seen species only and scored on both. `zero_shot_combination` and ZS top-1 choose among the scored side's "
              "species only; `distilled_combined`/`distilled_ensemble` carry CLAP's posterior over *every* species of the world (the list "
-             "their checkpoints hold) and are embedded through their own forward pass, as `search` would; "
+             "their checkpoints hold), as the heads of `distilled_wise`/`distilled_zscl` choose among every species, and are embedded through their own forward pass, as `search` would; "
              "`zero_shot_combination (all species)` is the baseline choosing among every species too. "
              f"`{CLAP_SPACE}`: the student before distillation (kNN and CLAP zero-shot only).", ""]
     for frac in fracs:
@@ -59,9 +59,54 @@ def render_sweep(results: dict) -> str:
                     f"{'yes' if t['met'] else 'no'} |")
     lines += ["| known | method | seen mAP | unseen mAP | seen kNN@1 | unseen kNN@1 | all met |",
               "|---|---|---:|---:|---:|---:|---|", *rows, ""]
+    lines += _curve_lines(results)
     lines += ["Runs: " + ", ".join(f"{r['dir'].split('/')[-1]} {r['total_s']} s" for r in results.get("runs", [])),
               "", f"Total: {results.get('total_s')} s.", ""]
     return "\n".join(lines)
+
+
+def _curve_lines(results: dict) -> list[str]:
+    curves = results.get("curves") or {}
+    if not any(curves.values()):
+        return []
+    lines = ["## WiSE-FT: seen and unseen A→I mAP along the interpolation", "",
+             "θ_α = (1 − α)·θ₀ + α·θ_ft: α = 0 is the start (the zero-shot model in the teacher's space), α = 1 the "
+             "fine-tuned model. hmean: harmonic mean of seen and unseen mAP (per run, then mean ± sd). The configured "
+             "α was chosen on a seed that is not reported; what these seeds alone would choose is shown below.", ""]
+    for frac, per in curves.items():
+        for m, pts in per.items():
+            lines += [f"**{m}, CLAP knows {frac}**", "", "| α | seen | unseen | hmean | seen kNN@1 | unseen kNN@1 |",
+                      "|---:|---:|---:|---:|---:|---:|"]
+            lines += [f"| {a} | {_ms(r['seen'])} | {_ms(r['unseen'])} | {_ms(r['hmean'])} | {_ms(r['seen_knn@1'])} | "
+                      f"{_ms(r['unseen_knn@1'])} |" for a, r in pts.items()] + [""]
+    for m, c in (results.get("alpha_choice") or {}).items():
+        lines += [f"{m}: these seeds' best α by harmonic mean (averaged over fractions) is {c['alpha']:g} "
+                  f"({c['hmean']:.3f}).", ""]
+    return lines
+
+
+def plot_curves(results: dict):
+    """Seen and unseen mAP against α, one panel per CLAP-known fraction (distilled_wise)."""
+    from matplotlib.figure import Figure
+
+    curves = {f: per for f, per in (results.get("curves") or {}).items() if per}
+    fig = Figure(figsize=(5 * max(1, len(curves)), 4))
+    axes = fig.subplots(1, max(1, len(curves)), sharey=True, squeeze=False)[0]
+    for ax, (frac, per) in zip(axes, curves.items()):
+        for m, pts in per.items():
+            alphas = [float(a) for a in pts]
+            for side, style in (("seen", "o-"), ("unseen", "s--"), ("hmean", "^:")):
+                mean = [pts[a][side]["mean"] for a in pts]
+                sd = [pts[a][side]["sd"] for a in pts]
+                ax.errorbar(alphas, mean, yerr=sd, fmt=style, capsize=3, label=f"{m} {side}")
+        ax.set_title(f"CLAP knows {frac} of the names")
+        ax.set_xlabel("α (0: start, 1: fine-tuned)")
+        ax.set_ylim(0, 1.02)
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("audio → image mAP (species)")
+    axes[-1].legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    return fig
 
 
 def plot_sweep(results: dict):
@@ -91,4 +136,7 @@ def plot_sweep(results: dict):
 
 def figures(results: dict) -> dict:
     """The sweep's plot by file name."""
-    return {"unseen.png": plot_sweep(results)}
+    out = {"unseen.png": plot_sweep(results)}
+    if any((results.get("curves") or {}).values()):
+        out["wise.png"] = plot_curves(results)
+    return out

@@ -74,3 +74,45 @@ def check_targets(table: dict, candidates: list[str]) -> list[dict]:
                 not row.get("zsc_beats_chance") or row.get("unseen_map_vs_0.9_zsc", -1) >= 0)
             rows.append(row)
     return rows
+
+
+def harmonic_mean(a: float | None, b: float | None) -> float:
+    if a is None or b is None or math.isnan(a) or math.isnan(b) or a + b <= 0:
+        return float("nan")
+    return 2.0 * a * b / (a + b)
+
+
+def aggregate_curves(per_run: dict[float, list[dict]]) -> dict:
+    """``{fraction: {method: {alpha: {seen, unseen, hmean, seen_knn@1, unseen_knn@1: stat}}}}`` over the seeds
+    (each run's ``unseen.curves``); ``hmean``: the harmonic mean of a run's seen and unseen mAP."""
+    out: dict = {}
+    for frac, runs in per_run.items():
+        methods = list(dict.fromkeys(m for r in runs for m in r))
+        out[frac] = {}
+        for m in methods:
+            alphas = list(dict.fromkeys(a for r in runs for a in r.get(m, {})))
+            out[frac][m] = {}
+            for a in alphas:
+                pts = [r.get(m, {}).get(a, {}) for r in runs]
+                row = {k: _stat([p.get(k) for p in pts]) for k in ("seen", "unseen", "seen_knn@1", "unseen_knn@1")}
+                row["hmean"] = _stat([harmonic_mean(p.get("seen"), p.get("unseen")) for p in pts])
+                out[frac][m][a] = row
+    return out
+
+
+def choose_alpha(curves: dict) -> dict:
+    """Per method, the alpha with the best harmonic mean of seen and unseen mAP, averaged over the
+    fractions (one alpha for every fraction: a user does not know how many names the CLAP knows)."""
+    out: dict = {}
+    methods = list(dict.fromkeys(m for per in curves.values() for m in per))
+    for m in methods:
+        scores: dict[str, list[float]] = {}
+        for per in curves.values():
+            for a, row in per.get(m, {}).items():
+                scores.setdefault(a, []).append(row["hmean"]["mean"])
+        mean = {a: float(np.nanmean(v)) if any(not math.isnan(x) for x in v) else float("nan") for a, v in scores.items()}
+        valid = {a: v for a, v in mean.items() if not math.isnan(v)}
+        if valid:
+            best = max(valid, key=lambda a: (valid[a], -float(a)))
+            out[m] = {"alpha": float(best), "hmean": valid[best], "by_alpha": mean}
+    return out
