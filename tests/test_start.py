@@ -57,7 +57,9 @@ def test_zscl_loss_by_hand():
     assert loss.item() == pytest.approx(want, abs=1e-6)
     loss.backward()
     assert cur.grad.abs().sum() > 0
-    # the second row already has the start's direction: its KL is 0, the first's is positive
+    weighted = st.zscl_loss(cur.detach(), start, text, scale, torch.tensor([0.5, 2.0])).item()
+    kl = np.sum(p0 * (np.log(p0) - np.log(p)), axis=1)
+    assert weighted == pytest.approx(np.mean(kl * [0.5, 2.0]), abs=1e-6)
     assert st.zscl_loss(start.clone(), start, text, scale).item() == pytest.approx(0.0, abs=1e-7)
 
 
@@ -79,6 +81,26 @@ def test_zero_shot_head_starts_as_the_zero_shot_combination():
         ProjectionHead(HeadSpec(kind="zero_shot"))
 
 
+def test_unheard_rows_stay_where_text_put_them():
+    species = [{"id": f"s{i}", "scientific_name": f"G s{i}", "common_name": f"B {i}"} for i in range(3)]
+    head = ProjectionHead(HeadSpec(kind="zero_shot", in_dim=4, out_dim=3, species=species))
+    head.net.init_from_text(torch.eye(3, 4), torch.eye(3), 2.0)
+    head.net.heard.copy_(torch.tensor([1.0, 0.0, 1.0]))
+    # posterior mass on the unheard species, by hand: x = e2 -> logits (0, 2, 0) -> p = (1, e^2, 1) / (2 + e^2)
+    assert head.net.unheard_mass(torch.tensor([[0.0, 1.0, 0.0, 0.0]])).item() == pytest.approx(
+        math.exp(2) / (2 + math.exp(2)), abs=1e-6)
+    head.net.freeze_unheard()
+    before = head.net.clap_text.detach().clone()
+    opt = torch.optim.SGD(head.parameters(), lr=0.5)
+    x = torch.randn(6, 4, generator=torch.Generator().manual_seed(1))
+    loss = -(torch.nn.functional.normalize(head(x), dim=-1) @ torch.tensor([0.0, 0.0, 1.0])).mean()
+    loss.backward()
+    opt.step()
+    after = head.net.clap_text.detach()
+    assert torch.equal(after[1], before[1])  # never heard: held
+    assert not torch.equal(after[0], before[0]) and not torch.equal(after[2], before[2])
+
+
 @pytest.mark.parametrize("keys, match", [
     ({"head": "mlp", "head_init": "text_map"}, "head_init"),
     ({"head_init": "from_thin_air"}, "head_init"),
@@ -86,6 +108,8 @@ def test_zero_shot_head_starts_as_the_zero_shot_combination():
     ({"wise_alpha": 1.5}, "wise_alpha"),
     ({"zscl_weight": -1.0}, "zscl_weight"),
     ({"head_prompt_type": "poem"}, "head_prompt_type"),
+    ({"zscl_gate": "unheard"}, "zscl_gate"),
+    ({"head_unheard_rows": "melted"}, "head_unheard_rows"),
 ])
 def test_config_errors_name_the_key(keys, match):
     from birdbridge.distill.config import TrainConfig
@@ -142,7 +166,9 @@ def test_training_step_adds_the_weighted_zscl_term(small_world, tiny_clap_dir, t
                               max_clips=5, seed=0, skips=SkipLog())
     assert waves.shape == (5, student.window_samples)  # a seeded choice of 5 of the 12 clips
     rows = st.head_teacher_rows(cfg, small_world.species)
-    zscl = st.ZsclTerm(waves, st.start_outputs(student, waves, 4), rows, weight=3.0, scale=5.0, batch_size=3, seed=0)
+    start_out, ones = st.start_outputs(student, waves, 4)
+    assert ones.tolist() == [1.0] * 5
+    zscl = st.ZsclTerm(waves, start_out, rows, weight=3.0, scale=5.0, batch_size=3, seed=0)
     assert torch.equal(zscl.batch(7), zscl.batch(7)) and len(zscl.batch(7)) == 3
     module = DistillModule(student, text, cfg, total_steps=10, zscl=zscl)
     plain = DistillModule(student, text, cfg, total_steps=10)
@@ -186,6 +212,16 @@ def test_wise_training_saves_the_interpolation_and_the_console_script_uses_it(sm
     moved = [k for k in finetuned if finetuned[k].is_floating_point() and not torch.equal(start[k], finetuned[k])]
     assert any(k.startswith("audio_model.") for k in moved) and "head.net.clap_text" in moved
     loaded = DistilledModel.from_pretrained(saved)
+    names = [s["scientific_name"] for s in conf["head"]["species"]]
+    heard = loaded.head.net.heard.tolist()
+    assert heard[names.index("Novus ignotus")] == 0.0 and sum(heard) == len(small_world.species)
+    # never heard, its caption row kept the direction text gave it (head_unheard_rows: frozen, the default;
+    # AdamW's weight decay only shortens it, and the head reads rows normalised)
+    i = names.index("Novus ignotus")
+    unit = lambda v: torch.nn.functional.normalize(v, dim=-1)  # noqa: E731
+    torch.testing.assert_close(unit(start["head.net.clap_text"][i]), unit(finetuned["head.net.clap_text"][i]),
+                               rtol=0, atol=1e-6)
+    assert (unit(start["head.net.clap_text"][0]) - unit(finetuned["head.net.clap_text"][0])).abs().max() > 1e-4
     want = st.interpolate(start, finetuned, 0.4)
     for k, v in loaded.state_dict().items():
         if k in want:
@@ -230,3 +266,21 @@ def test_zscl_without_reference_audio_is_one_config_error(small_world, tiny_clap
         distill(small_world, cfg, tmp_path / "run")
     assert not (tmp_path / "run" / "model").exists()
     assert math.isfinite(dataclasses.asdict(cfg)["zscl_weight"])
+
+
+def test_train_verb_names_each_missing_start_input_in_one_go(tmp_path):
+    """`birdbridge train` checks the new keys before any model loads: a ZSCL weight without reference
+    audio, and list/audio paths that do not exist, each one line, exit 2."""
+    (tmp_path / "clips").mkdir()
+    config = tmp_path / "train.yaml"
+    config.write_text("data: {kind: folder, path: clips}\n"
+                      "train: {zscl_weight: 1.0, head: zero_shot, head_species: nowhere.csv}\n")
+    other = tmp_path / "elsewhere"
+    other.mkdir()
+    res = subprocess.run([str(BIN), "train", str(config), "--out", "run"], cwd=other, capture_output=True, text=True,
+                         timeout=120, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert res.returncode == 2, res.stderr
+    assert "Traceback" not in res.stderr
+    assert "train.zscl_weight > 0 needs train.reference_audio" in res.stderr
+    assert "train.head_species not found: nowhere.csv" in res.stderr
+    assert not (other / "run").exists()

@@ -157,11 +157,22 @@ def train_cmd(
     for key in ("student", "teacher"):  # model folders, like data.path, may be written relative to the config
         if isinstance(train.get(key), str):
             train[key] = anchored(train[key], config.parent)
+    for key in ("head_species", "reference_audio", "combination_species"):  # lists and audio: relative to the config too
+        value = train.get(key)
+        if isinstance(value, str) and not Path(value).expanduser().is_absolute() and (config.parent / value).exists():
+            train[key] = str(config.parent / value)
     cfg = checks.attempt(TrainConfig.from_dict, {**train, **overrides})
     if cfg is not None:
         checks.model(cfg.student, "student")
         checks.model(cfg.teacher, "teacher")
         checks.accelerator(cfg.accelerator)
+        for key in ("head_species", "reference_audio", "combination_species"):
+            value = getattr(cfg, key)
+            if value and not Path(value).expanduser().exists():
+                checks.problems.append(ConfigError(f"{config}: train.{key} not found: {value}"))
+        if cfg.zscl_weight > 0 and not cfg.reference_audio:
+            checks.problems.append(ConfigError(f"{config}: train.zscl_weight > 0 needs train.reference_audio "
+                                               "(unlabeled recordings: a CSV, a folder or an iNatSounds JSON)"))
     collection = excluded = validation = None
     if data_ok and cfg is not None:  # the data itself (read, not decoded): its labelled recordings of the train split
         from ..data.loaders import load_collection

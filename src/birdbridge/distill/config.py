@@ -36,6 +36,9 @@ class TrainConfig:
     head_prompt_type: str = "taxonomic_common"  # the teacher rows the zero_shot head weights (and ZSCL uses)
     head_template_set: str = "single"
     head_ridge_alpha: float = 0.01
+    # zero_shot head: the caption rows of species without training audio stay as text put them
+    # (frozen) or learn as negatives (trained)
+    head_unheard_rows: str = "frozen"
     # WiSE-FT: the saved weights are (1 - wise_alpha) * start + wise_alpha * fine-tuned; 1 = fine-tuned
     wise_alpha: float = 1.0
     # ZSCL: zscl_weight * KL(start || current) over the species' teacher texts, on unlabeled
@@ -45,6 +48,12 @@ class TrainConfig:
     reference_audio: str | None = None
     reference_max_clips: int = 1024
     zscl_batch_size: int | None = None
+    # none: every reference clip held to the start alike; unheard: each clip's term weighted by the
+    # start's zero-shot posterior mass on species distillation never heard (zero_shot head only), so
+    # clips of heard species are left to the labels and the rest keep the start's behaviour
+    zscl_gate: str = "none"
+    # the temperature of ZSCL's similarity distributions (unset: init_temperature)
+    zscl_temperature: float | None = None
     loss: str = "infonce"
     positives: str = "multi"
     batch_size: int = 64
@@ -118,6 +127,14 @@ class TrainConfig:
             raise ConfigError(f"config key 'head_prompt_type' must be one of {PROMPT_TYPES}, got {self.head_prompt_type!r}")
         if self.head_template_set not in TEMPLATE_SETS:
             raise ConfigError(f"config key 'head_template_set' must be one of {TEMPLATE_SETS}, got {self.head_template_set!r}")
+        if self.head_unheard_rows not in ("frozen", "trained"):
+            raise ConfigError(f"config key 'head_unheard_rows' must be 'frozen' or 'trained', got {self.head_unheard_rows!r}")
+        if self.zscl_temperature is not None and not self.zscl_temperature > 0:
+            raise ConfigError(f"config key 'zscl_temperature' must be > 0, got {self.zscl_temperature}")
+        if self.zscl_gate not in ("none", "unheard"):
+            raise ConfigError(f"config key 'zscl_gate' must be 'none' or 'unheard', got {self.zscl_gate!r}")
+        if self.zscl_gate == "unheard" and self.head != "zero_shot":
+            raise ConfigError("config key 'zscl_gate: unheard' needs 'head: zero_shot' (its posterior is the gate)")
         if not 0.0 <= self.wise_alpha <= 1.0:
             raise ConfigError(f"config key 'wise_alpha' must be in [0, 1], got {self.wise_alpha}")
         if self.zscl_weight < 0:

@@ -13,7 +13,12 @@ Robust fine-tuning of zero-shot models works from a shared starting point in wei
   recordings (``reference_audio``), ``p = softmax(s · a @ Tᵀ)`` the similarity distribution of an
   embedding over every species' teacher text (the head species list), ``p₀`` the starting model's
   (computed once, before the first step, from one centre crop per reference clip), ``s`` =
-  1 / ``init_temperature``. It keeps the start's behaviour where labels say nothing.
+  1 / ``zscl_temperature`` (default ``init_temperature``). It keeps the start's behaviour where
+  labels say nothing. ``zscl_gate: unheard`` weights each clip's term by the start's zero-shot
+  posterior mass on the species distillation never heard: a clip the start takes for a heard
+  species is left to the labels (holding it would fight them), one it takes for an unheard species
+  is held. ``head_unheard_rows: frozen`` keeps the caption rows of unheard species where text put
+  them (they would only ever be pushed away, as negatives).
 * **end** (WiSE-FT, Wortsman et al. CVPR 2022; PAINT, Ilharco et al. 2022): every weight
   interpolated, ``θ_α = (1 − α) · θ₀ + α · θ_ft`` (``wise_alpha``; 1 = the fine-tuned model). One
   tower pass at inference: the result is an ordinary checkpoint. Both end points are kept in
@@ -62,15 +67,24 @@ def head_teacher_rows(cfg, species) -> torch.Tensor:
 
 
 @torch.no_grad()
-def init_head(student, cfg, species) -> dict:
-    """Fill the head of a freshly built ``student`` from text alone; what was done, for the record."""
+def init_head(student, cfg, species, heard_species=None) -> dict:
+    """Fill the head of a freshly built ``student`` from text alone; what was done, for the record.
+
+    ``heard_species``: the species with training audio (a zero_shot head marks the others unheard)."""
     from ..encoders.species_text import cached_teacher_text, clap_species_text
     from ..encoders.text import ClapTextEncoder
 
     enc = ClapTextEncoder.load(cfg.student)
     if cfg.head == "zero_shot":
         clap = torch.from_numpy(clap_species_text(enc, species, cfg.clap_templates, cfg.clap_prompt_types))
-        student.head.net.init_from_text(clap, head_teacher_rows(cfg, species), enc.logit_scale)
+        net = student.head.net
+        net.init_from_text(clap, head_teacher_rows(cfg, species), enc.logit_scale)
+        if heard_species is not None:
+            from ..encoders.combination import heard_mask
+
+            net.heard.copy_(heard_mask(species, heard_species))
+        if cfg.head_unheard_rows == "frozen":
+            net.freeze_unheard()
         return {"head_init": "zero_shot", "n_species": len(species), "logit_scale": float(enc.logit_scale)}
     if cfg.head_init == "text_map":
         from ..encoders.text_map import fit_text_mapping
@@ -94,11 +108,14 @@ def similarity_log_probs(emb: torch.Tensor, text: torch.Tensor, scale: float) ->
     return torch.log_softmax(scale * F.normalize(emb, dim=-1) @ F.normalize(text, dim=-1).T, dim=-1)
 
 
-def zscl_loss(current: torch.Tensor, start: torch.Tensor, text: torch.Tensor, scale: float) -> torch.Tensor:
-    """``mean_i KL(p₀_i ‖ p_i)`` over the species' teacher texts; ``start`` carries no gradient."""
+def zscl_loss(current: torch.Tensor, start: torch.Tensor, text: torch.Tensor, scale: float,
+              weight: torch.Tensor | None = None) -> torch.Tensor:
+    """``mean_i w_i · KL(p₀_i ‖ p_i)`` over the species' teacher texts (``w`` = 1 by default);
+    ``start`` carries no gradient."""
     log_p0 = similarity_log_probs(start.detach(), text, scale)
     log_p = similarity_log_probs(current, text, scale)
-    return (log_p0.exp() * (log_p0 - log_p)).sum(dim=-1).mean()
+    kl = (log_p0.exp() * (log_p0 - log_p)).sum(dim=-1)
+    return (kl if weight is None else kl * weight.to(kl.dtype)).mean()
 
 
 def load_reference(path: str):
@@ -130,12 +147,19 @@ def reference_pool(collection, items, sample_rate: int, n_samples: int, *, max_c
 
 
 @torch.no_grad()
-def start_outputs(student, waves: torch.Tensor, batch_size: int) -> torch.Tensor:
-    """The starting model's teacher-space embeddings of the reference crops, in eval mode (modes put back)."""
+def start_outputs(student, waves: torch.Tensor, batch_size: int, gate: str = "none") -> tuple[torch.Tensor, torch.Tensor]:
+    """The starting model's teacher-space embeddings of the reference crops and each crop's weight
+    (1, or with ``gate: unheard`` the zero-shot head's posterior mass on unheard species), in eval mode
+    (modes put back)."""
     modes = {m: m.training for m in student.modules()}
     student.eval()
     try:
-        return torch.cat([student(waves[i:i + batch_size]) for i in range(0, len(waves), batch_size)])
+        outs, weights = [], []
+        for i in range(0, len(waves), batch_size):
+            clap = student.clap_embed(waves[i:i + batch_size])
+            outs.append(F.normalize(student.head(clap), dim=-1))
+            weights.append(student.head.net.unheard_mass(clap) if gate == "unheard" else torch.ones(len(clap)))
+        return torch.cat(outs), torch.cat(weights)
     finally:
         for m, mode in modes.items():
             m.training = mode
@@ -145,8 +169,9 @@ class ZsclTerm:
     """The reference pool, its start outputs and the species' teacher texts; :meth:`batch` draws a step's rows."""
 
     def __init__(self, waves: torch.Tensor, start: torch.Tensor, text: torch.Tensor, *, weight: float, scale: float,
-                 batch_size: int, seed: int):
+                 batch_size: int, seed: int, clip_weights: torch.Tensor | None = None):
         self.waves, self.start, self.text = waves, start, text
+        self.clip_weights = clip_weights if clip_weights is not None else torch.ones(len(waves))
         self.weight, self.scale, self.batch_size, self.seed = float(weight), float(scale), int(batch_size), seed
 
     def batch(self, step: int, rank: int = 0) -> torch.Tensor:
@@ -158,7 +183,8 @@ class ZsclTerm:
     def loss(self, student, step: int, rank: int, device) -> torch.Tensor:
         idx = self.batch(step, rank)
         out = student(self.waves[idx].to(device))
-        return zscl_loss(out, self.start[idx].to(device), self.text.to(device), self.scale)
+        return zscl_loss(out, self.start[idx].to(device), self.text.to(device), self.scale,
+                         self.clip_weights[idx].to(device))
 
 
 # --------------------------------------------------------------------------- end (WiSE-FT)

@@ -43,9 +43,10 @@ def check_padding(padding: str, student_id: str) -> None:
                           f"\"{TRAINING_PAD}\" in its preprocessor_config.json")
 
 
-def build_student(cfg: TrainConfig, out_dim: int, species=None) -> AudioStudent:
+def build_student(cfg: TrainConfig, out_dim: int, species=None, heard_species=None) -> AudioStudent:
     """The student as distillation starts it: CLAP's audio tower and a new head, the head filled
-    from text over ``species`` for a zero_shot head or ``head_init: text_map`` (distill/start.py)."""
+    from text over ``species`` for a zero_shot head or ``head_init: text_map`` (distill/start.py);
+    ``heard_species``: those with training audio (default: all of ``species``)."""
     clap, fe = load_clap(cfg.student)
     spec = HeadSpec(kind=cfg.head, out_dim=out_dim, hidden_dim=cfg.head_hidden_dim)
     if cfg.head == "zero_shot":
@@ -57,7 +58,7 @@ def build_student(cfg: TrainConfig, out_dim: int, species=None) -> AudioStudent:
     if cfg.head == "zero_shot" or cfg.head_init == "text_map":
         from .start import init_head
 
-        init_head(student, cfg, species)
+        init_head(student, cfg, species, heard_species)
     return student
 
 
@@ -169,7 +170,8 @@ def distill(collection: Collection, cfg: TrainConfig, out_dir: str | Path, *, re
         ref_coll = st.load_reference(cfg.reference_audio)
         reference = (ref_coll, ref_coll.audio)
     torch.manual_seed(cfg.seed)  # head init independent of what the teacher load consumed
-    student = build_student(cfg, out_dim, species)
+    heard = {it.species_id for it in train_items}
+    student = build_student(cfg, out_dim, species, [sp for sp in collection.species if sp.id in heard])
     theta0 = st.state_copy(student) if cfg.wise_alpha < 1 else None
     vdata = validation if validation is not None else validation_data(collection, cfg)
     data = DistillData(collection, train_items, vdata.audio if vdata else [], sample_rate=student.sample_rate,
@@ -186,9 +188,10 @@ def distill(collection: Collection, cfg: TrainConfig, out_dir: str | Path, *, re
     if cfg.zscl_weight > 0:
         waves = st.reference_pool(reference[0], reference[1], student.sample_rate, student.window_samples,
                                   max_clips=cfg.reference_max_clips, seed=cfg.seed, skips=ref_skips)
-        zscl = st.ZsclTerm(waves, st.start_outputs(student, waves, cfg.batch_size), st.head_teacher_rows(cfg, species),
-                           weight=cfg.zscl_weight, scale=1.0 / cfg.init_temperature,
-                           batch_size=cfg.zscl_batch_size or cfg.batch_size, seed=cfg.seed)
+        start_out, clip_weights = st.start_outputs(student, waves, cfg.batch_size, cfg.zscl_gate)
+        zscl = st.ZsclTerm(waves, start_out, st.head_teacher_rows(cfg, species), weight=cfg.zscl_weight,
+                           scale=1.0 / (cfg.zscl_temperature or cfg.init_temperature), batch_size=cfg.zscl_batch_size or cfg.batch_size,
+                           seed=cfg.seed, clip_weights=clip_weights)
     module = DistillModule(student, text, cfg, total_steps=steps_per_epoch * cfg.max_epochs,
                            clap_text=clap_text, clap_logit_scale=clap_scale, zscl=zscl)
     module.skips.skips.extend(ref_skips.skips)  # unreadable reference recordings count like bad clips

@@ -50,6 +50,13 @@ class ZeroShotHead(nn.Module):
         self.clap_text = nn.Parameter(torch.zeros(n_species, in_dim))
         self.log_scale = nn.Parameter(torch.zeros(()))
         self.register_buffer("teacher_text", torch.zeros(n_species, out_dim))  # frozen; saved with the model
+        # 1 for the species distillation heard (their rows learn from the clips); the others' rows can be
+        # held where text put them (freeze_unheard): they would only ever be pushed away as negatives
+        self.register_buffer("heard", torch.ones(n_species))
+
+    def freeze_unheard(self) -> None:
+        """Zero the gradient of the rows of species distillation never heard (a hook: not saved, set at every start)."""
+        self.clap_text.register_hook(lambda g: g * self.heard.to(g.dtype).unsqueeze(1))
 
     @torch.no_grad()
     def init_from_text(self, clap_text: torch.Tensor, teacher_text: torch.Tensor, logit_scale: float) -> None:
@@ -59,6 +66,10 @@ class ZeroShotHead(nn.Module):
         self.clap_text.copy_(F.normalize(clap_text.float(), dim=-1))
         self.teacher_text.copy_(F.normalize(teacher_text.float(), dim=-1))
         self.log_scale.fill_(math.log(float(logit_scale)))
+
+    def unheard_mass(self, x: torch.Tensor) -> torch.Tensor:
+        """The posterior mass on the species distillation never heard, per row."""
+        return self.posterior(x) @ (1.0 - self.heard.to(x.dtype))
 
     def posterior(self, x: torch.Tensor) -> torch.Tensor:
         logits = self.log_scale.exp() * F.normalize(x, dim=-1) @ F.normalize(self.clap_text, dim=-1).T

@@ -52,10 +52,14 @@ def _start_arms(ev, cfg, setting, train_ids, suffix, work, log, models, wanted, 
     from ..distill.start import load_ends, wise_model
     from .models import distilled_model
 
+    def reference(tc):  # ZSCL's unlabeled audio: every species' training clips, labels dropped
+        coll = setting.train_collection
+        return (coll, coll.audio_split(tc.train_split)) if tc.zscl_weight > 0 else None
+
     out: dict[str, str] = {}
     if "distilled_wise" in wanted:
         wcfg = start_train_config(cfg, setting, DEFAULT_WISE, cfg.wise)
-        model, info = distilled_model(setting, wcfg, train_ids, work, log, species=species)
+        model, info = distilled_model(setting, wcfg, train_ids, work, log, species=species, reference=reference(wcfg))
         name = f"distilled_wise{suffix}"
         models[name] = {**info, "wise_alpha": wcfg.wise_alpha, "head": wcfg.head}
         ev.add_model_space(name, model)
@@ -70,9 +74,7 @@ def _start_arms(ev, cfg, setting, train_ids, suffix, work, log, models, wanted, 
                 curves["distilled_wise"][f"{a:g}"] = space
     if "distilled_zscl" in wanted:
         zcfg = start_train_config(cfg, setting, DEFAULT_ZSCL, cfg.zscl)
-        coll = setting.train_collection  # every species' training clips, labels dropped
-        reference = (coll, coll.audio_split(zcfg.train_split))
-        model, info = distilled_model(setting, zcfg, train_ids, work, log, species=species, reference=reference)
+        model, info = distilled_model(setting, zcfg, train_ids, work, log, species=species, reference=reference(zcfg))
         name = f"distilled_zscl{suffix}"
         models[name] = {**info, "zscl_weight": zcfg.zscl_weight, "head": zcfg.head}
         ev.add_model_space(name, model)
