@@ -110,6 +110,8 @@ def test_unheard_rows_stay_where_text_put_them():
     ({"head_prompt_type": "poem"}, "head_prompt_type"),
     ({"zscl_gate": "unheard"}, "zscl_gate"),
     ({"head_unheard_rows": "melted"}, "head_unheard_rows"),
+    ({"zscl_gate_power": 0.0}, "zscl_gate_power"),
+    ({"zscl_temperature": -1.0}, "zscl_temperature"),
 ])
 def test_config_errors_name_the_key(keys, match):
     from birdbridge.distill.config import TrainConfig

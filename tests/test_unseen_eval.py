@@ -128,5 +128,36 @@ def test_shipped_unseen_config_parses():
 
     cfg = load_eval_config(Path(__file__).resolve().parents[1] / "configs" / "synthetic" / "unseen.yaml")
     assert cfg.sweep.seeds == [0, 1, 2] and len(cfg.sweep.clap_known_fractions) >= 2
-    assert {"distilled", "zero_shot_combination", "distilled_aligned", "distilled_combined", "distilled_ensemble"} <= set(cfg.methods)
+    assert {"distilled", "zero_shot_combination", "distilled_ensemble", "distilled_wise", "distilled_zscl"} <= set(cfg.methods)
+    assert cfg.train_config(**cfg.wise).wise_alpha < 1 and cfg.train_config(**cfg.zscl).zscl_weight > 0
     assert not cfg.main_table and cfg.unseen is not None
+
+
+def test_sweep_traces_the_wise_curve_and_trains_zscl_on_unlabeled_clips(tmp_path):
+    """distilled_wise and distilled_zscl through the one Evaluator path: the curve's points (alpha 0 is the
+    zero-shot start, so it scores as the zero-shot combination over all species does), its plot and
+    report section, and the models' recipes in results.json."""
+    cfg = _cfg(synthetic={"seed": 0, "teacher_steps": 20, "clap_steps": 20, "soundscapes": None}, train={"max_epochs": 1},
+               methods=["zero_shot_combination", "distilled", "distilled_wise", "distilled_zscl"], main_table=False,
+               unseen={"split": "one_per_genus"}, knn_ks=[1], max_items_per_species=2, wise_curve=[0.0, 1.0],
+               zscl={"zscl_weight": 0.5, "zscl_gate": "unheard"}, sweep={"seeds": [0], "clap_known_fractions": [1.0]})
+    out = tmp_path / "eval"
+    from birdbridge.evaluate.pipeline import evaluate
+
+    res = evaluate(cfg, out, log=lambda m: None)
+    curve = res["curves"]["1"]["distilled_wise"]
+    assert set(curve) == {"0", "1"} and all(0 < curve[a]["seen"]["mean"] <= 1 for a in curve)
+    assert res["alpha_choice"]["distilled_wise"]["alpha"] in (0.0, 1.0)
+    assert {t["method"] for t in res["targets"]} == {"distilled_wise", "distilled_zscl"}
+    run = json.loads((out / "runs" / "known1-seed0" / "results.json").read_text())
+    un = run["unseen"]
+    zsc_all = un["methods"]["zero_shot_combination (all species)"]["audio_to_image"]["all"]["ranks"]["species"]["map"]
+    assert un["curves"]["distilled_wise"]["0"]["unseen"] == pytest.approx(zsc_all, abs=0.02)
+    models = run["models"]
+    assert models["distilled_wise[seen]"]["wise_alpha"] == 0.5 and models["distilled_wise[seen]"]["head"] == "zero_shot"
+    assert models["distilled_zscl[seen]"]["zscl_weight"] == 0.5
+    assert models["distilled_zscl[seen]"]["key"] != models["distilled_wise[seen]"]["key"]
+    ckpt = json.loads((Path(models["distilled_zscl[seen]"]["path"]) / "config.json").read_text())
+    assert ckpt["training"]["zscl_gate"] == "unheard" and len(ckpt["head"]["species"]) == 24
+    assert (out / "wise.png").read_bytes()[:8] == PNG
+    assert "## WiSE-FT" in (out / "report.md").read_text()

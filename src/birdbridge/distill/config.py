@@ -52,6 +52,7 @@ class TrainConfig:
     # start's zero-shot posterior mass on species distillation never heard (zero_shot head only), so
     # clips of heard species are left to the labels and the rest keep the start's behaviour
     zscl_gate: str = "none"
+    zscl_gate_power: float = 1.0  # the gate's weight is mass ** power (> 1 holds only clips the start is sure are unheard)
     # the temperature of ZSCL's similarity distributions (unset: init_temperature)
     zscl_temperature: float | None = None
     loss: str = "infonce"
@@ -131,6 +132,8 @@ class TrainConfig:
             raise ConfigError(f"config key 'head_unheard_rows' must be 'frozen' or 'trained', got {self.head_unheard_rows!r}")
         if self.zscl_temperature is not None and not self.zscl_temperature > 0:
             raise ConfigError(f"config key 'zscl_temperature' must be > 0, got {self.zscl_temperature}")
+        if not self.zscl_gate_power > 0:
+            raise ConfigError(f"config key 'zscl_gate_power' must be > 0, got {self.zscl_gate_power}")
         if self.zscl_gate not in ("none", "unheard"):
             raise ConfigError(f"config key 'zscl_gate' must be 'none' or 'unheard', got {self.zscl_gate!r}")
         if self.zscl_gate == "unheard" and self.head != "zero_shot":

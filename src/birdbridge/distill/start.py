@@ -147,10 +147,11 @@ def reference_pool(collection, items, sample_rate: int, n_samples: int, *, max_c
 
 
 @torch.no_grad()
-def start_outputs(student, waves: torch.Tensor, batch_size: int, gate: str = "none") -> tuple[torch.Tensor, torch.Tensor]:
+def start_outputs(student, waves: torch.Tensor, batch_size: int, gate: str = "none",
+                  power: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
     """The starting model's teacher-space embeddings of the reference crops and each crop's weight
-    (1, or with ``gate: unheard`` the zero-shot head's posterior mass on unheard species), in eval mode
-    (modes put back)."""
+    (1, or with ``gate: unheard`` the zero-shot head's posterior mass on unheard species to ``power``),
+    in eval mode (modes put back)."""
     modes = {m: m.training for m in student.modules()}
     student.eval()
     try:
@@ -158,7 +159,7 @@ def start_outputs(student, waves: torch.Tensor, batch_size: int, gate: str = "no
         for i in range(0, len(waves), batch_size):
             clap = student.clap_embed(waves[i:i + batch_size])
             outs.append(F.normalize(student.head(clap), dim=-1))
-            weights.append(student.head.net.unheard_mass(clap) if gate == "unheard" else torch.ones(len(clap)))
+            weights.append(student.head.net.unheard_mass(clap) ** power if gate == "unheard" else torch.ones(len(clap)))
         return torch.cat(outs), torch.cat(weights)
     finally:
         for m, mode in modes.items():

@@ -188,7 +188,8 @@ def distill(collection: Collection, cfg: TrainConfig, out_dir: str | Path, *, re
     if cfg.zscl_weight > 0:
         waves = st.reference_pool(reference[0], reference[1], student.sample_rate, student.window_samples,
                                   max_clips=cfg.reference_max_clips, seed=cfg.seed, skips=ref_skips)
-        start_out, clip_weights = st.start_outputs(student, waves, cfg.batch_size, cfg.zscl_gate)
+        start_out, clip_weights = st.start_outputs(student, waves, cfg.batch_size, cfg.zscl_gate,
+                                                     cfg.zscl_gate_power)
         zscl = st.ZsclTerm(waves, start_out, st.head_teacher_rows(cfg, species), weight=cfg.zscl_weight,
                            scale=1.0 / (cfg.zscl_temperature or cfg.init_temperature), batch_size=cfg.zscl_batch_size or cfg.batch_size,
                            seed=cfg.seed, clip_weights=clip_weights)
