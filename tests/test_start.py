@@ -286,3 +286,40 @@ def test_train_verb_names_each_missing_start_input_in_one_go(tmp_path):
     assert "train.zscl_weight > 0 needs train.reference_audio" in res.stderr
     assert "train.head_species not found: nowhere.csv" in res.stderr
     assert not (other / "run").exists()
+
+
+def test_train_console_script_trains_a_zscl_wise_model_from_another_directory(small_world, tiny_clap_dir,
+                                                                               tiny_open_clip_dir, tmp_path):
+    """The whole recipe as a user types it: relative list and reference paths (anchored at the config),
+    an unreadable reference file skipped with its reason, the interpolated model and its end points."""
+    import shutil
+
+    import yaml
+
+    cfg_dir = tmp_path / "cfg"
+    (cfg_dir / "unlabeled").mkdir(parents=True)
+    for it in small_world.audio[:6]:
+        shutil.copy(small_world.resolve(it.path), cfg_dir / "unlabeled" / Path(it.path).name)
+    (cfg_dir / "unlabeled" / "broken.wav").write_bytes(b"RIFF not really a wave")
+    rows = ["scientific_name,common_name"] + [f"{sp.scientific_name},{sp.common_name}" for sp in small_world.species]
+    (cfg_dir / "species.csv").write_text("\n".join(rows + ["Novus ignotus,Unheard Bird"]) + "\n")
+    train = {"student": str(tiny_clap_dir), "teacher": str(tiny_open_clip_dir), "cache_dir": str(tmp_path / "cache"),
+             "batch_size": 4, "max_epochs": 1, "num_workers": 0, "accelerator": "cpu", "devices": 1,
+             "head": "zero_shot", "head_species": "species.csv", "zscl_weight": 0.5, "zscl_gate": "unheard",
+             "reference_audio": "unlabeled", "wise_alpha": 0.5}
+    (cfg_dir / "train.yaml").write_text(yaml.safe_dump({"data": {"kind": "csv", "path": str(Path(small_world.root) / "world.csv")},
+                                                        "train": train}))
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    res = subprocess.run([str(BIN), "train", str(cfg_dir / "train.yaml"), "--out", "run"], cwd=elsewhere,
+                         capture_output=True, text=True, timeout=600, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert "Traceback" not in res.stderr
+    out = elsewhere / "run"
+    conf = json.loads((out / "model" / "config.json").read_text())
+    assert conf["head"]["kind"] == "zero_shot" and len(conf["head"]["species"]) == len(small_world.species) + 1
+    assert conf["training"]["reference_audio"] == str(cfg_dir / "unlabeled")
+    assert (out / "wise" / "start.safetensors").is_file() and (out / "wise" / "finetuned.safetensors").is_file()
+    skipped = json.loads((out / "skipped.json").read_text())
+    assert [Path(s["input"]).name for s in skipped["skipped"]] == ["broken.wav"]
+    assert str(out / "wise") in " ".join((res.stdout + res.stderr).split()), "the end points are listed among the outputs"

@@ -218,6 +218,8 @@ def train_cmd(
                           markup=False)
         print_outputs((out / "model", "distilled model (training.json: its epoch, by validation)"),
                       (out / "checkpoints", "Lightning checkpoints (--resume)"),
-                      (out / "logs", "training metrics (CSV)"), (out / "metrics.csv", "one row per validation"), (out / "skipped.json", "clips skipped, with reasons"))
+                      (out / "logs", "training metrics (CSV)"), (out / "metrics.csv", "one row per validation"),
+                      (out / "wise", "WiSE-FT end points: start and fine-tuned weights (wise_alpha < 1)"),
+                      (out / "skipped.json", "clips skipped, with reasons"))
         # no step at all raised in distill(); here only --strict can turn skips into a failure
         exit_status(False, len(skipped), None, "training clips", "", strict)
