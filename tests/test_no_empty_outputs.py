@@ -249,3 +249,17 @@ def test_a_synthetic_world_model_says_so_once_on_real_files(synthetic_model, tin
     assert res.returncode == 0 and not _warnings(res.stderr), res.stderr
     res = bb("detect", "rec", "--model", tiny_distilled_dir, "--species-list", "species.txt", cwd=tmp_path)
     assert res.returncode == 0 and not _warnings(res.stderr), res.stderr
+
+
+def test_provenance_read_from_the_checkpoint_folder_where_the_model_runs_elsewhere(synthetic_model, tiny_distilled_dir,
+                                                                                   tmp_path):
+    """`embed-audio --engine ray` loads the model in the Ray actors: its warning comes from config.json."""
+    from birdbridge.encoders.provenance import recorded_meta, synthetic_world_note
+
+    real = [str(tmp_path / "r0.wav")]
+    assert recorded_meta(str(synthetic_model))["trained_on"]["synthetic"] is True
+    assert recorded_meta(f"local-dir:{synthetic_model}") == recorded_meta(str(synthetic_model))
+    note = synthetic_world_note(recorded_meta(str(synthetic_model)), real, "m")
+    assert note is not None and SYNTHETIC in note and "1 real recording" in note
+    assert synthetic_world_note(recorded_meta(str(tiny_distilled_dir)), real, "m") is None
+    assert recorded_meta("hf-hub:nobody/nothing") == {} and recorded_meta(str(tmp_path / "missing")) == {}

@@ -41,7 +41,10 @@ def embed_audio_cmd(
     if engine == "ray":
         from ..retrieval.ray_engine import audio_spec
 
+        from ..encoders.provenance import recorded_meta
+
         opts = ray_options(ray_address, workers, gpus_per_worker, part_size)
+        warn_provenance(recorded_meta(model), paths, model)  # the model loads in the Ray actors, not here
         spec = audio_spec(model, hop_s=hop_s, per_window=per_window, batch_size=batch_size)
         return embed_on_ray(spec, list(zip(paths, labels)), out, opts, "recordings", strict)
     from ..encoders.factory import load_audio_embedder

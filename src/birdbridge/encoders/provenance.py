@@ -16,12 +16,29 @@ from typing import Iterable
 
 
 def checkpoint_meta(model) -> dict:
-    """The metadata of a distilled model, or of the model an embedder wraps (``{}`` for others)."""
+    """The metadata of a distilled model, or of the model an embedder wraps, or a checkpoint's
+    recorded metadata as a dict (:func:`recorded_meta`); ``{}`` for others."""
+    if isinstance(model, dict):
+        return model
     for obj in (model, getattr(model, "model", None)):
         meta = getattr(obj, "meta", None)
         if isinstance(meta, dict):
             return meta
     return {}
+
+
+def recorded_meta(model_id: str) -> dict:
+    """A local checkpoint folder's recorded metadata (its ``config.json``), without loading the model:
+    for paths where the model runs elsewhere (``--engine ray``). ``{}`` for anything else."""
+    import json
+    from pathlib import Path
+
+    text = str(model_id)
+    folder = Path(text[len("local-dir:"):] if text.startswith("local-dir:") else text).expanduser()
+    try:
+        return json.loads((folder / "config.json").read_text()) if (folder / "config.json").is_file() else {}
+    except (OSError, ValueError):
+        return {}
 
 
 def trained_on_synthetic(model) -> bool:
