@@ -16,6 +16,7 @@ from ..taxonomy import MIXED, PROMPT_TYPES, TEMPLATE_SETS, resolve_prompt_types
 
 
 ENCODER_MODES = ("train", "eval")
+ZSCL_GATES = ("none", "unheard", "unheard_top")
 
 
 @dataclass
@@ -50,7 +51,9 @@ class TrainConfig:
     zscl_batch_size: int | None = None
     # none: every reference clip held to the start alike; unheard: each clip's term weighted by the
     # start's zero-shot posterior mass on species distillation never heard (zero_shot head only), so
-    # clips of heard species are left to the labels and the rest keep the start's behaviour
+    # clips of heard species are left to the labels and the rest keep the start's behaviour;
+    # unheard_top: weighted by the start's largest posterior of one unheard species, so a clip the
+    # start is unsure about (a spread posterior: nothing learned to keep) is not held either
     zscl_gate: str = "none"
     zscl_gate_power: float = 1.0  # the gate's weight is mass ** power (> 1 holds only clips the start is sure are unheard)
     # the temperature of ZSCL's similarity distributions (unset: init_temperature)
@@ -134,10 +137,10 @@ class TrainConfig:
             raise ConfigError(f"config key 'zscl_temperature' must be > 0, got {self.zscl_temperature}")
         if not self.zscl_gate_power > 0:
             raise ConfigError(f"config key 'zscl_gate_power' must be > 0, got {self.zscl_gate_power}")
-        if self.zscl_gate not in ("none", "unheard"):
-            raise ConfigError(f"config key 'zscl_gate' must be 'none' or 'unheard', got {self.zscl_gate!r}")
-        if self.zscl_gate == "unheard" and self.head != "zero_shot":
-            raise ConfigError("config key 'zscl_gate: unheard' needs 'head: zero_shot' (its posterior is the gate)")
+        if self.zscl_gate not in ZSCL_GATES:
+            raise ConfigError(f"config key 'zscl_gate' must be one of {ZSCL_GATES}, got {self.zscl_gate!r}")
+        if self.zscl_gate != "none" and self.head != "zero_shot":
+            raise ConfigError(f"config key 'zscl_gate: {self.zscl_gate}' needs 'head: zero_shot' (its posterior is the gate)")
         if not 0.0 <= self.wise_alpha <= 1.0:
             raise ConfigError(f"config key 'wise_alpha' must be in [0, 1], got {self.wise_alpha}")
         if self.zscl_weight < 0:

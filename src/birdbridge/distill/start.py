@@ -159,7 +159,12 @@ def start_outputs(student, waves: torch.Tensor, batch_size: int, gate: str = "no
         for i in range(0, len(waves), batch_size):
             clap = student.clap_embed(waves[i:i + batch_size])
             outs.append(F.normalize(student.head(clap), dim=-1))
-            weights.append(student.head.net.unheard_mass(clap) ** power if gate == "unheard" else torch.ones(len(clap)))
+            if gate == "unheard":
+                weights.append(student.head.net.unheard_mass(clap) ** power)
+            elif gate == "unheard_top":
+                weights.append(student.head.net.unheard_top(clap) ** power)
+            else:
+                weights.append(torch.ones(len(clap)))
         return torch.cat(outs), torch.cat(weights)
     finally:
         for m, mode in modes.items():

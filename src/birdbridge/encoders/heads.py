@@ -71,6 +71,10 @@ class ZeroShotHead(nn.Module):
         """The posterior mass on the species distillation never heard, per row."""
         return self.posterior(x) @ (1.0 - self.heard.to(x.dtype))
 
+    def unheard_top(self, x: torch.Tensor) -> torch.Tensor:
+        """The largest posterior of one species distillation never heard, per row (0 when all were heard)."""
+        return (self.posterior(x) * (1.0 - self.heard.to(x.dtype))).max(dim=-1).values
+
     def posterior(self, x: torch.Tensor) -> torch.Tensor:
         logits = self.log_scale.exp() * F.normalize(x, dim=-1) @ F.normalize(self.clap_text, dim=-1).T
         return torch.softmax(logits, dim=-1)
