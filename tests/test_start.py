@@ -89,6 +89,13 @@ def test_unheard_rows_stay_where_text_put_them():
     # posterior mass on the unheard species, by hand: x = e2 -> logits (0, 2, 0) -> p = (1, e^2, 1) / (2 + e^2)
     assert head.net.unheard_mass(torch.tensor([[0.0, 1.0, 0.0, 0.0]])).item() == pytest.approx(
         math.exp(2) / (2 + math.exp(2)), abs=1e-6)
+    # two unheard species: the mass adds them, the top takes the larger; x = e1 + e2 -> logits (2/√2)(1, 1, 0)
+    head.net.heard.copy_(torch.tensor([0.0, 0.0, 1.0]))
+    x2 = torch.tensor([[1.0, 1.0, 0.0, 0.0]])
+    z = math.exp(2 / math.sqrt(2))
+    assert head.net.unheard_mass(x2).item() == pytest.approx(2 * z / (2 * z + 1), abs=1e-6)
+    assert head.net.unheard_top(x2).item() == pytest.approx(z / (2 * z + 1), abs=1e-6)
+    head.net.heard.copy_(torch.tensor([1.0, 0.0, 1.0]))
     head.net.freeze_unheard()
     before = head.net.clap_text.detach().clone()
     opt = torch.optim.SGD(head.parameters(), lr=0.5)
