@@ -119,7 +119,7 @@ def test_batchnorm_is_synchronised_across_gpu_ranks(monkeypatch, tmp_path, accel
 
     monkeypatch.setattr(L, "Trainer", FakeTrainer)
     monkeypatch.setattr(train_mod, "species_text_embeddings", lambda c, coll: {"common": torch.zeros(2, 4)})
-    monkeypatch.setattr(train_mod, "build_student", lambda c, d: _FakeStudent())
+    monkeypatch.setattr(train_mod, "build_student", lambda c, d, *species: _FakeStudent())
     from birdbridge.data.records import AudioItem, Collection
     from birdbridge.taxonomy import Species
 

@@ -39,7 +39,10 @@ class HeadSpec:
     species: list = field(default_factory=list)
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        d = asdict(self)
+        if not d["species"]:  # only a zero_shot head has a species list; other heads' configs stay as they were
+            d.pop("species")
+        return d
 
 
 class ZeroShotHead(nn.Module):
