@@ -57,28 +57,24 @@ def _start_arms(ev, cfg, setting, train_ids, suffix, work, log, models, wanted, 
         return (coll, coll.audio_split(tc.train_split)) if tc.zscl_weight > 0 else None
 
     out: dict[str, str] = {}
-    if "distilled_wise" in wanted:
-        wcfg = start_train_config(cfg, setting, DEFAULT_WISE, cfg.wise)
-        model, info = distilled_model(setting, wcfg, train_ids, work, log, species=species, reference=reference(wcfg))
-        name = f"distilled_wise{suffix}"
-        models[name] = {**info, "wise_alpha": wcfg.wise_alpha, "head": wcfg.head}
+    arms = (("distilled_wise", DEFAULT_WISE, cfg.wise), ("distilled_zscl", DEFAULT_ZSCL, cfg.zscl))
+    for method, defaults, over in arms:
+        if method not in wanted:
+            continue
+        tc = start_train_config(cfg, setting, defaults, over)
+        model, info = distilled_model(setting, tc, train_ids, work, log, species=species, reference=reference(tc))
+        name = f"{method}{suffix}"
+        models[name] = {**info, "head": tc.head, "wise_alpha": tc.wise_alpha, "zscl_weight": tc.zscl_weight}
         ev.add_model_space(name, model)
-        out["distilled_wise"] = name
+        out[method] = name
         ends = Path(info["path"]).parent / "wise"
-        if cfg.wise_curve and ends.is_dir():
+        if method == "distilled_wise" and cfg.wise_curve and ends.is_dir():  # the curve from the kept end points
             start, finetuned = load_ends(ends.parent)
-            curves["distilled_wise"] = {}
+            curves[method] = {}
             for a in cfg.wise_curve:
-                space = f"distilled_wise@{a:g}{suffix}"
+                space = f"{method}@{a:g}{suffix}"
                 ev.add_model_space(space, wise_model(model, start, finetuned, float(a)))
-                curves["distilled_wise"][f"{a:g}"] = space
-    if "distilled_zscl" in wanted:
-        zcfg = start_train_config(cfg, setting, DEFAULT_ZSCL, cfg.zscl)
-        model, info = distilled_model(setting, zcfg, train_ids, work, log, species=species, reference=reference(zcfg))
-        name = f"distilled_zscl{suffix}"
-        models[name] = {**info, "zscl_weight": zcfg.zscl_weight, "head": zcfg.head}
-        ev.add_model_space(name, model)
-        out["distilled_zscl"] = name
+                curves[method][f"{a:g}"] = space
     return out
 
 
